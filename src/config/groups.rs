@@ -1,0 +1,64 @@
+//! Owner-group names → gids, from a group file (`/etc/group` format), the way `nft` resolves
+//! `skgid java` (getgrnam on the host). Read once, no NSS modules, no fork.
+
+use super::ConfigError;
+use std::collections::HashMap;
+
+/// Something that knows group ids by name.
+pub trait GroupDatabase {
+    fn gid_of(&self, name: &str) -> Option<u32>;
+}
+
+/// A parsed group file.
+#[derive(Debug, Default, Clone)]
+pub struct GroupFile {
+    by_name: HashMap<String, u32>,
+}
+
+impl GroupFile {
+    pub const HOST_PATH: &'static str = "/etc/group";
+
+    pub fn parse(text: &str) -> GroupFile {
+        let by_name = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                let _password = f.next()?;
+                let gid = f.next()?.parse().ok()?;
+                Some((name.to_string(), gid))
+            })
+            .collect();
+        GroupFile { by_name }
+    }
+
+    pub fn load(path: &str) -> Result<GroupFile, ConfigError> {
+        std::fs::read_to_string(path)
+            .map(|t| GroupFile::parse(&t))
+            .map_err(|e| ConfigError::GroupDatabase {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+impl GroupDatabase for GroupFile {
+    fn gid_of(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_group_lines() {
+        let db = GroupFile::parse("root:x:0:\n# comment\njava:x:1234:alice,bob\nbroken\n");
+        assert_eq!(db.gid_of("root"), Some(0));
+        assert_eq!(db.gid_of("java"), Some(1234));
+        assert_eq!(db.gid_of("broken"), None);
+        assert_eq!(db.gid_of("ftp"), None);
+    }
+}

@@ -1,0 +1,126 @@
+//! The validated redirect configuration: every knob of Istio's sidecar capture
+//! (`../shared/reference/istio-semantics.md` §2–3), typed.
+//!
+//! A [`Config`] can only be built through [`RawConfig::validate`], so the rule model never
+//! sees a port that is not a number, a CIDR of the wrong family or an interface name the
+//! kernel would refuse. Values keep the spelling the user gave where Istio prints them back
+//! verbatim (CIDRs keep their host bits, `127.0.0.1/8` stays `127.0.0.1/8`; owner groups
+//! keep their names), because the rendered transaction must read like Istio's.
+
+mod error;
+mod groups;
+mod parse;
+mod raw;
+
+pub use error::ConfigError;
+pub use groups::{GroupDatabase, GroupFile};
+pub use parse::{Cidr, IfName};
+pub use raw::{RawConfig, Setting};
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// `-m`: how inbound traffic reaches the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InterceptionMode {
+    /// nat `REDIRECT`: the proxy sees the connection as addressed to itself.
+    #[default]
+    Redirect,
+    /// mangle `TPROXY`: the original destination is preserved, with policy routing.
+    Tproxy,
+}
+
+/// `-b` / `-d`: which inbound TCP ports are captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundPorts {
+    /// `-b ""`: no inbound capture at all.
+    None,
+    /// `-b '*'`: every port except `exclude` (the only case where `-d` matters).
+    All { exclude: Vec<u16> },
+    /// `-b 80,443`: only these ports.
+    Only(Vec<u16>),
+}
+
+/// `-i`: which outbound destinations are captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundRanges {
+    /// `-i '*'`: every destination (both families).
+    All,
+    /// `-i 10.0.0.0/8,fd00::/8`: only these ranges; an empty list captures nothing.
+    Only { v4: Vec<Cidr>, v6: Vec<Cidr> },
+}
+
+impl OutboundRanges {
+    /// Istio drops the app→app loopback RETURN rules when an included range is loopback.
+    pub fn includes_loopback(&self) -> bool {
+        match self {
+            OutboundRanges::All => false,
+            OutboundRanges::Only { v4, v6 } => v4.iter().chain(v6).any(|c| c.addr.is_loopback()),
+        }
+    }
+}
+
+/// An owner group: the name as the user wrote it (printed back) and its numeric id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub spelling: String,
+    pub gid: u32,
+}
+
+/// `ISTIO_OUTBOUND_OWNER_GROUPS` / `..._EXCLUDE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerGroups {
+    /// include `*`: capture every group except these.
+    AllExcept(Vec<Group>),
+    /// include list: capture only these groups.
+    Only(Vec<Group>),
+}
+
+/// DNS capture after Istio's gate (§3.5): `None` when disabled or when it would capture nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsCapture {
+    Off,
+    /// `--capture-all-dns`: every destination on port 53.
+    All,
+    /// Only the listed resolvers.
+    Servers {
+        v4: Vec<Ipv4Addr>,
+        v6: Vec<Ipv6Addr>,
+    },
+}
+
+/// The validated configuration the rule model is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub proxy_port: u16,
+    pub inbound_capture_port: u16,
+    pub inbound_tunnel_port: u16,
+    pub proxy_uids: Vec<u32>,
+    pub proxy_gids: Vec<u32>,
+    pub interception: InterceptionMode,
+    pub tproxy_mark: u32,
+    pub tproxy_route_table: u32,
+    pub inbound_ports: InboundPorts,
+    pub outbound_ports_include: Vec<u16>,
+    pub outbound_ports_exclude: Vec<u16>,
+    pub outbound_ranges_include: OutboundRanges,
+    pub outbound_ranges_exclude_v4: Vec<Cidr>,
+    pub outbound_ranges_exclude_v6: Vec<Cidr>,
+    pub reroute_interfaces: Vec<IfName>,
+    pub exclude_interfaces: Vec<IfName>,
+    pub dns: DnsCapture,
+    pub drop_invalid: bool,
+    pub enable_ipv6: bool,
+    pub owner_groups: OwnerGroups,
+    pub host_ipv4_loopback: Cidr,
+}
+
+impl Config {
+    pub fn is_tproxy(&self) -> bool {
+        self.interception == InterceptionMode::Tproxy
+    }
+
+    /// Whether TPROXY policy routing (fwmark rule + local route, spec §6) is part of the apply.
+    pub fn needs_tproxy_routes(&self) -> bool {
+        self.is_tproxy() && self.inbound_ports != InboundPorts::None
+    }
+}

@@ -1,0 +1,162 @@
+//! `mesh-redirect`: apply, render, verify and remove Istio's sidecar redirect rules.
+//!
+//! Exit codes: 0 success; 1 `verify` found differences; 2 invalid input (nothing touched);
+//! 3 the namespace could not be entered; 4 the kernel refused (nothing changed).
+
+use clap::Parser;
+use mesh_redirect::cli::{Cli, Command, RedirectArgs};
+use mesh_redirect::config::{Config, ConfigError, GroupDatabase, GroupFile};
+use mesh_redirect::engine::{self, EngineError};
+use mesh_redirect::netns::Netns;
+use mesh_redirect::nft::batch::FaultInjection;
+use mesh_redirect::nft::render::render;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+
+/// The host's group file, read only if a group is given by name.
+struct HostGroups(OnceLock<GroupFile>);
+
+impl GroupDatabase for HostGroups {
+    fn gid_of(&self, name: &str) -> Option<u32> {
+        self.0
+            .get_or_init(|| GroupFile::load(GroupFile::HOST_PATH).unwrap_or_default())
+            .gid_of(name)
+    }
+}
+
+fn config(args: &RedirectArgs) -> Result<Config, ConfigError> {
+    let raw = args.to_raw(&|name| std::env::var(name).ok());
+    raw.validate(&HostGroups(OnceLock::new()))
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter =
+        EnvFilter::try_from_env("MESH_REDIRECT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn fault_injection() -> FaultInjection {
+    #[cfg(feature = "fault-injection")]
+    {
+        FaultInjection {
+            fail_last_message: std::env::var("MESH_REDIRECT_FAULT").as_deref()
+                == Ok("last-message"),
+        }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    FaultInjection::default()
+}
+
+enum Failure {
+    Input(String),
+    Netns(String),
+    Kernel(String),
+    Drift,
+}
+
+fn engine_failure(e: EngineError) -> Failure {
+    match e {
+        EngineError::Netns(e) => Failure::Netns(e.to_string()),
+        other => Failure::Kernel(other.to_string()),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Render { redirect, .. } => {
+            let cfg = config(&redirect).map_err(|e| Failure::Input(e.to_string()))?;
+            print!("{}", render(&engine::plan(&cfg)));
+            Ok(())
+        }
+        Command::Apply { target, redirect } => {
+            let cfg = config(&redirect).map_err(|e| Failure::Input(e.to_string()))?;
+            let ns = Netns::open(&target.netns).map_err(|e| Failure::Netns(e.to_string()))?;
+            let report = engine::apply(&ns, &cfg, fault_injection()).map_err(engine_failure)?;
+            tracing::info!(
+                netns = ns.path(),
+                backend = "nftables",
+                objects = report.objects,
+                messages = report.messages,
+                replaced = report.replaced,
+                routes = report.routes_added.len(),
+                apply_us = report.elapsed.as_micros() as u64,
+                "applied"
+            );
+            Ok(())
+        }
+        Command::Verify { target, redirect } => {
+            let cfg = config(&redirect).map_err(|e| Failure::Input(e.to_string()))?;
+            let ns = Netns::open(&target.netns).map_err(|e| Failure::Netns(e.to_string()))?;
+            let differences = engine::verify(&ns, &cfg).map_err(engine_failure)?;
+            if differences.is_empty() {
+                tracing::info!(
+                    netns = ns.path(),
+                    backend = "nftables",
+                    "the kernel matches the expected rules"
+                );
+                return Ok(());
+            }
+            for d in &differences {
+                println!("{d}");
+            }
+            tracing::warn!(
+                netns = ns.path(),
+                backend = "nftables",
+                differences = differences.len(),
+                "drift"
+            );
+            Err(Failure::Drift)
+        }
+        Command::Remove { target, redirect } => {
+            let cfg = config(&redirect).map_err(|e| Failure::Input(e.to_string()))?;
+            let ns = Netns::open(&target.netns).map_err(|e| Failure::Netns(e.to_string()))?;
+            let report = engine::remove(&ns, &cfg).map_err(engine_failure)?;
+            tracing::info!(
+                netns = ns.path(),
+                backend = "nftables",
+                tables = report.tables_removed.len(),
+                routes = report.routes_removed.len(),
+                "removed"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Drift) => ExitCode::from(1),
+        Err(Failure::Input(m)) => {
+            tracing::error!("{m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Netns(m)) => {
+            tracing::error!("{m}");
+            ExitCode::from(3)
+        }
+        Err(Failure::Kernel(m)) => {
+            tracing::error!("{m}");
+            ExitCode::from(4)
+        }
+    }
+}

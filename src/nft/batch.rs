@@ -1,0 +1,443 @@
+//! The plan as one nf_tables transaction: `BATCH_BEGIN`, tables, chains, anonymous sets,
+//! rules, `BATCH_END`. The kernel applies all of it or nothing.
+//!
+//! Two shapes (kernel-notes §1.5): on a namespace without our tables a **create-only**
+//! batch (`NEWTABLE` with `NLM_F_EXCL`: no delete, so no RCU wait at socket close); when
+//! our tables exist, a **replace** batch that first re-declares and deletes each of the
+//! three tables (`add table; delete table`, which works whether or not it exists) and then
+//! builds them anew. Rules are written in their final order with `NLM_F_APPEND`
+//! ([`Plan::resolve_inet`]); every message asks for an ACK so that each reply can be tied to
+//! the object it concerns.
+
+use super::abi::*;
+use super::expr::{lower, CmpOp, Expr, Verdict};
+use super::render;
+use super::wire::MessageWriter;
+use crate::model::{Plan, Table};
+
+/// What a message of the batch creates, for error reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    pub seq: u32,
+    /// Byte offset of the message in the batch (extended acks report offsets into it).
+    pub offset: usize,
+    pub len: usize,
+    pub object: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub bytes: Vec<u8>,
+    pub messages: Vec<MessageInfo>,
+    /// Number of tables, chains, sets and rules created.
+    pub objects: usize,
+}
+
+impl Batch {
+    /// The message a reply's sequence number refers to.
+    pub fn message(&self, seq: u32) -> Option<&MessageInfo> {
+        self.messages.iter().find(|m| m.seq == seq)
+    }
+
+    /// Every sequence number that asked for an ACK.
+    pub fn acked_seqs(&self) -> impl Iterator<Item = u32> + '_ {
+        self.messages
+            .iter()
+            .filter(|m| m.object != "batch begin" && m.object != "batch end")
+            .map(|m| m.seq)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// No table of ours exists: create only.
+    Create,
+    /// Replace our three tables atomically.
+    Replace,
+    /// Delete our tables (`remove`): the given ones are known to exist.
+    Delete,
+}
+
+/// Test-only: make the last message of the batch fail (a jump to a chain that does not
+/// exist), to prove that a rejected batch changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FaultInjection {
+    pub fail_last_message: bool,
+}
+
+struct Builder {
+    w: MessageWriter,
+    seq: u32,
+    messages: Vec<MessageInfo>,
+    next_set_id: u32,
+    objects: usize,
+}
+
+const NFT_TYPE: fn(u16) -> u16 = |m| (NFNL_SUBSYS_NFTABLES << 8) | m;
+
+impl Builder {
+    fn new(first_seq: u32) -> Builder {
+        Builder {
+            w: MessageWriter::default(),
+            seq: first_seq,
+            messages: Vec::new(),
+            next_set_id: 1,
+            objects: 0,
+        }
+    }
+
+    fn message(
+        &mut self,
+        msg_type: u16,
+        flags: u16,
+        family: u8,
+        res_id: u16,
+        object: String,
+        body: impl FnOnce(&mut MessageWriter),
+    ) {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let offset = self.w.buf.len();
+        let start = self.w.begin_message(msg_type, flags, seq, family, res_id);
+        body(&mut self.w);
+        self.w.end_message(start);
+        self.messages.push(MessageInfo {
+            seq,
+            offset,
+            len: self.w.buf.len() - offset,
+            object,
+        });
+    }
+
+    fn nft(&mut self, msg: u16, flags: u16, object: String, body: impl FnOnce(&mut MessageWriter)) {
+        self.message(
+            NFT_TYPE(msg),
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            NFPROTO_INET,
+            0,
+            object,
+            body,
+        );
+    }
+
+    fn table(&mut self, name: &str, flags: u16) {
+        self.nft(NFT_MSG_NEWTABLE, flags, format!("table inet {name}"), |w| {
+            w.attr_str(NFTA_TABLE_NAME, name);
+            w.attr_u32(NFTA_TABLE_FLAGS, 0);
+        });
+    }
+
+    fn delete_table(&mut self, name: &str) {
+        self.nft(
+            NFT_MSG_DELTABLE,
+            0,
+            format!("delete table inet {name}"),
+            |w| {
+                w.attr_str(NFTA_TABLE_NAME, name);
+            },
+        );
+    }
+}
+
+/// Encodes `plan` (an nftables-flavoured plan) as one batch. `first_seq` keeps sequence
+/// numbers unique on a socket that sends several batches.
+pub fn encode(plan: &Plan, shape: Shape, first_seq: u32, fault: FaultInjection) -> Batch {
+    let mut b = Builder::new(first_seq);
+    b.message(
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+        "batch begin".into(),
+        |_| {},
+    );
+
+    if shape != Shape::Create {
+        for table in Table::ALL {
+            b.table(table.nft_name(), NLM_F_CREATE);
+            b.delete_table(table.nft_name());
+        }
+    }
+    if shape != Shape::Delete {
+        let resolved = plan.resolve_inet();
+        for table in plan.tables() {
+            let tname = table.nft_name();
+            b.table(
+                tname,
+                NLM_F_CREATE
+                    | if shape == Shape::Create {
+                        NLM_F_EXCL
+                    } else {
+                        0
+                    },
+            );
+            b.objects += 1;
+            for chain in plan.chains(table) {
+                b.objects += 1;
+                b.nft(
+                    NFT_MSG_NEWCHAIN,
+                    NLM_F_CREATE,
+                    format!("chain inet {tname} {}", chain.nft_name()),
+                    |w| {
+                        w.attr_str(NFTA_CHAIN_TABLE, tname);
+                        w.attr_str(NFTA_CHAIN_NAME, chain.nft_name());
+                        if let Some(base) = chain.base(table) {
+                            let hook = w.nest_begin(NFTA_CHAIN_HOOK);
+                            let num = match base.hook {
+                                crate::model::Hook::Prerouting => NF_INET_PRE_ROUTING,
+                                crate::model::Hook::Output => NF_INET_LOCAL_OUT,
+                            };
+                            w.attr_u32(NFTA_HOOK_HOOKNUM, num);
+                            w.attr_u32(NFTA_HOOK_PRIORITY, base.priority as u32);
+                            w.nest_end(hook);
+                            w.attr_str(NFTA_CHAIN_TYPE, base.kind.name());
+                        }
+                    },
+                );
+            }
+            for rc in resolved.iter().filter(|rc| rc.table == table) {
+                for (i, rule) in rc.rules.iter().enumerate() {
+                    let step = crate::model::Step {
+                        table,
+                        chain: rc.chain,
+                        position: crate::model::Position::Append,
+                        rule: rule.clone(),
+                    };
+                    let what = format!(
+                        "rule {} of inet {tname} {}: {}",
+                        i + 1,
+                        rc.chain.nft_name(),
+                        render::rule_text(&step)
+                    );
+                    rule_message(&mut b, tname, rc.chain.nft_name(), &lower(rule), what);
+                }
+            }
+        }
+        if fault.fail_last_message {
+            if let Some(table) = plan.tables().first() {
+                let chain = plan.chains(*table)[0];
+                let broken = vec![Expr::Verdict(Verdict::Jump(
+                    "mesh-redirect-no-such-chain".into(),
+                ))];
+                rule_message(
+                    &mut b,
+                    table.nft_name(),
+                    chain.nft_name(),
+                    &broken,
+                    "fault injection: jump to a missing chain".into(),
+                );
+            }
+        }
+    }
+
+    b.message(
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+        "batch end".into(),
+        |_| {},
+    );
+    Batch {
+        bytes: b.w.buf,
+        messages: b.messages,
+        objects: b.objects,
+    }
+}
+
+/// An anonymous constant set per lookup (a set can be bound to one rule only, kernel-notes
+/// §1.6), then the rule.
+fn rule_message(b: &mut Builder, table: &str, chain: &str, exprs: &[Expr], what: String) {
+    let mut set_ids = Vec::new();
+    for e in exprs {
+        if let Expr::Lookup { elements, .. } = e {
+            let id = b.next_set_id;
+            b.next_set_id += 1;
+            set_ids.push(id);
+            let name = "__set%d";
+            b.objects += 1;
+            b.nft(
+                NFT_MSG_NEWSET,
+                NLM_F_CREATE,
+                format!("anonymous set for {what}"),
+                |w| {
+                    w.attr_str(NFTA_SET_TABLE, table);
+                    w.attr_str(NFTA_SET_NAME, name);
+                    w.attr_u32(NFTA_SET_FLAGS, NFT_SET_ANONYMOUS | NFT_SET_CONSTANT);
+                    w.attr_u32(NFTA_SET_KEY_TYPE, NFT_DATATYPE_INET_SERVICE);
+                    w.attr_u32(NFTA_SET_KEY_LEN, elements[0].len() as u32);
+                    w.attr_u32(NFTA_SET_ID, id);
+                    let desc = w.nest_begin(NFTA_SET_DESC);
+                    w.attr_u32(NFTA_SET_DESC_SIZE, elements.len() as u32);
+                    w.nest_end(desc);
+                },
+            );
+            b.nft(
+                NFT_MSG_NEWSETELEM,
+                NLM_F_CREATE,
+                format!("set elements for {what}"),
+                |w| {
+                    w.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+                    w.attr_str(NFTA_SET_ELEM_LIST_SET, name);
+                    w.attr_u32(NFTA_SET_ELEM_LIST_SET_ID, id);
+                    let list = w.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+                    for e in elements {
+                        let elem = w.nest_begin(NFTA_LIST_ELEM);
+                        w.data_value(NFTA_SET_ELEM_KEY, e);
+                        w.nest_end(elem);
+                    }
+                    w.nest_end(list);
+                },
+            );
+        }
+    }
+    b.objects += 1;
+    b.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, what, |w| {
+        w.attr_str(NFTA_RULE_TABLE, table);
+        w.attr_str(NFTA_RULE_CHAIN, chain);
+        let list = w.nest_begin(NFTA_RULE_EXPRESSIONS);
+        let mut sets = set_ids.into_iter();
+        for e in exprs {
+            let elem = w.nest_begin(NFTA_LIST_ELEM);
+            encode_expr(w, e, &mut sets);
+            w.nest_end(elem);
+        }
+        w.nest_end(list);
+    });
+}
+
+fn encode_expr(w: &mut MessageWriter, e: &Expr, sets: &mut impl Iterator<Item = u32>) {
+    let (name, body): (&str, Box<dyn FnOnce(&mut MessageWriter)>) = match e {
+        Expr::Meta(k) => (
+            "meta",
+            Box::new(|w: &mut MessageWriter| {
+                w.attr_u32(NFTA_META_KEY, k.number());
+                w.attr_u32(NFTA_META_DREG, NFT_REG_1);
+            }),
+        ),
+        Expr::MetaSet(k) => (
+            "meta",
+            Box::new(|w: &mut MessageWriter| {
+                w.attr_u32(NFTA_META_KEY, k.number());
+                w.attr_u32(NFTA_META_SREG, NFT_REG_1);
+            }),
+        ),
+        Expr::Cmp { op, data } => (
+            "cmp",
+            Box::new(move |w: &mut MessageWriter| {
+                w.attr_u32(NFTA_CMP_SREG, NFT_REG_1);
+                w.attr_u32(
+                    NFTA_CMP_OP,
+                    if *op == CmpOp::Eq {
+                        NFT_CMP_EQ
+                    } else {
+                        NFT_CMP_NEQ
+                    },
+                );
+                w.data_value(NFTA_CMP_DATA, data);
+            }),
+        ),
+        Expr::Payload { base, offset, len } => (
+            "payload",
+            Box::new(move |w: &mut MessageWriter| {
+                w.attr_u32(NFTA_PAYLOAD_DREG, NFT_REG_1);
+                w.attr_u32(NFTA_PAYLOAD_BASE, *base);
+                w.attr_u32(NFTA_PAYLOAD_OFFSET, *offset);
+                w.attr_u32(NFTA_PAYLOAD_LEN, *len);
+            }),
+        ),
+        Expr::Bitwise { mask, xor } => (
+            "bitwise",
+            Box::new(move |w: &mut MessageWriter| {
+                w.attr_u32(NFTA_BITWISE_SREG, NFT_REG_1);
+                w.attr_u32(NFTA_BITWISE_DREG, NFT_REG_1);
+                w.attr_u32(NFTA_BITWISE_LEN, mask.len() as u32);
+                w.data_value(NFTA_BITWISE_MASK, mask);
+                w.data_value(NFTA_BITWISE_XOR, xor);
+            }),
+        ),
+        Expr::Lookup { invert, .. } => {
+            let id = sets.next().expect("a set was created for every lookup");
+            (
+                "lookup",
+                Box::new(move |w: &mut MessageWriter| {
+                    w.attr_str(NFTA_LOOKUP_SET, "__set%d");
+                    w.attr_u32(NFTA_LOOKUP_SET_ID, id);
+                    w.attr_u32(NFTA_LOOKUP_SREG, NFT_REG_1);
+                    if *invert {
+                        w.attr_u32(NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
+                    }
+                }),
+            )
+        }
+        Expr::Counter => (
+            "counter",
+            Box::new(|w: &mut MessageWriter| {
+                w.attr(NFTA_COUNTER_BYTES, &0u64.to_be_bytes());
+                w.attr(NFTA_COUNTER_PACKETS, &0u64.to_be_bytes());
+            }),
+        ),
+        Expr::Immediate(data) => (
+            "immediate",
+            Box::new(move |w: &mut MessageWriter| {
+                w.attr_u32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
+                w.data_value(NFTA_IMMEDIATE_DATA, data);
+            }),
+        ),
+        Expr::Verdict(v) => (
+            "immediate",
+            Box::new(move |w: &mut MessageWriter| {
+                w.attr_u32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+                let data = w.nest_begin(NFTA_IMMEDIATE_DATA);
+                let verdict = w.nest_begin(NFTA_DATA_VERDICT);
+                let (code, chain) = match v {
+                    Verdict::Accept => (NF_ACCEPT, None),
+                    Verdict::Drop => (NF_DROP, None),
+                    Verdict::Return => (NFT_RETURN, None),
+                    Verdict::Jump(c) => (NFT_JUMP, Some(c.as_str())),
+                };
+                w.attr_u32(NFTA_VERDICT_CODE, code as u32);
+                if let Some(c) = chain {
+                    w.attr_str(NFTA_VERDICT_CHAIN, c);
+                }
+                w.nest_end(verdict);
+                w.nest_end(data);
+            }),
+        ),
+        Expr::Redirect => (
+            "redir",
+            Box::new(|w: &mut MessageWriter| {
+                w.attr_u32(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1);
+                w.attr_u32(NFTA_REDIR_REG_PROTO_MAX, NFT_REG_1);
+                w.attr_u32(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
+            }),
+        ),
+        Expr::Tproxy { family } => (
+            "tproxy",
+            Box::new(move |w: &mut MessageWriter| {
+                w.attr_u32(NFTA_TPROXY_FAMILY, *family as u32);
+                w.attr_u32(NFTA_TPROXY_REG_PORT, NFT_REG_1);
+            }),
+        ),
+        Expr::CtLoad(key) => (
+            "ct",
+            Box::new(move |w: &mut MessageWriter| {
+                w.attr_u32(NFTA_CT_KEY, *key);
+                w.attr_u32(NFTA_CT_DREG, NFT_REG_1);
+            }),
+        ),
+        Expr::CtSet(key) => (
+            "ct",
+            Box::new(move |w: &mut MessageWriter| {
+                w.attr_u32(NFTA_CT_KEY, *key);
+                w.attr_u32(NFTA_CT_SREG, NFT_REG_1);
+            }),
+        ),
+        // Only ever decoded from the kernel, never produced by `lower`.
+        Expr::Other(name) => (name.as_str(), Box::new(|_: &mut MessageWriter| {})),
+    };
+    w.attr_str(NFTA_EXPR_NAME, name);
+    let data = w.nest_begin(NFTA_EXPR_DATA);
+    body(w);
+    w.nest_end(data);
+}

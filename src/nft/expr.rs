@@ -1,0 +1,420 @@
+//! Lowering a model rule to nf_tables expressions, the same ones `nft` generates for Istio's
+//! rule text (checked with `nft --debug=netlink`). For example
+//! `oifname "lo" meta l4proto tcp ip daddr != 127.0.0.1 tcp dport != 15008 meta skuid 1337
+//! counter jump istio-in-redirect` is:
+//!
+//! ```text
+//! [ meta load oifname => reg 1 ]  [ cmp eq reg 1 "lo" (16 bytes, zero padded) ]
+//! [ meta load l4proto => reg 1 ]  [ cmp eq reg 1 0x06 ]
+//! [ meta load nfproto => reg 1 ]  [ cmp eq reg 1 0x02 ]          (implicit `ip` dependency)
+//! [ payload load 4b @ network header + 16 => reg 1 ]  [ cmp neq reg 1 127.0.0.1 ]
+//! [ payload load 2b @ transport header + 2 => reg 1 ]  [ cmp neq reg 1 15008 (BE) ]
+//! [ meta load skuid => reg 1 ]  [ cmp eq reg 1 1337 (host order) ]
+//! [ counter ]  [ immediate reg 0 jump -> istio-in-redirect ]
+//! ```
+//!
+//! The same IR is what [`super::readback`] decodes from the kernel, so "is the kernel what
+//! we meant" is a comparison of two `Vec<Expr>`.
+
+use super::abi::*;
+use crate::config::Cidr;
+use crate::model::{Action, Chain, CtState, Match, Proto, Rule};
+use std::fmt;
+
+/// Where a comparison, load or statement gets its value: every data expression here works on
+/// register 1, verdicts on register 0, exactly like nft's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    Meta(MetaKey),
+    MetaSet(MetaKey),
+    Cmp {
+        op: CmpOp,
+        data: Vec<u8>,
+    },
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+    },
+    Bitwise {
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    /// A lookup in an anonymous constant set of `inet_service` keys.
+    Lookup {
+        elements: Vec<Vec<u8>>,
+        invert: bool,
+    },
+    Counter,
+    Immediate(Vec<u8>),
+    Verdict(Verdict),
+    /// `redirect to :port` with the port in register 1.
+    Redirect,
+    /// `tproxy ip|ip6 to :port` with the port in register 1.
+    Tproxy {
+        family: u8,
+    },
+    CtLoad(u32),
+    CtSet(u32),
+    /// An expression we never write (found in the kernel, shown by name).
+    Other(String),
+}
+
+impl Expr {
+    /// The form used for comparisons: set elements have no order.
+    pub fn normalized(&self) -> Expr {
+        match self {
+            Expr::Lookup { elements, invert } => {
+                let mut elements = elements.clone();
+                elements.sort();
+                Expr::Lookup {
+                    elements,
+                    invert: *invert,
+                }
+            }
+            other => other.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaKey {
+    Mark,
+    IifName,
+    OifName,
+    SkUid,
+    SkGid,
+    NfProto,
+    L4Proto,
+}
+
+impl MetaKey {
+    pub fn number(self) -> u32 {
+        match self {
+            MetaKey::Mark => NFT_META_MARK,
+            MetaKey::IifName => NFT_META_IIFNAME,
+            MetaKey::OifName => NFT_META_OIFNAME,
+            MetaKey::SkUid => NFT_META_SKUID,
+            MetaKey::SkGid => NFT_META_SKGID,
+            MetaKey::NfProto => NFT_META_NFPROTO,
+            MetaKey::L4Proto => NFT_META_L4PROTO,
+        }
+    }
+
+    pub fn from_number(n: u32) -> Option<MetaKey> {
+        [
+            MetaKey::Mark,
+            MetaKey::IifName,
+            MetaKey::OifName,
+            MetaKey::SkUid,
+            MetaKey::SkGid,
+            MetaKey::NfProto,
+            MetaKey::L4Proto,
+        ]
+        .into_iter()
+        .find(|k| k.number() == n)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            MetaKey::Mark => "mark",
+            MetaKey::IifName => "iifname",
+            MetaKey::OifName => "oifname",
+            MetaKey::SkUid => "skuid",
+            MetaKey::SkGid => "skgid",
+            MetaKey::NfProto => "nfproto",
+            MetaKey::L4Proto => "l4proto",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Neq,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Return,
+    Jump(String),
+}
+
+fn cmp(negate: bool, data: Vec<u8>) -> Expr {
+    Expr::Cmp {
+        op: if negate { CmpOp::Neq } else { CmpOp::Eq },
+        data,
+    }
+}
+
+/// An interface name as nft compares it: the whole IFNAMSIZ buffer, zero padded.
+pub fn ifname_bytes(name: &str) -> Vec<u8> {
+    let mut b = name.as_bytes().to_vec();
+    b.resize(IFNAMSIZ, 0);
+    b
+}
+
+/// Lowers one rule. Dependencies are added the way nft adds them: `meta nfproto` before an
+/// address, `meta l4proto` before a port unless the rule already established the protocol.
+pub fn lower(rule: &Rule) -> Vec<Expr> {
+    let mut out = Vec::new();
+    let mut l4: Option<Proto> = None;
+    let mut l3: Option<bool> = None; // Some(true) = IPv4 established
+    for m in &rule.matches {
+        match m {
+            Match::InIface(i) => out.extend([
+                Expr::Meta(MetaKey::IifName),
+                cmp(false, ifname_bytes(i.as_str())),
+            ]),
+            Match::OutIface(i) => out.extend([
+                Expr::Meta(MetaKey::OifName),
+                cmp(false, ifname_bytes(i.as_str())),
+            ]),
+            Match::L4Proto(p) => {
+                out.extend([Expr::Meta(MetaKey::L4Proto), cmp(false, vec![p.number()])]);
+                l4 = Some(*p);
+            }
+            Match::DPort {
+                proto,
+                ports,
+                negate,
+            } => {
+                port_dependency(&mut out, &mut l4, *proto);
+                out.push(Expr::Payload {
+                    base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                    offset: 2,
+                    len: 2,
+                });
+                if ports.len() == 1 {
+                    out.push(cmp(*negate, ports[0].to_be_bytes().to_vec()));
+                } else {
+                    out.push(Expr::Lookup {
+                        elements: ports.iter().map(|p| p.to_be_bytes().to_vec()).collect(),
+                        invert: *negate,
+                    });
+                }
+            }
+            Match::SPort { proto, port } => {
+                port_dependency(&mut out, &mut l4, *proto);
+                out.push(Expr::Payload {
+                    base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                    offset: 0,
+                    len: 2,
+                });
+                out.push(cmp(false, port.to_be_bytes().to_vec()));
+            }
+            Match::SAddr { cidr, negate } => address(&mut out, &mut l3, cidr, true, *negate),
+            Match::DAddr { cidr, negate } => address(&mut out, &mut l3, cidr, false, *negate),
+            Match::SkUid { uid, negate } => out.extend([
+                Expr::Meta(MetaKey::SkUid),
+                cmp(*negate, uid.to_ne_bytes().to_vec()),
+            ]),
+            Match::SkGid { group, negate } => out.extend([
+                Expr::Meta(MetaKey::SkGid),
+                cmp(*negate, group.gid.to_ne_bytes().to_vec()),
+            ]),
+            Match::CtState(state) => {
+                let bits = match state {
+                    CtState::Invalid => NF_CT_STATE_INVALID_BIT,
+                    CtState::RelatedEstablished => {
+                        NF_CT_STATE_ESTABLISHED_BIT | NF_CT_STATE_RELATED_BIT
+                    }
+                };
+                out.extend([
+                    Expr::CtLoad(NFT_CT_STATE),
+                    Expr::Bitwise {
+                        mask: bits.to_ne_bytes().to_vec(),
+                        xor: vec![0; 4],
+                    },
+                    cmp(true, vec![0; 4]),
+                ]);
+            }
+            Match::Mark { mark, negate } => out.extend([
+                Expr::Meta(MetaKey::Mark),
+                cmp(*negate, mark.to_ne_bytes().to_vec()),
+            ]),
+            Match::CtMark(mark) => out.extend([
+                Expr::CtLoad(NFT_CT_MARK),
+                cmp(false, mark.to_ne_bytes().to_vec()),
+            ]),
+        }
+    }
+    action(&mut out, &rule.action, rule_family_is_v6(rule));
+    out
+}
+
+fn rule_family_is_v6(rule: &Rule) -> bool {
+    rule.family == crate::model::Family::V6
+}
+
+fn port_dependency(out: &mut Vec<Expr>, l4: &mut Option<Proto>, proto: Proto) {
+    if *l4 != Some(proto) {
+        out.extend([
+            Expr::Meta(MetaKey::L4Proto),
+            cmp(false, vec![proto.number()]),
+        ]);
+        *l4 = Some(proto);
+    }
+}
+
+/// `ip daddr 10.0.0.0/8`: nft loads only the whole bytes of a byte-aligned prefix, and masks
+/// with a bitwise expression otherwise (including `/0`).
+fn address(out: &mut Vec<Expr>, l3: &mut Option<bool>, cidr: &Cidr, source: bool, negate: bool) {
+    let v4 = cidr.is_v4();
+    if *l3 != Some(v4) {
+        let nfproto = if v4 { NFPROTO_IPV4 } else { NFPROTO_IPV6 };
+        out.extend([Expr::Meta(MetaKey::NfProto), cmp(false, vec![nfproto])]);
+        *l3 = Some(v4);
+    }
+    let (offset, full) = match (v4, source) {
+        (true, true) => (12, 4),
+        (true, false) => (16, 4),
+        (false, true) => (8, 16),
+        (false, false) => (24, 16),
+    };
+    let network = cidr.network_bytes();
+    if cidr.len == cidr.max_len() {
+        out.push(Expr::Payload {
+            base: NFT_PAYLOAD_NETWORK_HEADER,
+            offset,
+            len: full,
+        });
+        out.push(cmp(negate, network));
+    } else if cidr.len % 8 == 0 && cidr.len > 0 {
+        let bytes = (cidr.len / 8) as usize;
+        out.push(Expr::Payload {
+            base: NFT_PAYLOAD_NETWORK_HEADER,
+            offset,
+            len: bytes as u32,
+        });
+        out.push(cmp(negate, network[..bytes].to_vec()));
+    } else {
+        out.push(Expr::Payload {
+            base: NFT_PAYLOAD_NETWORK_HEADER,
+            offset,
+            len: full,
+        });
+        out.push(Expr::Bitwise {
+            mask: cidr.mask_bytes(),
+            xor: vec![0; full as usize],
+        });
+        out.push(cmp(negate, network));
+    }
+}
+
+fn action(out: &mut Vec<Expr>, action: &Action, v6: bool) {
+    let verdict = |v| Expr::Verdict(v);
+    match action {
+        Action::Return => out.extend([Expr::Counter, verdict(Verdict::Return)]),
+        Action::Accept => out.extend([Expr::Counter, verdict(Verdict::Accept)]),
+        Action::Drop => out.extend([Expr::Counter, verdict(Verdict::Drop)]),
+        Action::Jump(c) => out.extend([Expr::Counter, verdict(Verdict::Jump(chain_name(*c)))]),
+        Action::Redirect { port } => out.extend([
+            Expr::Counter,
+            Expr::Immediate(port.to_be_bytes().to_vec()),
+            Expr::Redirect,
+        ]),
+        // `tproxy ip to :15006 meta mark set 1337 counter accept`: the counter comes after
+        // the mark here, as in Istio's text.
+        Action::Tproxy { port, mark } => out.extend([
+            Expr::Immediate(port.to_be_bytes().to_vec()),
+            Expr::Tproxy {
+                family: if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 },
+            },
+            Expr::Immediate(mark.to_ne_bytes().to_vec()),
+            Expr::MetaSet(MetaKey::Mark),
+            Expr::Counter,
+            verdict(Verdict::Accept),
+        ]),
+        Action::SetMark(m) => out.extend([
+            Expr::Counter,
+            Expr::Immediate(m.to_ne_bytes().to_vec()),
+            Expr::MetaSet(MetaKey::Mark),
+        ]),
+        Action::SaveMarkToConntrack => out.extend([
+            Expr::Counter,
+            Expr::Meta(MetaKey::Mark),
+            Expr::CtSet(NFT_CT_MARK),
+        ]),
+        Action::RestoreMarkFromConntrack => out.extend([
+            Expr::Counter,
+            Expr::CtLoad(NFT_CT_MARK),
+            Expr::MetaSet(MetaKey::Mark),
+        ]),
+        Action::CtZone(z) => out.extend([
+            Expr::Counter,
+            Expr::Immediate(z.to_ne_bytes().to_vec()),
+            Expr::CtSet(NFT_CT_ZONE),
+        ]),
+    }
+}
+
+pub fn chain_name(c: Chain) -> String {
+    c.nft_name().to_string()
+}
+
+fn hex(data: &[u8]) -> String {
+    data.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A compact, nft-debug-like spelling used in verify diffs.
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::Meta(k) => write!(f, "[meta load {}]", k.name()),
+            Expr::MetaSet(k) => write!(f, "[meta set {}]", k.name()),
+            Expr::Cmp { op, data } => {
+                let text =
+                    String::from_utf8(data.iter().copied().take_while(|b| *b != 0).collect()).ok();
+                let shown = match text {
+                    Some(t) if data.len() == IFNAMSIZ && !t.is_empty() => format!("\"{t}\""),
+                    _ => format!("0x{}", hex(data)),
+                };
+                write!(
+                    f,
+                    "[cmp {} {shown}]",
+                    if *op == CmpOp::Eq { "eq" } else { "neq" }
+                )
+            }
+            Expr::Payload { base, offset, len } => {
+                let b = if *base == NFT_PAYLOAD_NETWORK_HEADER {
+                    "network"
+                } else {
+                    "transport"
+                };
+                write!(f, "[payload {len}b @ {b} + {offset}]")
+            }
+            Expr::Bitwise { mask, xor } => {
+                write!(f, "[bitwise & 0x{} ^ 0x{}]", hex(mask), hex(xor))
+            }
+            Expr::Lookup { elements, invert } => {
+                let e: Vec<String> = elements.iter().map(|e| format!("0x{}", hex(e))).collect();
+                write!(
+                    f,
+                    "[lookup {}{{{}}}]",
+                    if *invert { "!= " } else { "" },
+                    e.join(",")
+                )
+            }
+            Expr::Counter => write!(f, "[counter]"),
+            Expr::Immediate(d) => write!(f, "[immediate 0x{}]", hex(d)),
+            Expr::Verdict(v) => match v {
+                Verdict::Accept => write!(f, "[accept]"),
+                Verdict::Drop => write!(f, "[drop]"),
+                Verdict::Return => write!(f, "[return]"),
+                Verdict::Jump(c) => write!(f, "[jump {c}]"),
+            },
+            Expr::Redirect => write!(f, "[redir]"),
+            Expr::Tproxy { family } => write!(
+                f,
+                "[tproxy {}]",
+                if *family == NFPROTO_IPV6 { "ip6" } else { "ip" }
+            ),
+            Expr::CtLoad(k) => write!(f, "[ct load {k}]"),
+            Expr::CtSet(k) => write!(f, "[ct set {k}]"),
+            Expr::Other(name) => write!(f, "[{name} …]"),
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Reading our tables back from the kernel: tables, chains, rules and the anonymous sets
+//! their lookups use, decoded into the same [`Expr`] IR the encoder writes.
+
+use super::abi::*;
+use super::expr::{CmpOp, Expr, MetaKey, Verdict};
+use super::socket::{NetlinkError, NfSocket};
+use super::wire::{attrs, find_attr, Attr};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseSpec {
+    pub hook: u32,
+    pub priority: i32,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelChain {
+    pub name: String,
+    pub base: Option<BaseSpec>,
+    pub rules: Vec<Vec<Expr>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelTable {
+    pub name: String,
+    pub chains: Vec<KernelChain>,
+}
+
+/// Names of the `inet` tables that exist in the socket's namespace.
+pub fn inet_tables(sock: &mut NfSocket) -> Result<Vec<String>, NetlinkError> {
+    let replies = sock.dump(NFT_MSG_GETTABLE, NFPROTO_INET, |_| {})?;
+    Ok(replies
+        .iter()
+        .filter_map(|r| {
+            find_attr(r, NFTA_TABLE_NAME)
+                .and_then(|a| a.str())
+                .map(str::to_string)
+        })
+        .collect())
+}
+
+/// Reads the named `inet` tables (those that exist) with all their chains and rules.
+pub fn read_tables(sock: &mut NfSocket, wanted: &[&str]) -> Result<Vec<KernelTable>, NetlinkError> {
+    let existing = inet_tables(sock)?;
+    let names: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|w| existing.iter().any(|e| e == w))
+        .collect();
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let chain_replies = sock.dump(NFT_MSG_GETCHAIN, NFPROTO_INET, |_| {})?;
+    let set_replies = sock.dump(NFT_MSG_GETSET, NFPROTO_INET, |_| {})?;
+    let mut tables = Vec::new();
+    for table in names {
+        // Elements of every set of this table, by the set's (kernel-assigned) name.
+        let mut sets: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        for s in &set_replies {
+            if find_attr(s, NFTA_SET_TABLE).and_then(|a| a.str()) != Some(table) {
+                continue;
+            }
+            let Some(set) = find_attr(s, NFTA_SET_NAME).and_then(|a| a.str()) else {
+                continue;
+            };
+            let elems = sock.dump(NFT_MSG_GETSETELEM, NFPROTO_INET, |w| {
+                w.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+                w.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+            })?;
+            let mut keys = Vec::new();
+            for e in &elems {
+                if let Some(list) = find_attr(e, NFTA_SET_ELEM_LIST_ELEMENTS) {
+                    for elem in list.nested() {
+                        if let Some(v) = elem
+                            .find(NFTA_SET_ELEM_KEY)
+                            .and_then(|k| k.find(NFTA_DATA_VALUE))
+                        {
+                            keys.push(v.value.to_vec());
+                        }
+                    }
+                }
+            }
+            sets.insert(set.to_string(), keys);
+        }
+        let mut chains: Vec<KernelChain> = chain_replies
+            .iter()
+            .filter(|c| find_attr(c, NFTA_CHAIN_TABLE).and_then(|a| a.str()) == Some(table))
+            .map(|c| KernelChain {
+                name: find_attr(c, NFTA_CHAIN_NAME)
+                    .and_then(|a| a.str())
+                    .unwrap_or_default()
+                    .to_string(),
+                base: find_attr(c, NFTA_CHAIN_HOOK).map(|h| BaseSpec {
+                    hook: h
+                        .find(NFTA_HOOK_HOOKNUM)
+                        .and_then(|a| a.u32_be())
+                        .unwrap_or(u32::MAX),
+                    priority: h
+                        .find(NFTA_HOOK_PRIORITY)
+                        .and_then(|a| a.u32_be())
+                        .unwrap_or(0) as i32,
+                    kind: find_attr(c, NFTA_CHAIN_TYPE)
+                        .and_then(|a| a.str())
+                        .unwrap_or_default()
+                        .to_string(),
+                }),
+                rules: Vec::new(),
+            })
+            .collect();
+        let rules = sock.dump(NFT_MSG_GETRULE, NFPROTO_INET, |w| {
+            w.attr_str(NFTA_RULE_TABLE, table)
+        })?;
+        for r in &rules {
+            if find_attr(r, NFTA_RULE_TABLE).and_then(|a| a.str()) != Some(table) {
+                continue;
+            }
+            let chain = find_attr(r, NFTA_RULE_CHAIN)
+                .and_then(|a| a.str())
+                .unwrap_or_default();
+            let exprs = find_attr(r, NFTA_RULE_EXPRESSIONS)
+                .map(|list| list.nested().map(|e| decode_expr(e, &sets)).collect())
+                .unwrap_or_default();
+            if let Some(c) = chains.iter_mut().find(|c| c.name == chain) {
+                c.rules.push(exprs);
+            }
+        }
+        tables.push(KernelTable {
+            name: table.to_string(),
+            chains,
+        });
+    }
+    Ok(tables)
+}
+
+fn reg_u32(a: &Attr<'_>, ty: u16) -> Option<u32> {
+    a.find(ty).and_then(|x| x.u32_be())
+}
+
+fn data_value(a: &Attr<'_>, ty: u16) -> Vec<u8> {
+    a.find(ty)
+        .and_then(|d| d.find(NFTA_DATA_VALUE))
+        .map(|v| v.value.to_vec())
+        .unwrap_or_default()
+}
+
+/// Decodes one `NFTA_LIST_ELEM` of a rule; anything we never write becomes `Other`.
+pub fn decode_expr(elem: Attr<'_>, sets: &HashMap<String, Vec<Vec<u8>>>) -> Expr {
+    let name = elem
+        .find(NFTA_EXPR_NAME)
+        .and_then(|a| a.str())
+        .unwrap_or_default()
+        .to_string();
+    let Some(data) = elem.find(NFTA_EXPR_DATA) else {
+        return if name == "counter" {
+            Expr::Counter
+        } else {
+            Expr::Other(name)
+        };
+    };
+    let other = || Expr::Other(name.clone());
+    match name.as_str() {
+        "meta" => {
+            let Some(key) = reg_u32(&data, NFTA_META_KEY).and_then(MetaKey::from_number) else {
+                return other();
+            };
+            if data.find(NFTA_META_SREG).is_some() {
+                Expr::MetaSet(key)
+            } else {
+                Expr::Meta(key)
+            }
+        }
+        "cmp" => {
+            let op = match reg_u32(&data, NFTA_CMP_OP) {
+                Some(NFT_CMP_EQ) => CmpOp::Eq,
+                Some(NFT_CMP_NEQ) => CmpOp::Neq,
+                _ => return other(),
+            };
+            Expr::Cmp {
+                op,
+                data: data_value(&data, NFTA_CMP_DATA),
+            }
+        }
+        "payload" => Expr::Payload {
+            base: reg_u32(&data, NFTA_PAYLOAD_BASE).unwrap_or(u32::MAX),
+            offset: reg_u32(&data, NFTA_PAYLOAD_OFFSET).unwrap_or(u32::MAX),
+            len: reg_u32(&data, NFTA_PAYLOAD_LEN).unwrap_or(u32::MAX),
+        },
+        "bitwise" => Expr::Bitwise {
+            mask: data_value(&data, NFTA_BITWISE_MASK),
+            xor: data_value(&data, NFTA_BITWISE_XOR),
+        },
+        "lookup" => {
+            let set = data
+                .find(NFTA_LOOKUP_SET)
+                .and_then(|a| a.str())
+                .unwrap_or_default();
+            let mut elements = sets.get(set).cloned().unwrap_or_default();
+            elements.sort();
+            Expr::Lookup {
+                elements,
+                invert: reg_u32(&data, NFTA_LOOKUP_FLAGS).unwrap_or(0) & NFT_LOOKUP_F_INV != 0,
+            }
+        }
+        "counter" => Expr::Counter,
+        "immediate" => {
+            if reg_u32(&data, NFTA_IMMEDIATE_DREG) == Some(NFT_REG_VERDICT) {
+                let Some(v) = data
+                    .find(NFTA_IMMEDIATE_DATA)
+                    .and_then(|d| d.find(NFTA_DATA_VERDICT))
+                else {
+                    return other();
+                };
+                let code = reg_u32(&v, NFTA_VERDICT_CODE).map(|c| c as i32);
+                let chain = v
+                    .find(NFTA_VERDICT_CHAIN)
+                    .and_then(|c| c.str())
+                    .unwrap_or_default()
+                    .to_string();
+                match code {
+                    Some(NF_ACCEPT) => Expr::Verdict(Verdict::Accept),
+                    Some(NF_DROP) => Expr::Verdict(Verdict::Drop),
+                    Some(NFT_RETURN) => Expr::Verdict(Verdict::Return),
+                    Some(NFT_JUMP) => Expr::Verdict(Verdict::Jump(chain)),
+                    _ => other(),
+                }
+            } else {
+                Expr::Immediate(data_value(&data, NFTA_IMMEDIATE_DATA))
+            }
+        }
+        "redir" => Expr::Redirect,
+        "tproxy" => Expr::Tproxy {
+            family: reg_u32(&data, NFTA_TPROXY_FAMILY).unwrap_or(0) as u8,
+        },
+        "ct" => {
+            let Some(key) = reg_u32(&data, NFTA_CT_KEY) else {
+                return other();
+            };
+            if data.find(NFTA_CT_SREG).is_some() {
+                Expr::CtSet(key)
+            } else {
+                Expr::CtLoad(key)
+            }
+        }
+        _ => other(),
+    }
+}
+
+/// Decodes the expressions of NEWRULE messages in a batch we built (used by tests and
+/// benchmarks to check the encoder without a kernel).
+pub fn decode_batch_rules(batch: &[u8]) -> Vec<(String, Vec<Expr>)> {
+    let mut sets: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+    let mut out = Vec::new();
+    for m in super::wire::messages(batch) {
+        let body = m
+            .payload
+            .get(super::wire::NFGENMSG_LEN..)
+            .unwrap_or_default();
+        match m.msg_type & 0xff {
+            t if t == NFT_MSG_NEWSETELEM && m.msg_type >> 8 == NFNL_SUBSYS_NFTABLES => {
+                let id = find_attr(body, NFTA_SET_ELEM_LIST_SET_ID)
+                    .and_then(|a| a.u32_be())
+                    .unwrap_or(0);
+                let mut keys: Vec<Vec<u8>> = find_attr(body, NFTA_SET_ELEM_LIST_ELEMENTS)
+                    .map(|l| {
+                        l.nested()
+                            .filter_map(|e| {
+                                e.find(NFTA_SET_ELEM_KEY)
+                                    .and_then(|k| k.find(NFTA_DATA_VALUE))
+                                    .map(|v| v.value.to_vec())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                keys.sort();
+                sets.insert(id, keys);
+            }
+            t if t == NFT_MSG_NEWRULE && m.msg_type >> 8 == NFNL_SUBSYS_NFTABLES => {
+                let chain = find_attr(body, NFTA_RULE_CHAIN)
+                    .and_then(|a| a.str())
+                    .unwrap_or_default()
+                    .to_string();
+                let exprs = find_attr(body, NFTA_RULE_EXPRESSIONS)
+                    .map(|list| {
+                        list.nested()
+                            .map(|e| {
+                                // Lookups in our own batch name the set by id.
+                                let id = e
+                                    .find(NFTA_EXPR_DATA)
+                                    .and_then(|d| d.find(NFTA_LOOKUP_SET_ID))
+                                    .and_then(|a| a.u32_be());
+                                let named: HashMap<String, Vec<Vec<u8>>> = id
+                                    .and_then(|id| sets.get(&id))
+                                    .map(|k| {
+                                        [("__set%d".to_string(), k.clone())].into_iter().collect()
+                                    })
+                                    .unwrap_or_default();
+                                decode_expr(e, &named)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((chain, exprs));
+            }
+            _ => {}
+        }
+    }
+    let _ = attrs; // keep the import used in all cfgs
+    out
+}

@@ -1,0 +1,236 @@
+//! Comparing what the kernel holds with what the plan says, as a readable diff:
+//!
+//! ```text
+//! table inet istio-proxy-nat, chain istio-output: missing rule 4: skuid 1337 counter return
+//! table inet istio-proxy-nat, chain istio-output: unexpected rule 4: [meta load skgid] [cmp eq 0x39050000] …
+//! ```
+
+use super::expr::{lower, Expr};
+use super::readback::KernelTable;
+use super::render;
+use crate::model::{Plan, Position, Step, Table};
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Difference {
+    MissingTable(String),
+    ExtraTable(String),
+    MissingChain {
+        table: String,
+        chain: String,
+    },
+    ExtraChain {
+        table: String,
+        chain: String,
+    },
+    ChangedChain {
+        table: String,
+        chain: String,
+        expected: String,
+        found: String,
+    },
+    MissingRule {
+        table: String,
+        chain: String,
+        index: usize,
+        rule: String,
+    },
+    ExtraRule {
+        table: String,
+        chain: String,
+        index: usize,
+        rule: String,
+    },
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Difference::MissingTable(t) => write!(f, "table inet {t}: missing"),
+            Difference::ExtraTable(t) => write!(f, "table inet {t}: present but not expected"),
+            Difference::MissingChain { table, chain } => {
+                write!(f, "table inet {table}: missing chain {chain}")
+            }
+            Difference::ExtraChain { table, chain } => {
+                write!(f, "table inet {table}: unexpected chain {chain}")
+            }
+            Difference::ChangedChain {
+                table,
+                chain,
+                expected,
+                found,
+            } => {
+                write!(
+                    f,
+                    "table inet {table}, chain {chain}: expected {expected}, found {found}"
+                )
+            }
+            Difference::MissingRule {
+                table,
+                chain,
+                index,
+                rule,
+            } => {
+                write!(
+                    f,
+                    "table inet {table}, chain {chain}: missing rule {index}: {rule}"
+                )
+            }
+            Difference::ExtraRule {
+                table,
+                chain,
+                index,
+                rule,
+            } => {
+                write!(
+                    f,
+                    "table inet {table}, chain {chain}: unexpected rule {index}: {rule}"
+                )
+            }
+        }
+    }
+}
+
+fn describe(exprs: &[Expr]) -> String {
+    exprs
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Every difference between the kernel's tables (ours only) and the plan.
+pub fn diff(plan: &Plan, kernel: &[KernelTable]) -> Vec<Difference> {
+    let mut out = Vec::new();
+    let resolved = plan.resolve_inet();
+    let planned = plan.tables();
+    for table in Table::ALL {
+        let tname = table.nft_name().to_string();
+        let found = kernel.iter().find(|k| k.name == tname);
+        let Some(found) = found else {
+            if planned.contains(&table) {
+                out.push(Difference::MissingTable(tname));
+            }
+            continue;
+        };
+        if !planned.contains(&table) {
+            out.push(Difference::ExtraTable(tname));
+            continue;
+        }
+        let chains = plan.chains(table);
+        for kc in &found.chains {
+            if !chains.iter().any(|c| c.nft_name() == kc.name) {
+                out.push(Difference::ExtraChain {
+                    table: tname.clone(),
+                    chain: kc.name.clone(),
+                });
+            }
+        }
+        for chain in chains {
+            let cname = chain.nft_name().to_string();
+            let Some(kc) = found.chains.iter().find(|k| k.name == cname) else {
+                out.push(Difference::MissingChain {
+                    table: tname.clone(),
+                    chain: cname,
+                });
+                continue;
+            };
+            let expected_base = chain.base(table).map(|b| {
+                format!(
+                    "type {} hook {} priority {}",
+                    b.kind.name(),
+                    b.hook.name(),
+                    b.priority
+                )
+            });
+            let found_base = kc.base.as_ref().map(|b| {
+                let hook = match b.hook {
+                    0 => "prerouting".to_string(),
+                    3 => "output".to_string(),
+                    n => format!("hook#{n}"),
+                };
+                format!("type {} hook {hook} priority {}", b.kind, b.priority)
+            });
+            if expected_base != found_base {
+                out.push(Difference::ChangedChain {
+                    table: tname.clone(),
+                    chain: cname.clone(),
+                    expected: expected_base.unwrap_or_else(|| "a regular chain".into()),
+                    found: found_base.unwrap_or_else(|| "a regular chain".into()),
+                });
+            }
+            let rules = resolved
+                .iter()
+                .find(|r| r.table == table && r.chain == chain)
+                .map(|r| r.rules.clone())
+                .unwrap_or_default();
+            let expected: Vec<(String, Vec<Expr>)> = rules
+                .iter()
+                .map(|r| {
+                    let step = Step {
+                        table,
+                        chain,
+                        position: Position::Append,
+                        rule: r.clone(),
+                    };
+                    (
+                        render::rule_text(&step),
+                        lower(r).iter().map(Expr::normalized).collect(),
+                    )
+                })
+                .collect();
+            let actual: Vec<Vec<Expr>> = kc
+                .rules
+                .iter()
+                .map(|r| r.iter().map(Expr::normalized).collect())
+                .collect();
+            rule_diff(&tname, &cname, &expected, &actual, &mut out);
+        }
+    }
+    out
+}
+
+/// A longest-common-subsequence diff of two rule lists, so one deleted or inserted rule
+/// shows as exactly one difference.
+fn rule_diff(
+    table: &str,
+    chain: &str,
+    expected: &[(String, Vec<Expr>)],
+    actual: &[Vec<Expr>],
+    out: &mut Vec<Difference>,
+) {
+    let (n, m) = (expected.len(), actual.len());
+    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if expected[i].1 == actual[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < n || j < m {
+        if i < n && j < m && expected[i].1 == actual[j] {
+            i += 1;
+            j += 1;
+        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push(Difference::ExtraRule {
+                table: table.into(),
+                chain: chain.into(),
+                index: j + 1,
+                rule: describe(&actual[j]),
+            });
+            j += 1;
+        } else {
+            out.push(Difference::MissingRule {
+                table: table.into(),
+                chain: chain.into(),
+                index: i + 1,
+                rule: expected[i].0.clone(),
+            });
+            i += 1;
+        }
+    }
+}
