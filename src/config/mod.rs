@@ -17,7 +17,6 @@ pub use groups::{GroupDatabase, GroupFile};
 pub use parse::{Cidr, IfName};
 pub use raw::{RawConfig, Setting};
 
-use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// `-m`: how inbound traffic reaches the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,10 +81,8 @@ pub enum DnsCapture {
     /// `--capture-all-dns`: every destination on port 53.
     All,
     /// Only the listed resolvers.
-    Servers {
-        v4: Vec<Ipv4Addr>,
-        v6: Vec<Ipv6Addr>,
-    },
+    /// Resolver addresses as host prefixes (`/32`, `/128`), keeping the user's spelling.
+    Servers { v4: Vec<Cidr>, v6: Vec<Cidr> },
 }
 
 /// The validated configuration the rule model is built from.

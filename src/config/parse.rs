@@ -12,6 +12,9 @@ pub fn split(value: &str) -> Vec<&str> {
 }
 
 pub fn port(field: &str, value: &str) -> Result<u16, ConfigError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ConfigError::invalid(field, value, "port is not a number"));
+    }
     match value.parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
         Ok(_) => Err(ConfigError::invalid(
@@ -77,10 +80,13 @@ pub fn boolean(field: &str, value: &str) -> Result<bool, ConfigError> {
 /// An address prefix exactly as written: `127.0.0.1/8` keeps its host bits (Go's
 /// `netip.Prefix.String()` does the same); [`Cidr::network`] gives the masked form the
 /// kernel matches on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cidr {
     pub addr: IpAddr,
     pub len: u8,
+    /// How the address was written, when that differs from Rust's canonical form and Istio
+    /// prints the user's text (DNS servers: `::127.0.0.53/128`).
+    pub spelling: Option<String>,
 }
 
 impl Cidr {
@@ -107,7 +113,7 @@ impl Cidr {
             }
         };
         // Go's netip unmaps nothing here: `::ffff:1.2.3.4/120` stays IPv6, like in Istio.
-        Ok(Cidr { addr, len })
+        Ok(Cidr { addr, len, spelling: None })
     }
 
     /// A single host: `/32` or `/128`.
@@ -115,7 +121,17 @@ impl Cidr {
         Cidr {
             addr,
             len: if addr.is_ipv4() { 32 } else { 128 },
+            spelling: None,
         }
+    }
+
+    /// A single host written as the user wrote it (Istio formats `"%s/128"` with the text).
+    pub fn host_as_written(addr: IpAddr, written: &str) -> Cidr {
+        let mut c = Cidr::host(addr);
+        if written != addr.to_string() {
+            c.spelling = Some(written.to_string());
+        }
+        c
     }
 
     pub fn is_v4(&self) -> bool {
@@ -166,7 +182,10 @@ impl Cidr {
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
+        match &self.spelling {
+            Some(text) => write!(f, "{text}/{}", self.len),
+            None => write!(f, "{}/{}", self.addr, self.len),
+        }
     }
 }
 

@@ -214,7 +214,7 @@ impl RawConfig {
         let dns_v4 = split(v)
             .into_iter()
             .map(|s| match s.parse::<IpAddr>() {
-                Ok(IpAddr::V4(a)) => Ok(a),
+                Ok(a @ IpAddr::V4(_)) => Ok(Cidr::host_as_written(a, s)),
                 Ok(IpAddr::V6(_)) => Err(ConfigError::invalid(
                     f,
                     v,
@@ -231,7 +231,7 @@ impl RawConfig {
         let dns_v6 = split(v)
             .into_iter()
             .map(|s| match s.parse::<IpAddr>() {
-                Ok(IpAddr::V6(a)) => Ok(a),
+                Ok(a @ IpAddr::V6(_)) => Ok(Cidr::host_as_written(a, s)),
                 Ok(IpAddr::V4(_)) => Err(ConfigError::invalid(
                     f,
                     v,

@@ -93,7 +93,7 @@ impl<'c> Builder<'c> {
     }
 
     fn lo4(&self) -> Cidr {
-        self.cfg.host_ipv4_loopback
+        self.cfg.host_ipv4_loopback.clone()
     }
 
     fn build(mut self) -> Plan {
@@ -398,7 +398,7 @@ impl<'c> Builder<'c> {
                 Chain::IstioOutput,
                 family,
                 vec![Match::DAddr {
-                    cidr: *c,
+                    cidr: c.clone(),
                     negate: false,
                 }],
                 Action::Return,
@@ -615,8 +615,8 @@ impl<'c> Builder<'c> {
         }
         let servers: Vec<(Family, Cidr)> = v4
             .iter()
-            .map(|a| (Family::V4, host(*a)))
-            .chain(v6.iter().map(|a| (Family::V6, host(*a))))
+            .map(|a| (Family::V4, a.clone()))
+            .chain(v6.iter().map(|a| (Family::V6, a.clone())))
             .collect();
         let redirect = Action::Redirect {
             port: DNS_PROXY_PORT,
@@ -648,7 +648,7 @@ impl<'c> Builder<'c> {
                         *family,
                         vec![
                             Match::DAddr {
-                                cidr: *s,
+                                cidr: s.clone(),
                                 negate: false,
                             },
                             dport.clone(),
@@ -742,7 +742,7 @@ impl<'c> Builder<'c> {
                 vec![
                     udp_dport(53),
                     Match::DAddr {
-                        cidr: s,
+                        cidr: s.clone(),
                         negate: false,
                     },
                 ],
@@ -772,7 +772,7 @@ impl<'c> Builder<'c> {
                     Action::Jump(Chain::Inbound),
                 );
                 for (family, s) in &servers {
-                    zone_pair(self, *family, *s);
+                    zone_pair(self, *family, s.clone());
                 }
             }
             Flavor::Iptables => {
@@ -780,7 +780,7 @@ impl<'c> Builder<'c> {
                     let of_family: Vec<Cidr> = servers
                         .iter()
                         .filter(|(f, _)| *f == family)
-                        .map(|(_, s)| *s)
+                        .map(|(_, s)| s.clone())
                         .collect();
                     if !of_family.is_empty() {
                         self.append(
@@ -842,7 +842,7 @@ impl<'c> Builder<'c> {
                             vec![
                                 Match::InIface(k.clone()),
                                 Match::DAddr {
-                                    cidr: *c,
+                                    cidr: c.clone(),
                                     negate: false,
                                 },
                             ],
@@ -854,7 +854,7 @@ impl<'c> Builder<'c> {
                         Chain::IstioOutput,
                         family,
                         vec![Match::DAddr {
-                            cidr: *c,
+                            cidr: c.clone(),
                             negate: false,
                         }],
                         redirect.clone(),
@@ -912,7 +912,7 @@ impl<'c> Builder<'c> {
             .collect();
         let lo4 = self.lo4();
         for owner in owners {
-            self.append_versioned(Table::Mangle, Chain::Output, lo4, loopback_v6(), |lo| {
+            self.append_versioned(Table::Mangle, Chain::Output, lo4.clone(), loopback_v6(), |lo| {
                 (
                     vec![
                         Match::OutIface(loopback_if()),
