@@ -16,26 +16,46 @@ use support::*;
 fn render_case(case: &Case) -> String {
     let mut argv = vec!["mesh-redirect".to_string(), "render".to_string()];
     argv.extend(case.args.iter().cloned());
-    let Command::Render { redirect, .. } = Cli::try_parse_from(argv).expect("case flags parse").command else { unreachable!() };
+    let Command::Render { redirect, .. } =
+        Cli::try_parse_from(argv).expect("case flags parse").command
+    else {
+        unreachable!()
+    };
     let env = env_map(&case.env);
     let raw = redirect.to_raw(&|k| env.get(k).cloned());
-    let cfg = raw.validate(&GroupFile::parse(TEST_GROUP_FILE)).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let cfg = raw
+        .validate(&GroupFile::parse(TEST_GROUP_FILE))
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
     render(&build(&cfg, Flavor::Nftables))
 }
 
 #[test]
 fn render_equals_istio_nftables_goldens() {
-    let cases: Vec<Case> = capture_cases().into_iter().filter(|c| c.nft_golden.is_some()).collect();
+    let cases: Vec<Case> = capture_cases()
+        .into_iter()
+        .filter(|c| c.nft_golden.is_some())
+        .collect();
     assert_eq!(cases.len(), 28, "Istio has 28 nftables capture cases");
     let mut failures = Vec::new();
     for case in &cases {
         let golden = std::fs::read_to_string(case.nft_golden.as_ref().unwrap()).unwrap();
         let ours = render_case(case);
         if ours.trim() != golden.trim() {
-            failures.push(format!("== {} ==\n--- istio\n{}\n--- ours\n{}", case.name, golden.trim(), ours.trim()));
+            failures.push(format!(
+                "== {} ==\n--- istio\n{}\n--- ours\n{}",
+                case.name,
+                golden.trim(),
+                ours.trim()
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -43,15 +63,28 @@ fn render_snapshots_are_current() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ruleset/nftables");
     let regenerate = std::env::var("MESH_REDIRECT_REGENERATE").as_deref() == Ok("1");
     let mut checked = 0;
-    for case in capture_cases().into_iter().filter(|c| c.nft_golden.is_some()) {
+    for case in capture_cases()
+        .into_iter()
+        .filter(|c| c.nft_golden.is_some())
+    {
         let path = dir.join(format!("{}.nft", case.name));
         let ours = render_case(&case);
         if regenerate {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(&path, &ours).unwrap();
         }
-        let kept = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (regenerate with MESH_REDIRECT_REGENERATE=1)", path.display()));
-        assert_eq!(kept, ours, "{} is stale (regenerate with MESH_REDIRECT_REGENERATE=1)", path.display());
+        let kept = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (regenerate with MESH_REDIRECT_REGENERATE=1)",
+                path.display()
+            )
+        });
+        assert_eq!(
+            kept,
+            ours,
+            "{} is stale (regenerate with MESH_REDIRECT_REGENERATE=1)",
+            path.display()
+        );
         checked += 1;
     }
     assert_eq!(checked, 28);
@@ -62,6 +95,8 @@ fn the_binary_renders_the_default_sidecar_rules() {
     let out = run_ok(std::process::Command::new(binary()).arg("render"));
     assert!(out.starts_with("add table inet istio-proxy-nat\n"));
     assert!(out.contains("add rule inet istio-proxy-nat istio-inbound meta l4proto tcp tcp dport 15020 counter return"));
-    assert!(out.contains("add rule inet istio-proxy-nat istio-output udp dport 15020 counter return"));
+    assert!(
+        out.contains("add rule inet istio-proxy-nat istio-output udp dport 15020 counter return")
+    );
     assert!(out.contains("add rule inet istio-proxy-nat istio-output counter jump istio-redirect"));
 }

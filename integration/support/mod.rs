@@ -27,7 +27,10 @@ pub fn binary() -> &'static str {
 /// Tests that need root fail loudly without it.
 pub fn require_root() {
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root (network namespaces, nf_tables); run the test suite as root");
+    assert_eq!(
+        euid, 0,
+        "this test needs root (network namespaces, nf_tables); run the test suite as root"
+    );
 }
 
 /// One of Istio's capture cases, as flags and environment for our command line.
@@ -43,13 +46,24 @@ pub struct Case {
 
 /// Istio's `config.Config` field names → our flags (env-only knobs → their variables).
 pub fn args_for(config: &Value) -> (Vec<String>, Vec<(String, String)>) {
-    let s = |k: &str| config.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let s = |k: &str| {
+        config
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let b = |k: &str| config.get(k).and_then(Value::as_bool).unwrap_or(false);
     let list = |k: &str| {
         config
             .get(k)
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
             .unwrap_or_default()
     };
     let mut args = Vec::new();
@@ -87,9 +101,18 @@ pub fn args_for(config: &Value) -> (Vec<String>, Vec<(String, String)>) {
     args.push("--dns-servers-v6".into());
     args.push(list("DNSServersV6"));
     let env = vec![
-        ("ISTIO_OUTBOUND_OWNER_GROUPS".to_string(), s("OwnerGroupsInclude")),
-        ("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE".to_string(), s("OwnerGroupsExclude")),
-        ("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR".to_string(), s("HostIPv4LoopbackCidr")),
+        (
+            "ISTIO_OUTBOUND_OWNER_GROUPS".to_string(),
+            s("OwnerGroupsInclude"),
+        ),
+        (
+            "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE".to_string(),
+            s("OwnerGroupsExclude"),
+        ),
+        (
+            "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR".to_string(),
+            s("HostIPv4LoopbackCidr"),
+        ),
     ];
     (args, env)
 }
@@ -108,7 +131,11 @@ pub fn capture_cases() -> Vec<Case> {
         .iter()
         .map(|c| {
             let (args, env) = args_for(&c["config"]);
-            let golden = |k: &str| c.get(k).and_then(Value::as_str).map(|p| conformance_dir().join(p));
+            let golden = |k: &str| {
+                c.get(k)
+                    .and_then(Value::as_str)
+                    .map(|p| conformance_dir().join(p))
+            };
             Case {
                 name: c["name"].as_str().expect("name").to_string(),
                 args,
@@ -126,7 +153,11 @@ pub fn capture_cases() -> Vec<Case> {
 pub const TEST_GROUP_FILE: &str = "root:x:0:\njava:x:3000:\nftp:x:3001:\n";
 
 pub fn uses_group_names(case: &Case) -> bool {
-    case.env.iter().any(|(k, v)| k.starts_with("ISTIO_OUTBOUND_OWNER_GROUPS") && v.split(',').any(|g| !g.is_empty() && g != "*" && g.parse::<u32>().is_err()))
+    case.env.iter().any(|(k, v)| {
+        k.starts_with("ISTIO_OUTBOUND_OWNER_GROUPS")
+            && v.split(',')
+                .any(|g| !g.is_empty() && g != "*" && g.parse::<u32>().is_err())
+    })
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -140,12 +171,18 @@ pub fn unique(tag: &str) -> String {
 /// Runs a command, returning its output; panics if it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null());
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = run(cmd);
-    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -169,11 +206,17 @@ impl TestNetns {
     }
 
     pub fn exec(&self, argv: &[&str]) -> Output {
-        run(Command::new("ip").args(["netns", "exec", &self.name]).args(argv))
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv))
     }
 
     pub fn exec_ok(&self, argv: &[&str]) -> String {
-        run_ok(Command::new("ip").args(["netns", "exec", &self.name]).args(argv))
+        run_ok(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(argv),
+        )
     }
 
     /// `nft list ruleset` (the oracle).
@@ -193,14 +236,21 @@ impl TestNetns {
 
     pub fn mesh_ok(&self, sub: &str, args: &[String], env: &[(String, String)]) -> Output {
         let out = self.mesh(sub, args, env);
-        assert!(out.status.success(), "mesh-redirect {sub} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mesh-redirect {sub} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     }
 }
 
 impl Drop for TestNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stdin(Stdio::null()).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdin(Stdio::null())
+            .output();
     }
 }
 
@@ -208,7 +258,10 @@ impl Drop for TestNetns {
 pub fn assert_no_forwarding() {
     for (path, what) in [
         ("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
-        ("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding"),
+        (
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+            "net.ipv6.conf.all.forwarding",
+        ),
     ] {
         let v = std::fs::read_to_string(path).unwrap_or_default();
         assert_eq!(v.trim(), "0", "{what} must stay 0 in the root namespace");
@@ -218,4 +271,50 @@ pub fn assert_no_forwarding() {
 /// Environment as a map, for tests that want to look values up.
 pub fn env_map(env: &[(String, String)]) -> HashMap<String, String> {
     env.iter().cloned().collect()
+}
+
+/// Makes `cmd` run in a private mount namespace where `/etc/group` is `group_file`, so that
+/// Istio's group names (`java`, `ftp`) resolve without touching the host.
+pub fn with_group_file(cmd: &mut Command, group_file: &Path) {
+    use std::os::unix::process::CommandExt;
+    let file = group_file.to_path_buf();
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::mount::{mount, MsFlags};
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )?;
+            mount(
+                Some(&file),
+                "/etc/group",
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            Ok(())
+        });
+    }
+}
+
+/// Writes [`TEST_GROUP_FILE`] to a temporary file (removed by the caller's `TempFile`).
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(tag: &str, contents: &str) -> TempFile {
+        let path = std::env::temp_dir().join(unique(tag));
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -17,7 +17,6 @@ pub use groups::{GroupDatabase, GroupFile};
 pub use parse::{Cidr, IfName};
 pub use raw::{RawConfig, Setting};
 
-
 /// `-m`: how inbound traffic reaches the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InterceptionMode {
@@ -82,7 +81,10 @@ pub enum DnsCapture {
     All,
     /// Only the listed resolvers.
     /// Resolver addresses as host prefixes (`/32`, `/128`), keeping the user's spelling.
-    Servers { v4: Vec<Cidr>, v6: Vec<Cidr> },
+    Servers {
+        v4: Vec<Cidr>,
+        v6: Vec<Cidr>,
+    },
 }
 
 /// The validated configuration the rule model is built from.

@@ -61,7 +61,8 @@ pub fn id_list(field: &str, value: &str, what: &str) -> Result<Vec<u32>, ConfigE
     split(value)
         .into_iter()
         .map(|v| {
-            v.parse::<u32>().map_err(|_| {
+            let digits = v.bytes().all(|b| b.is_ascii_digit());
+            v.parse::<u32>().ok().filter(|_| digits).ok_or_else(|| {
                 ConfigError::invalid(field, value, format!("{v:?} is not a numeric {what}"))
             })
         })
@@ -113,7 +114,11 @@ impl Cidr {
             }
         };
         // Go's netip unmaps nothing here: `::ffff:1.2.3.4/120` stays IPv6, like in Istio.
-        Ok(Cidr { addr, len, spelling: None })
+        Ok(Cidr {
+            addr,
+            len,
+            spelling: None,
+        })
     }
 
     /// A single host: `/32` or `/128`.

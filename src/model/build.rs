@@ -912,20 +912,26 @@ impl<'c> Builder<'c> {
             .collect();
         let lo4 = self.lo4();
         for owner in owners {
-            self.append_versioned(Table::Mangle, Chain::Output, lo4.clone(), loopback_v6(), |lo| {
-                (
-                    vec![
-                        Match::OutIface(loopback_if()),
-                        tcp(),
-                        Match::DAddr {
-                            cidr: lo,
-                            negate: true,
-                        },
-                        owner.clone(),
-                    ],
-                    Action::SetMark(OUTBOUND_MARK),
-                )
-            });
+            self.append_versioned(
+                Table::Mangle,
+                Chain::Output,
+                lo4.clone(),
+                loopback_v6(),
+                |lo| {
+                    (
+                        vec![
+                            Match::OutIface(loopback_if()),
+                            tcp(),
+                            Match::DAddr {
+                                cidr: lo,
+                                negate: true,
+                            },
+                            owner.clone(),
+                        ],
+                        Action::SetMark(OUTBOUND_MARK),
+                    )
+                },
+            );
         }
         // `output meta l4proto tcp ct mark 1337 counter meta mark set ct mark`
         self.append(
