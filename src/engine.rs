@@ -169,7 +169,7 @@ pub fn remove(ns: &Netns, cfg: &Config) -> Result<RemoveReport, EngineError> {
         })?;
         let mut routes_removed = Vec::new();
         for obj in routes::removable(cfg.tproxy_mark, cfg.tproxy_route_table) {
-            match rs.delete(obj) {
+            match rs.delete_all(obj) {
                 Ok(true) => routes_removed.push(obj),
                 Ok(false) => {}
                 Err(source) => {

@@ -128,6 +128,13 @@ impl RouteSocket {
 
     /// Adds `obj`; `Ok(false)` when it already existed (and so is not ours to undo).
     pub fn add(&mut self, obj: RouteObject) -> io::Result<bool> {
+        // A rule without an explicit priority gets a fresh one each time, so the kernel's
+        // NLM_F_EXCL check never fires for it: look for an equal rule first.
+        if let RouteObject::FwmarkRule { family, mark, table } = obj {
+            if self.has_fwmark_rule(family, mark, table)? {
+                return Ok(false);
+            }
+        }
         match self.request(obj, true) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
@@ -148,6 +155,57 @@ impl RouteSocket {
                 Ok(false)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes every copy of `obj` (earlier tools may have added a rule more than once).
+    pub fn delete_all(&mut self, obj: RouteObject) -> io::Result<bool> {
+        let mut any = false;
+        for _ in 0..64 {
+            if !self.delete(obj)? {
+                break;
+            }
+            any = true;
+        }
+        Ok(any)
+    }
+
+    fn has_fwmark_rule(&mut self, family: u8, mark: u32, table: u32) -> io::Result<bool> {
+        const RTM_GETRULE: u16 = 34;
+        const NLM_F_DUMP: u16 = 0x300;
+        const NLMSG_DONE: u16 = 3;
+        self.seq += 1;
+        let seq = self.seq;
+        let mut w = MessageWriter::default();
+        let start = w.begin_plain(RTM_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, seq, &[family, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        w.end_message(start);
+        self.sock.send(&w.buf, 0)?;
+        let mut found = false;
+        loop {
+            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+            for m in messages(&self.buf[..n]) {
+                if m.seq != seq {
+                    continue;
+                }
+                if m.msg_type == NLMSG_DONE {
+                    return Ok(found);
+                }
+                if m.msg_type == NLMSG_ERROR {
+                    let errno = i32::from_ne_bytes(m.payload[0..4].try_into().expect("4 bytes"));
+                    return if errno == 0 { Ok(found) } else { Err(io::Error::from_raw_os_error(-errno)) };
+                }
+                let attrs = crate::nft::wire::attrs(m.payload.get(12..).unwrap_or_default());
+                let (mut m_mark, mut m_table) = (None, None);
+                for a in attrs {
+                    let v = a.value.get(..4).map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
+                    match a.ty {
+                        FRA_FWMARK => m_mark = v,
+                        FRA_TABLE => m_table = v,
+                        _ => {}
+                    }
+                }
+                found |= m_mark == Some(mark) && m_table == Some(table);
+            }
         }
     }
 
