@@ -36,8 +36,14 @@ fn routing(ns: &TestNetns) -> String {
 }
 
 fn faulty(ns: &TestNetns, args: &[String]) -> std::process::Output {
-    assert!(cfg!(feature = "fault-injection"), "run the tests with --features fault-injection (see README)");
-    ns.mesh("apply", args, &[("MESH_REDIRECT_FAULT".into(), "last-message".into())])
+    if !cfg!(feature = "fault-injection") {
+        panic!("run the tests with --features fault-injection (see README)");
+    }
+    ns.mesh(
+        "apply",
+        args,
+        &[("MESH_REDIRECT_FAULT".into(), "last-message".into())],
+    )
 }
 
 #[test]
@@ -46,17 +52,36 @@ fn a_batch_failing_at_its_last_message_leaves_an_empty_namespace_empty() {
     let before_routes = routing(&ns);
     // TPROXY with IPv6: routes and the ::6 address are added before the batch, and must be
     // taken back when it fails.
-    let args = strings(&["-m", "TPROXY", "--ipv6", "--redirect-dns", "--capture-all-dns", "--drop-invalid"]);
+    let args = strings(&[
+        "-m",
+        "TPROXY",
+        "--ipv6",
+        "--redirect-dns",
+        "--capture-all-dns",
+        "--drop-invalid",
+    ]);
     let out = faulty(&ns, &args);
-    assert!(!out.status.success(), "the injected fault must fail the apply");
+    assert!(
+        !out.status.success(),
+        "the injected fault must fail the apply"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("fault injection"), "the error names the failing object: {stderr}");
+    assert!(
+        stderr.contains("fault injection"),
+        "the error names the failing object: {stderr}"
+    );
     assert_eq!(ns.ruleset(), "", "nothing of the batch may remain");
-    assert_eq!(routing(&ns), before_routes, "routes and addresses are taken back");
+    assert_eq!(
+        routing(&ns),
+        before_routes,
+        "routes and addresses are taken back"
+    );
     // The same apply without the fault works, and does program the routes.
     ns.mesh_ok("apply", &args, &[]);
     assert!(ns.ruleset().contains("istio-proxy-mangle"));
-    assert!(ns.exec_ok(&["ip", "rule", "show"]).contains("fwmark 0x539 lookup 133"));
+    assert!(ns
+        .exec_ok(&["ip", "rule", "show"])
+        .contains("fwmark 0x539 lookup 133"));
 }
 
 #[test]
@@ -66,7 +91,17 @@ fn a_failed_replace_leaves_the_existing_ruleset_byte_identical() {
     ns.mesh_ok("apply", &strings(&["-m", "TPROXY"]), &[]);
     let before = ns.ruleset();
     let before_routes = routing(&ns);
-    let out = faulty(&ns, &strings(&["-b", "80,443", "-i", "10.0.0.0/8", "--redirect-dns", "--capture-all-dns"]));
+    let out = faulty(
+        &ns,
+        &strings(&[
+            "-b",
+            "80,443",
+            "-i",
+            "10.0.0.0/8",
+            "--redirect-dns",
+            "--capture-all-dns",
+        ]),
+    );
     assert!(!out.status.success());
     assert_eq!(ns.ruleset(), before, "a rejected replace changes nothing");
     assert_eq!(routing(&ns), before_routes);
@@ -75,36 +110,91 @@ fn a_failed_replace_leaves_the_existing_ruleset_byte_identical() {
 #[test]
 fn apply_twice_gives_the_same_ruleset_and_verify_tracks_drift() {
     let ns = TestNetns::new("id");
-    let args = strings(&["--ipv6", "-x", "10.1.0.0/16,fd00::/8", "--redirect-dns", "--capture-all-dns"]);
+    let args = strings(&[
+        "--ipv6",
+        "-x",
+        "10.1.0.0/16,fd00::/8",
+        "--redirect-dns",
+        "--capture-all-dns",
+    ]);
     ns.mesh_ok("apply", &args, &[]);
     let first = ns.ruleset();
     ns.mesh_ok("apply", &args, &[]);
     assert_eq!(ns.ruleset(), first, "re-apply is idempotent");
-    assert!(ns.mesh("verify", &args, &[]).status.success(), "verify passes right after apply");
+    assert!(
+        ns.mesh("verify", &args, &[]).status.success(),
+        "verify passes right after apply"
+    );
 
     // Delete one of our rules by hand: verify exits 1 and says which.
-    let listing = ns.exec_ok(&["nft", "-a", "list", "chain", "inet", "istio-proxy-nat", "istio-output"]);
-    let line = listing.lines().find(|l| l.contains("meta skuid 1337") && l.contains("return") && !l.contains("oifname")).expect("the uid return rule");
+    let listing = ns.exec_ok(&[
+        "nft",
+        "-a",
+        "list",
+        "chain",
+        "inet",
+        "istio-proxy-nat",
+        "istio-output",
+    ]);
+    let line = listing
+        .lines()
+        .find(|l| l.contains("meta skuid 1337") && l.contains("return") && !l.contains("oifname"))
+        .expect("the uid return rule");
     let handle = line.rsplit("# handle ").next().unwrap().trim();
-    ns.exec_ok(&["nft", "delete", "rule", "inet", "istio-proxy-nat", "istio-output", "handle", handle]);
+    ns.exec_ok(&[
+        "nft",
+        "delete",
+        "rule",
+        "inet",
+        "istio-proxy-nat",
+        "istio-output",
+        "handle",
+        handle,
+    ]);
     let out = ns.mesh("verify", &args, &[]);
-    assert_eq!(out.status.code(), Some(1), "verify reports drift with exit 1");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "verify reports drift with exit 1"
+    );
     let diff = String::from_utf8_lossy(&out.stdout);
-    assert!(diff.contains("missing rule") && diff.contains("skuid 1337 counter return"), "diff names the rule: {diff}");
+    assert!(
+        diff.contains("missing rule") && diff.contains("skuid 1337 counter return"),
+        "diff names the rule: {diff}"
+    );
     assert_eq!(diff.lines().count(), 1, "exactly one difference: {diff}");
 
     // A rule added by hand to our chain is reported too.
-    ns.exec_ok(&["nft", "add", "rule", "inet", "istio-proxy-nat", "istio-redirect", "tcp", "dport", "9999", "accept"]);
+    ns.exec_ok(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "istio-proxy-nat",
+        "istio-redirect",
+        "tcp",
+        "dport",
+        "9999",
+        "accept",
+    ]);
     let out = ns.mesh("verify", &args, &[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("unexpected rule"));
 
     // Re-apply repairs it.
     ns.mesh_ok("apply", &args, &[]);
-    assert!(ns.mesh("verify", &args, &[]).status.success(), "verify passes after re-apply");
+    assert!(
+        ns.mesh("verify", &args, &[]).status.success(),
+        "verify passes after re-apply"
+    );
     assert_eq!(ns.ruleset(), first);
 
     // Verifying a different configuration than the one applied fails.
-    assert_eq!(ns.mesh("verify", &strings(&["-b", "80"]), &[]).status.code(), Some(1));
+    assert_eq!(
+        ns.mesh("verify", &strings(&["-b", "80"]), &[])
+            .status
+            .code(),
+        Some(1)
+    );
 }
 
 #[test]
@@ -115,17 +205,41 @@ fn remove_deletes_only_ours_and_succeeds_twice() {
     let routes_before = routing(&ns);
     let args = strings(&["-m", "TPROXY"]);
     ns.mesh_ok("apply", &args, &[]);
-    assert_eq!(foreign_table(&ns), foreign, "apply keeps the user's table and its counters");
+    assert_eq!(
+        foreign_table(&ns),
+        foreign,
+        "apply keeps the user's table and its counters"
+    );
     ns.mesh_ok("apply", &args, &[]);
-    assert_eq!(foreign_table(&ns), foreign, "re-apply keeps the user's table and its counters");
+    assert_eq!(
+        foreign_table(&ns),
+        foreign,
+        "re-apply keeps the user's table and its counters"
+    );
     let rules = ns.exec_ok(&["ip", "rule", "show"]);
-    assert_eq!(rules.matches("fwmark 0x539 lookup 133").count(), 1, "re-apply adds no second policy rule: {rules}");
+    assert_eq!(
+        rules.matches("fwmark 0x539 lookup 133").count(),
+        1,
+        "re-apply adds no second policy rule: {rules}"
+    );
     ns.mesh_ok("remove", &args, &[]);
-    assert_eq!(ns.ruleset(), foreign, "remove leaves exactly the user's table");
-    assert_eq!(routing(&ns), routes_before, "remove takes back the TPROXY routes");
+    assert_eq!(
+        ns.ruleset(),
+        foreign,
+        "remove leaves exactly the user's table"
+    );
+    assert_eq!(
+        routing(&ns),
+        routes_before,
+        "remove takes back the TPROXY routes"
+    );
     ns.mesh_ok("remove", &args, &[]);
     assert_eq!(ns.ruleset(), foreign, "a second remove is a no-op");
-    assert_eq!(ns.mesh("verify", &args, &[]).status.code(), Some(1), "verify fails once removed");
+    assert_eq!(
+        ns.mesh("verify", &args, &[]).status.code(),
+        Some(1),
+        "verify fails once removed"
+    );
 }
 
 #[test]

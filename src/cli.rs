@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// More logging on stderr (-v debug, -vv trace). MESH_REDIRECT_LOG takes a tracing filter.
+    /// More logging on stderr (-v debug, -vv trace); MESH_REDIRECT_LOG=error/warn/info/debug/trace overrides.
     #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }

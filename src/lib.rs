@@ -12,4 +12,5 @@ pub mod engine;
 pub mod model;
 pub mod netns;
 pub mod nft;
+pub mod probe;
 pub mod routes;

@@ -25,22 +25,36 @@ impl GroupDatabase for HostGroups {
 }
 
 fn config(args: &RedirectArgs) -> Result<Config, ConfigError> {
-    let raw = args.to_raw(&|name| std::env::var(name).ok());
+    // A value that is not UTF-8 is kept (lossily) so that validation rejects it naming the
+    // variable, instead of silently falling back to the default.
+    let raw = args.to_raw(&|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()));
     raw.validate(&HostGroups(OnceLock::new()))
 }
 
 fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+    use tracing::Level;
+    // A plain level (no filter expressions): building a regex-based filter would cost more
+    // than the whole apply.
+    let level = match std::env::var("MESH_REDIRECT_LOG")
+        .ok()
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("error") => Level::ERROR,
+        Some("warn") => Level::WARN,
+        Some("debug") => Level::DEBUG,
+        Some("trace") => Level::TRACE,
+        Some(_) | None => match verbose {
+            0 => Level::INFO,
+            1 => Level::DEBUG,
+            _ => Level::TRACE,
+        },
     };
-    let filter =
-        EnvFilter::try_from_env("MESH_REDIRECT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .with_target(false)
         .init();
 }

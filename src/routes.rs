@@ -130,7 +130,12 @@ impl RouteSocket {
     pub fn add(&mut self, obj: RouteObject) -> io::Result<bool> {
         // A rule without an explicit priority gets a fresh one each time, so the kernel's
         // NLM_F_EXCL check never fires for it: look for an equal rule first.
-        if let RouteObject::FwmarkRule { family, mark, table } = obj {
+        if let RouteObject::FwmarkRule {
+            family,
+            mark,
+            table,
+        } = obj
+        {
             if self.has_fwmark_rule(family, mark, table)? {
                 return Ok(false);
             }
@@ -177,7 +182,12 @@ impl RouteSocket {
         self.seq += 1;
         let seq = self.seq;
         let mut w = MessageWriter::default();
-        let start = w.begin_plain(RTM_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, seq, &[family, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let start = w.begin_plain(
+            RTM_GETRULE,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            &[family, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        );
         w.end_message(start);
         self.sock.send(&w.buf, 0)?;
         let mut found = false;
@@ -192,12 +202,19 @@ impl RouteSocket {
                 }
                 if m.msg_type == NLMSG_ERROR {
                     let errno = i32::from_ne_bytes(m.payload[0..4].try_into().expect("4 bytes"));
-                    return if errno == 0 { Ok(found) } else { Err(io::Error::from_raw_os_error(-errno)) };
+                    return if errno == 0 {
+                        Ok(found)
+                    } else {
+                        Err(io::Error::from_raw_os_error(-errno))
+                    };
                 }
                 let attrs = crate::nft::wire::attrs(m.payload.get(12..).unwrap_or_default());
                 let (mut m_mark, mut m_table) = (None, None);
                 for a in attrs {
-                    let v = a.value.get(..4).map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
+                    let v = a
+                        .value
+                        .get(..4)
+                        .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
                     match a.ty {
                         FRA_FWMARK => m_mark = v,
                         FRA_TABLE => m_table = v,

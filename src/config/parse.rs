@@ -47,14 +47,20 @@ pub fn port_list(field: &str, value: &str) -> Result<Vec<u16>, ConfigError> {
 
 /// A numeric id (uid, gid, mark, routing table): decimal, or hexadecimal with `0x`.
 pub fn number_u32(field: &str, value: &str, what: &str) -> Result<u32, ConfigError> {
-    let parsed = match value
+    let invalid = || ConfigError::invalid(field, value, format!("{what} is not a number"));
+    // Digits only: `from_str_radix` and `parse` would also take a sign.
+    match value
         .strip_prefix("0x")
         .or_else(|| value.strip_prefix("0X"))
     {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => value.parse::<u32>(),
-    };
-    parsed.map_err(|_| ConfigError::invalid(field, value, format!("{what} is not a number")))
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u32::from_str_radix(hex, 16).map_err(|_| invalid())
+        }
+        None if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+            value.parse::<u32>().map_err(|_| invalid())
+        }
+        _ => Err(invalid()),
+    }
 }
 
 pub fn id_list(field: &str, value: &str, what: &str) -> Result<Vec<u32>, ConfigError> {
@@ -104,7 +110,14 @@ impl Cidr {
         })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len.parse::<u8>() {
-            Ok(l) if l <= max && !len.starts_with('+') => l,
+            // Like Go's netip: digits only, no sign, no leading zero.
+            Ok(l)
+                if l <= max
+                    && len.bytes().all(|b| b.is_ascii_digit())
+                    && (len == "0" || !len.starts_with('0')) =>
+            {
+                l
+            }
             _ => {
                 return Err(ConfigError::invalid(
                     field,

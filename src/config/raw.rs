@@ -104,8 +104,21 @@ impl RawConfig {
         // Istio: an empty uid means "look up istio-proxy, else 1337"; we take the 1337.
         let v = if v.is_empty() { default::PROXY_UID } else { v };
         let proxy_uids = parse::id_list(f, v, "uid")?;
+        if proxy_uids.is_empty() {
+            return Err(ConfigError::invalid(
+                f,
+                v,
+                "no uid listed: the proxy's own traffic would loop back into it",
+            ));
+        }
         let proxy_gids = match &self.proxy_gid {
-            Some(s) if !s.value.is_empty() => parse::id_list(&s.origin, &s.value, "gid")?,
+            Some(s) if !s.value.is_empty() => {
+                let gids = parse::id_list(&s.origin, &s.value, "gid")?;
+                if gids.is_empty() {
+                    return Err(ConfigError::invalid(&s.origin, &s.value, "no gid listed"));
+                }
+                gids
+            }
             _ => proxy_uids.clone(),
         };
 
@@ -134,7 +147,7 @@ impl RawConfig {
             default::TPROXY_ROUTE_TABLE,
         );
         let tproxy_route_table = parse::number_u32(f, v, "routing table")?;
-        if tproxy_route_table == 0 || tproxy_route_table >= 252 && tproxy_route_table <= 255 {
+        if tproxy_route_table == 0 || (252..=255).contains(&tproxy_route_table) {
             return Err(ConfigError::invalid(
                 f,
                 v,
@@ -508,7 +521,8 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_field() {
-        let cases: Vec<(fn(&mut RawConfig), &str)> = vec![
+        type Case = (fn(&mut RawConfig), &'static str);
+        let cases: Vec<Case> = vec![
             (
                 |r| r.proxy_port = Some(Setting::new("--envoy-port", "abc")),
                 "--envoy-port",

@@ -73,6 +73,9 @@ struct Builder {
     objects: usize,
 }
 
+/// The kernel numbers anonymous sets itself (`__set0`, `__set1`, …).
+const ANONYMOUS_SET_NAME: &str = "__set%d";
+
 const NFT_TYPE: fn(u16) -> u16 = |m| (NFNL_SUBSYS_NFTABLES << 8) | m;
 
 impl Builder {
@@ -254,7 +257,7 @@ fn rule_message(b: &mut Builder, table: &str, chain: &str, exprs: &[Expr], what:
             let id = b.next_set_id;
             b.next_set_id += 1;
             set_ids.push(id);
-            let name = "__set%d";
+            let name = ANONYMOUS_SET_NAME;
             b.objects += 1;
             b.nft(
                 NFT_MSG_NEWSET,
@@ -306,138 +309,112 @@ fn rule_message(b: &mut Builder, table: &str, chain: &str, exprs: &[Expr], what:
     });
 }
 
+fn expr_name(e: &Expr) -> &str {
+    match e {
+        Expr::Meta(_) | Expr::MetaSet(_) => "meta",
+        Expr::Cmp { .. } => "cmp",
+        Expr::Payload { .. } => "payload",
+        Expr::Bitwise { .. } => "bitwise",
+        Expr::Lookup { .. } => "lookup",
+        Expr::Counter => "counter",
+        Expr::Immediate(_) | Expr::Verdict(_) => "immediate",
+        Expr::Redirect => "redir",
+        Expr::Tproxy { .. } => "tproxy",
+        Expr::CtLoad(_) | Expr::CtSet(_) => "ct",
+        Expr::Other(name) => name,
+    }
+}
+
 fn encode_expr(w: &mut MessageWriter, e: &Expr, sets: &mut impl Iterator<Item = u32>) {
-    let (name, body): (&str, Box<dyn FnOnce(&mut MessageWriter)>) = match e {
-        Expr::Meta(k) => (
-            "meta",
-            Box::new(|w: &mut MessageWriter| {
-                w.attr_u32(NFTA_META_KEY, k.number());
-                w.attr_u32(NFTA_META_DREG, NFT_REG_1);
-            }),
-        ),
-        Expr::MetaSet(k) => (
-            "meta",
-            Box::new(|w: &mut MessageWriter| {
-                w.attr_u32(NFTA_META_KEY, k.number());
-                w.attr_u32(NFTA_META_SREG, NFT_REG_1);
-            }),
-        ),
-        Expr::Cmp { op, data } => (
-            "cmp",
-            Box::new(move |w: &mut MessageWriter| {
-                w.attr_u32(NFTA_CMP_SREG, NFT_REG_1);
-                w.attr_u32(
-                    NFTA_CMP_OP,
-                    if *op == CmpOp::Eq {
-                        NFT_CMP_EQ
-                    } else {
-                        NFT_CMP_NEQ
-                    },
-                );
-                w.data_value(NFTA_CMP_DATA, data);
-            }),
-        ),
-        Expr::Payload { base, offset, len } => (
-            "payload",
-            Box::new(move |w: &mut MessageWriter| {
-                w.attr_u32(NFTA_PAYLOAD_DREG, NFT_REG_1);
-                w.attr_u32(NFTA_PAYLOAD_BASE, *base);
-                w.attr_u32(NFTA_PAYLOAD_OFFSET, *offset);
-                w.attr_u32(NFTA_PAYLOAD_LEN, *len);
-            }),
-        ),
-        Expr::Bitwise { mask, xor } => (
-            "bitwise",
-            Box::new(move |w: &mut MessageWriter| {
-                w.attr_u32(NFTA_BITWISE_SREG, NFT_REG_1);
-                w.attr_u32(NFTA_BITWISE_DREG, NFT_REG_1);
-                w.attr_u32(NFTA_BITWISE_LEN, mask.len() as u32);
-                w.data_value(NFTA_BITWISE_MASK, mask);
-                w.data_value(NFTA_BITWISE_XOR, xor);
-            }),
-        ),
+    w.attr_str(NFTA_EXPR_NAME, expr_name(e));
+    let data = w.nest_begin(NFTA_EXPR_DATA);
+    match e {
+        Expr::Meta(k) => {
+            w.attr_u32(NFTA_META_KEY, k.number());
+            w.attr_u32(NFTA_META_DREG, NFT_REG_1);
+        }
+        Expr::MetaSet(k) => {
+            w.attr_u32(NFTA_META_KEY, k.number());
+            w.attr_u32(NFTA_META_SREG, NFT_REG_1);
+        }
+        Expr::Cmp { op, data } => {
+            w.attr_u32(NFTA_CMP_SREG, NFT_REG_1);
+            w.attr_u32(
+                NFTA_CMP_OP,
+                if *op == CmpOp::Eq {
+                    NFT_CMP_EQ
+                } else {
+                    NFT_CMP_NEQ
+                },
+            );
+            w.data_value(NFTA_CMP_DATA, data);
+        }
+        Expr::Payload { base, offset, len } => {
+            w.attr_u32(NFTA_PAYLOAD_DREG, NFT_REG_1);
+            w.attr_u32(NFTA_PAYLOAD_BASE, *base);
+            w.attr_u32(NFTA_PAYLOAD_OFFSET, *offset);
+            w.attr_u32(NFTA_PAYLOAD_LEN, *len);
+        }
+        Expr::Bitwise { mask, xor } => {
+            w.attr_u32(NFTA_BITWISE_SREG, NFT_REG_1);
+            w.attr_u32(NFTA_BITWISE_DREG, NFT_REG_1);
+            w.attr_u32(NFTA_BITWISE_LEN, mask.len() as u32);
+            w.data_value(NFTA_BITWISE_MASK, mask);
+            w.data_value(NFTA_BITWISE_XOR, xor);
+        }
         Expr::Lookup { invert, .. } => {
             let id = sets.next().expect("a set was created for every lookup");
-            (
-                "lookup",
-                Box::new(move |w: &mut MessageWriter| {
-                    w.attr_str(NFTA_LOOKUP_SET, "__set%d");
-                    w.attr_u32(NFTA_LOOKUP_SET_ID, id);
-                    w.attr_u32(NFTA_LOOKUP_SREG, NFT_REG_1);
-                    if *invert {
-                        w.attr_u32(NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
-                    }
-                }),
-            )
+            w.attr_str(NFTA_LOOKUP_SET, ANONYMOUS_SET_NAME);
+            w.attr_u32(NFTA_LOOKUP_SET_ID, id);
+            w.attr_u32(NFTA_LOOKUP_SREG, NFT_REG_1);
+            if *invert {
+                w.attr_u32(NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
+            }
         }
-        Expr::Counter => (
-            "counter",
-            Box::new(|w: &mut MessageWriter| {
-                w.attr(NFTA_COUNTER_BYTES, &0u64.to_be_bytes());
-                w.attr(NFTA_COUNTER_PACKETS, &0u64.to_be_bytes());
-            }),
-        ),
-        Expr::Immediate(data) => (
-            "immediate",
-            Box::new(move |w: &mut MessageWriter| {
-                w.attr_u32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
-                w.data_value(NFTA_IMMEDIATE_DATA, data);
-            }),
-        ),
-        Expr::Verdict(v) => (
-            "immediate",
-            Box::new(move |w: &mut MessageWriter| {
-                w.attr_u32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
-                let data = w.nest_begin(NFTA_IMMEDIATE_DATA);
-                let verdict = w.nest_begin(NFTA_DATA_VERDICT);
-                let (code, chain) = match v {
-                    Verdict::Accept => (NF_ACCEPT, None),
-                    Verdict::Drop => (NF_DROP, None),
-                    Verdict::Return => (NFT_RETURN, None),
-                    Verdict::Jump(c) => (NFT_JUMP, Some(c.as_str())),
-                };
-                w.attr_u32(NFTA_VERDICT_CODE, code as u32);
-                if let Some(c) = chain {
-                    w.attr_str(NFTA_VERDICT_CHAIN, c);
-                }
-                w.nest_end(verdict);
-                w.nest_end(data);
-            }),
-        ),
-        Expr::Redirect => (
-            "redir",
-            Box::new(|w: &mut MessageWriter| {
-                w.attr_u32(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1);
-                w.attr_u32(NFTA_REDIR_REG_PROTO_MAX, NFT_REG_1);
-                w.attr_u32(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
-            }),
-        ),
-        Expr::Tproxy { family } => (
-            "tproxy",
-            Box::new(move |w: &mut MessageWriter| {
-                w.attr_u32(NFTA_TPROXY_FAMILY, *family as u32);
-                w.attr_u32(NFTA_TPROXY_REG_PORT, NFT_REG_1);
-            }),
-        ),
-        Expr::CtLoad(key) => (
-            "ct",
-            Box::new(move |w: &mut MessageWriter| {
-                w.attr_u32(NFTA_CT_KEY, *key);
-                w.attr_u32(NFTA_CT_DREG, NFT_REG_1);
-            }),
-        ),
-        Expr::CtSet(key) => (
-            "ct",
-            Box::new(move |w: &mut MessageWriter| {
-                w.attr_u32(NFTA_CT_KEY, *key);
-                w.attr_u32(NFTA_CT_SREG, NFT_REG_1);
-            }),
-        ),
+        Expr::Counter => {
+            w.attr(NFTA_COUNTER_BYTES, &0u64.to_be_bytes());
+            w.attr(NFTA_COUNTER_PACKETS, &0u64.to_be_bytes());
+        }
+        Expr::Immediate(value) => {
+            w.attr_u32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
+            w.data_value(NFTA_IMMEDIATE_DATA, value);
+        }
+        Expr::Verdict(v) => {
+            w.attr_u32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+            let data = w.nest_begin(NFTA_IMMEDIATE_DATA);
+            let verdict = w.nest_begin(NFTA_DATA_VERDICT);
+            let (code, chain) = match v {
+                Verdict::Accept => (NF_ACCEPT, None),
+                Verdict::Drop => (NF_DROP, None),
+                Verdict::Return => (NFT_RETURN, None),
+                Verdict::Jump(c) => (NFT_JUMP, Some(c.as_str())),
+            };
+            w.attr_u32(NFTA_VERDICT_CODE, code as u32);
+            if let Some(c) = chain {
+                w.attr_str(NFTA_VERDICT_CHAIN, c);
+            }
+            w.nest_end(verdict);
+            w.nest_end(data);
+        }
+        Expr::Redirect => {
+            w.attr_u32(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1);
+            w.attr_u32(NFTA_REDIR_REG_PROTO_MAX, NFT_REG_1);
+            w.attr_u32(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
+        }
+        Expr::Tproxy { family } => {
+            w.attr_u32(NFTA_TPROXY_FAMILY, *family as u32);
+            w.attr_u32(NFTA_TPROXY_REG_PORT, NFT_REG_1);
+        }
+        Expr::CtLoad(key) => {
+            w.attr_u32(NFTA_CT_KEY, *key);
+            w.attr_u32(NFTA_CT_DREG, NFT_REG_1);
+        }
+        Expr::CtSet(key) => {
+            w.attr_u32(NFTA_CT_KEY, *key);
+            w.attr_u32(NFTA_CT_SREG, NFT_REG_1);
+        }
         // Only ever decoded from the kernel, never produced by `lower`.
-        Expr::Other(name) => (name.as_str(), Box::new(|_: &mut MessageWriter| {})),
-    };
-    w.attr_str(NFTA_EXPR_NAME, name);
-    let data = w.nest_begin(NFTA_EXPR_DATA);
-    body(w);
+        Expr::Other(_) => {}
+    }
     w.nest_end(data);
 }
