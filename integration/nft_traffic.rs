@@ -46,15 +46,28 @@ fn original_dst(s: &TcpStream) -> Option<SocketAddr> {
         let mut ss: libc::sockaddr_storage = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         let level = if v6 { libc::SOL_IPV6 } else { libc::SOL_IP };
-        if libc::getsockopt(fd, level, SO_ORIGINAL_DST, &mut ss as *mut _ as *mut libc::c_void, &mut len) != 0 {
+        if libc::getsockopt(
+            fd,
+            level,
+            SO_ORIGINAL_DST,
+            &mut ss as *mut _ as *mut libc::c_void,
+            &mut len,
+        ) != 0
+        {
             return None;
         }
         if v6 {
             let a = &*(&ss as *const _ as *const libc::sockaddr_in6);
-            Some(SocketAddr::new(IpAddr::from(a.sin6_addr.s6_addr), u16::from_be(a.sin6_port)))
+            Some(SocketAddr::new(
+                IpAddr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+            ))
         } else {
             let a = &*(&ss as *const _ as *const libc::sockaddr_in);
-            Some(SocketAddr::new(IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()), u16::from_be(a.sin_port)))
+            Some(SocketAddr::new(
+                IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()),
+                u16::from_be(a.sin_port),
+            ))
         }
     }
 }
@@ -74,22 +87,34 @@ impl Server {
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             enter(&ns);
-            let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr} in {ns}: {e}"));
+            let listener =
+                TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr} in {ns}: {e}"));
             listener.set_nonblocking(true).unwrap();
             ready_tx.send(()).unwrap();
             while !flag.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((mut s, _)) => {
-                        let dst = if report_original { original_dst(&s) } else { s.local_addr().ok() };
-                        let dst = dst.map(|d| d.to_string()).unwrap_or_else(|| "unknown".into());
+                        let dst = if report_original {
+                            original_dst(&s)
+                        } else {
+                            s.local_addr().ok()
+                        };
+                        let dst = dst
+                            .map(|d| d.to_string())
+                            .unwrap_or_else(|| "unknown".into());
                         let _ = s.write_all(format!("{name} {dst}").as_bytes());
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        ready_rx.recv_timeout(Duration::from_secs(5)).expect("listener ready");
-        Server { stop, thread: Some(thread) }
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("listener ready");
+        Server {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -138,12 +163,27 @@ impl Topology {
         let pod = TestNetns::new("p");
         let remote = TestNetns::new("r");
         let (vp, vr) = (unique("a"), unique("b"));
-        pod.exec_ok(&["ip", "link", "add", &vp, "type", "veth", "peer", "name", &vr]);
+        pod.exec_ok(&[
+            "ip", "link", "add", &vp, "type", "veth", "peer", "name", &vr,
+        ]);
         pod.exec_ok(&["ip", "link", "set", &vr, "netns", &remote.name]);
         let v6_prefix = format!("2001:db8:{:x}", std::process::id() % 0xffff);
         for (ns, dev, addrs) in [
-            (&pod, &vp, vec!["192.0.2.1/24".to_string(), format!("{v6_prefix}::1/64")]),
-            (&remote, &vr, vec!["192.0.2.2/24".to_string(), "192.0.2.3/24".to_string(), format!("{v6_prefix}::2/64"), format!("{v6_prefix}::3/64")]),
+            (
+                &pod,
+                &vp,
+                vec!["192.0.2.1/24".to_string(), format!("{v6_prefix}::1/64")],
+            ),
+            (
+                &remote,
+                &vr,
+                vec![
+                    "192.0.2.2/24".to_string(),
+                    "192.0.2.3/24".to_string(),
+                    format!("{v6_prefix}::2/64"),
+                    format!("{v6_prefix}::3/64"),
+                ],
+            ),
         ] {
             for a in &addrs {
                 let mut argv = vec!["ip", "addr", "add", a.as_str(), "dev", dev.as_str()];
@@ -154,7 +194,11 @@ impl Topology {
             }
             ns.exec_ok(&["ip", "link", "set", dev, "up"]);
         }
-        Topology { pod, remote, v6_prefix }
+        Topology {
+            pod,
+            remote,
+            v6_prefix,
+        }
     }
 
     fn v6(&self, host: u8) -> IpAddr {
@@ -178,7 +222,11 @@ fn wait_reachable(ns: &str, dst: SocketAddr) {
 }
 
 fn check_family(t: &Topology, pod_ip: IpAddr, remote_ip: IpAddr, excluded_ip: IpAddr) {
-    let wildcard: IpAddr = if pod_ip.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
+    let wildcard: IpAddr = if pod_ip.is_ipv4() {
+        "0.0.0.0".parse().unwrap()
+    } else {
+        "::".parse().unwrap()
+    };
     let _remote_server = Server::start(&t.remote.name, sa(wildcard, 80), "remote", false);
     let _outbound = Server::start(&t.pod.name, sa(wildcard, 15001), "proxy-15001", true);
     let _inbound = Server::start(&t.pod.name, sa(wildcard, 15006), "proxy-15006", true);
@@ -188,15 +236,27 @@ fn check_family(t: &Topology, pod_ip: IpAddr, remote_ip: IpAddr, excluded_ip: Ip
     // An application's outbound connection lands on the outbound listener, which still
     // knows where it was going.
     let got = connect_as(&t.pod.name, APP_UID, APP_UID, sa(remote_ip, 80));
-    assert_eq!(got, format!("proxy-15001 {}", sa(remote_ip, 80)), "app uid outbound");
+    assert_eq!(
+        got,
+        format!("proxy-15001 {}", sa(remote_ip, 80)),
+        "app uid outbound"
+    );
 
     // The proxy's own traffic (uid 1337) is not captured: it reaches the real server.
     let got = connect_as(&t.pod.name, PROXY_UID, PROXY_UID, sa(remote_ip, 80));
-    assert_eq!(got, format!("remote {}", sa(remote_ip, 80)), "proxy uid outbound");
+    assert_eq!(
+        got,
+        format!("remote {}", sa(remote_ip, 80)),
+        "proxy uid outbound"
+    );
 
     // An excluded destination goes straight through, whoever sends.
     let got = connect_as(&t.pod.name, APP_UID, APP_UID, sa(excluded_ip, 80));
-    assert_eq!(got, format!("remote {}", sa(excluded_ip, 80)), "excluded CIDR");
+    assert_eq!(
+        got,
+        format!("remote {}", sa(excluded_ip, 80)),
+        "excluded CIDR"
+    );
 
     // Inbound connections land on the inbound listener with their original port...
     let got = connect_as(&t.remote.name, APP_UID, APP_UID, sa(pod_ip, 8080));
@@ -204,16 +264,28 @@ fn check_family(t: &Topology, pod_ip: IpAddr, remote_ip: IpAddr, excluded_ip: Ip
 
     // ...except on excluded inbound ports, which reach the application itself.
     let got = connect_as(&t.remote.name, APP_UID, APP_UID, sa(pod_ip, 15021));
-    assert_eq!(got, format!("app-15021 {}", sa(pod_ip, 15021)), "excluded inbound port");
+    assert_eq!(
+        got,
+        format!("app-15021 {}", sa(pod_ip, 15021)),
+        "excluded inbound port"
+    );
 }
 
 #[test]
 fn ipv4_outbound_inbound_and_exclusions() {
     require_root();
     let t = Topology::new();
-    let args: Vec<String> = ["-x", "192.0.2.3/32"].iter().map(|s| s.to_string()).collect();
+    let args: Vec<String> = ["-x", "192.0.2.3/32"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     t.pod.mesh_ok("apply", &args, &[]);
-    check_family(&t, "192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap(), "192.0.2.3".parse().unwrap());
+    check_family(
+        &t,
+        "192.0.2.1".parse().unwrap(),
+        "192.0.2.2".parse().unwrap(),
+        "192.0.2.3".parse().unwrap(),
+    );
     assert_no_forwarding();
 }
 
@@ -221,10 +293,17 @@ fn ipv4_outbound_inbound_and_exclusions() {
 fn ipv6_outbound_inbound_and_exclusions() {
     require_root();
     let t = Topology::new();
-    let args = vec!["--ipv6".to_string(), "-x".to_string(), format!("{}/128", t.v6(3))];
+    let args = vec![
+        "--ipv6".to_string(),
+        "-x".to_string(),
+        format!("{}/128", t.v6(3)),
+    ];
     t.pod.mesh_ok("apply", &args, &[]);
     check_family(&t, t.v6(1), t.v6(2), t.v6(3));
     // Istio adds ::6 on lo for Envoy's IPv6 inbound passthrough.
-    assert!(t.pod.exec_ok(&["ip", "-6", "addr", "show", "dev", "lo"]).contains("::6/128"));
+    assert!(t
+        .pod
+        .exec_ok(&["ip", "-6", "addr", "show", "dev", "lo"])
+        .contains("::6/128"));
     assert_no_forwarding();
 }

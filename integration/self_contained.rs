@@ -11,14 +11,30 @@ use support::*;
 #[test]
 fn the_binary_links_no_netfilter_library() {
     let out = run_ok(Command::new("ldd").arg(binary()));
-    for lib in ["libnftnl", "libmnl", "libnetfilter", "libxtables", "libip4tc", "libip6tc"] {
+    for lib in [
+        "libnftnl",
+        "libmnl",
+        "libnetfilter",
+        "libxtables",
+        "libip4tc",
+        "libip6tc",
+    ] {
         assert!(!out.contains(lib), "{lib} must not be linked:\n{out}");
     }
     // Only the C runtime and the loader.
     for line in out.lines().filter(|l| l.contains("=>")) {
         let name = line.split_whitespace().next().unwrap_or_default();
         assert!(
-            ["libc.so", "libgcc_s.so", "libm.so", "libpthread.so", "libdl.so", "librt.so"].iter().any(|ok| name.starts_with(ok)),
+            [
+                "libc.so",
+                "libgcc_s.so",
+                "libm.so",
+                "libpthread.so",
+                "libdl.so",
+                "librt.so"
+            ]
+            .iter()
+            .any(|ok| name.starts_with(ok)),
             "unexpected shared library {name}:\n{out}"
         );
     }
@@ -28,47 +44,83 @@ fn the_binary_links_no_netfilter_library() {
 fn apply_starts_no_other_program() {
     let ns = TestNetns::new("sc");
     let trace = TempFile::new("strace", "");
-    let out = run(Command::new("strace").args(["-f", "-qq", "-e", "trace=execve,execveat,clone,clone3,fork,vfork", "-o"]).arg(&trace.0).arg(binary()).args([
-        "apply",
-        "--netns",
-        &ns.name,
-        "-m",
-        "TPROXY",
-        "--ipv6",
-    ]));
-    assert!(out.status.success(), "apply under strace: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=execve,execveat,clone,clone3,fork,vfork",
+            "-o",
+        ])
+        .arg(&trace.0)
+        .arg(binary())
+        .args(["apply", "--netns", &ns.name, "-m", "TPROXY", "--ipv6"]));
+    assert!(
+        out.status.success(),
+        "apply under strace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = std::fs::read_to_string(&trace.0).unwrap();
-    let execs: Vec<&str> = log.lines().filter(|l| l.contains("execve(") || l.contains("execveat(")).collect();
+    let execs: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("execve(") || l.contains("execveat("))
+        .collect();
     assert_eq!(execs.len(), 1, "only the binary itself is executed:\n{log}");
     assert!(execs[0].contains(binary()));
     for l in log.lines().filter(|l| l.contains("clone")) {
-        assert!(l.contains("CLONE_THREAD"), "every clone is a thread, not a process: {l}");
+        assert!(
+            l.contains("CLONE_THREAD"),
+            "every clone is a thread, not a process: {l}"
+        );
     }
     assert!(!log.contains("fork("), "no fork: {log}");
-    assert!(ns.ruleset().contains("istio-proxy-mangle"), "and the rules are there");
+    assert!(
+        ns.ruleset().contains("istio-proxy-mangle"),
+        "and the rules are there"
+    );
 }
 
 #[test]
 fn apply_works_without_any_netfilter_or_iproute_binary() {
     let ns = TestNetns::new("nb");
     let mut cmd = Command::new(binary());
-    cmd.args(["apply", "--netns", &ns.name, "--ipv6", "-m", "TPROXY"]).env_clear().env("PATH", "/nonexistent");
+    cmd.args(["apply", "--netns", &ns.name, "--ipv6", "-m", "TPROXY"])
+        .env_clear()
+        .env("PATH", "/nonexistent");
     // SAFETY: only async-signal-safe syscalls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
             use nix::mount::{mount, MsFlags};
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )?;
             // An empty tmpfs over every directory that holds nft, iptables* or ip.
             for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
-                mount(Some("none"), dir, Some("tmpfs"), MsFlags::empty(), None::<&str>)?;
+                mount(
+                    Some("none"),
+                    dir,
+                    Some("tmpfs"),
+                    MsFlags::empty(),
+                    None::<&str>,
+                )?;
             }
             Ok(())
         });
     }
     let out = run(&mut cmd);
-    assert!(out.status.success(), "apply without binaries: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "apply without binaries: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listing = ns.ruleset();
     assert!(listing.contains("istio-proxy-nat") && listing.contains("istio-proxy-mangle"));
-    assert!(ns.exec_ok(&["ip", "rule", "show"]).contains("fwmark 0x539 lookup 133"));
+    assert!(ns
+        .exec_ok(&["ip", "rule", "show"])
+        .contains("fwmark 0x539 lookup 133"));
 }
