@@ -61,3 +61,164 @@ impl Plan {
         chains
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Cidr, GroupFile, RawConfig, Setting};
+    use crate::model::*;
+
+    fn plan(flavor: Flavor, settings: &[(&str, &str)]) -> Plan {
+        let mut raw = RawConfig::default();
+        for (k, v) in settings {
+            let s = Some(Setting::new(*k, *v));
+            match *k {
+                "-m" => raw.inbound_interception_mode = s,
+                "--ipv6" => raw.enable_ipv6 = s,
+                "--drop-invalid" => raw.drop_invalid = s,
+                "--redirect-dns" => raw.redirect_dns = s,
+                "--dns-servers-v4" => raw.dns_servers_v4 = s,
+                _ => unreachable!(),
+            }
+        }
+        build(&raw.validate(&GroupFile::default()).unwrap(), flavor)
+    }
+
+    /// The source address of each `return` rule in mangle `istio-inbound`, or the action.
+    fn inbound_shape(rules: &[Rule]) -> Vec<String> {
+        rules
+            .iter()
+            .map(|r| {
+                let saddr = r.matches.iter().find_map(|m| match m {
+                    Match::SAddr { cidr, .. } => Some(cidr.to_string()),
+                    _ => None,
+                });
+                let mark = r.matches.iter().find_map(|m| match m {
+                    Match::Mark { mark, negate } => {
+                        Some(format!("mark{}{mark}", if *negate { "!=" } else { "=" }))
+                    }
+                    _ => None,
+                });
+                saddr.or(mark).unwrap_or_else(|| format!("{:?}", r.action))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tproxy_inserts_resolve_like_nft_in_one_inet_chain() {
+        let p = plan(Flavor::Nftables, &[("-m", "TPROXY"), ("--ipv6", "true")]);
+        let chains = p.resolve_inet();
+        let inbound = chains
+            .iter()
+            .find(|c| c.table == Table::Mangle && c.chain == Chain::Inbound)
+            .unwrap();
+        // The order `nft list ruleset` shows after Istio's own tproxy golden (then the
+        // three default inbound port exclusions and the two jumps).
+        assert_eq!(
+            inbound_shape(&inbound.rules),
+            [
+                "mark=1337",
+                "::6/128",
+                "mark!=1338",
+                "127.0.0.6/32",
+                "Return",
+                "Return",
+                "Return",
+                "Jump(Divert)",
+                "Jump(Tproxy)"
+            ]
+        );
+    }
+
+    #[test]
+    fn tproxy_inserts_resolve_per_family_for_iptables() {
+        let p = plan(Flavor::Iptables, &[("-m", "TPROXY"), ("--ipv6", "true")]);
+        let v4 = p.resolve_family(Family::V4);
+        let inbound = v4
+            .iter()
+            .find(|c| c.table == Table::Mangle && c.chain == Chain::Inbound)
+            .unwrap();
+        assert_eq!(
+            inbound_shape(&inbound.rules),
+            [
+                "mark=1337",
+                "127.0.0.6/32",
+                "mark!=1338",
+                "Return",
+                "Return",
+                "Return",
+                "Jump(Divert)",
+                "Jump(Tproxy)"
+            ]
+        );
+        let v6 = p.resolve_family(Family::V6);
+        let inbound = v6
+            .iter()
+            .find(|c| c.table == Table::Mangle && c.chain == Chain::Inbound)
+            .unwrap();
+        assert_eq!(
+            inbound_shape(&inbound.rules),
+            [
+                "mark=1337",
+                "::6/128",
+                "mark!=1338",
+                "Return",
+                "Return",
+                "Return",
+                "Jump(Divert)",
+                "Jump(Tproxy)"
+            ]
+        );
+    }
+
+    #[test]
+    fn flavors_differ_where_istios_generators_differ() {
+        let nft = plan(Flavor::Nftables, &[("--drop-invalid", "true")]);
+        let ipt = plan(Flavor::Iptables, &[("--drop-invalid", "true")]);
+        let drop_rule = |p: &Plan| {
+            p.steps
+                .iter()
+                .find(|s| s.rule.action == Action::Jump(Chain::Drop))
+                .unwrap()
+                .rule
+                .matches
+                .clone()
+        };
+        assert_eq!(
+            drop_rule(&nft),
+            vec![Match::L4Proto(Proto::Tcp), Match::CtState(CtState::Invalid)]
+        );
+        assert_eq!(drop_rule(&ipt), vec![Match::CtState(CtState::Invalid)]);
+
+        let dns = [
+            ("--ipv6", "true"),
+            ("--redirect-dns", "true"),
+            ("--dns-servers-v4", "10.0.0.10"),
+        ];
+        let jumps = |p: &Plan| {
+            p.steps
+                .iter()
+                .filter(|s| {
+                    s.table == Table::Nat && s.rule.action == Action::Jump(Chain::OutputDns)
+                })
+                .map(|s| s.rule.family)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(jumps(&plan(Flavor::Nftables, &dns)), [Family::Any]);
+        assert_eq!(jumps(&plan(Flavor::Iptables, &dns)), [Family::V4]);
+    }
+
+    #[test]
+    fn ipv6_rules_exist_only_when_enabled() {
+        let p = plan(Flavor::Nftables, &[]);
+        assert!(p.steps.iter().all(|s| s.rule.family != Family::V6));
+        let p = plan(Flavor::Nftables, &[("--ipv6", "true")]);
+        let six = Cidr::host("::6".parse().unwrap());
+        assert!(p
+            .steps
+            .iter()
+            .any(|s| s.rule.matches.contains(&Match::SAddr {
+                cidr: six.clone(),
+                negate: false
+            })));
+    }
+}

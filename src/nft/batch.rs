@@ -418,3 +418,137 @@ fn encode_expr(w: &mut MessageWriter, e: &Expr, sets: &mut impl Iterator<Item = 
     }
     w.nest_end(data);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{GroupFile, RawConfig, Setting};
+    use crate::model::{build, Flavor};
+    use crate::nft::readback::decode_batch_rules;
+    use crate::nft::wire::messages;
+
+    fn plan(settings: &[(&str, &str)]) -> Plan {
+        let mut raw = RawConfig::default();
+        for (k, v) in settings {
+            let s = Some(Setting::new(*k, *v));
+            match *k {
+                "-m" => raw.inbound_interception_mode = s,
+                "--ipv6" => raw.enable_ipv6 = s,
+                "--redirect-dns" => raw.redirect_dns = s,
+                "--capture-all-dns" => raw.capture_all_dns = s,
+                "-i" => raw.outbound_ip_ranges_include = s,
+                _ => unreachable!(),
+            }
+        }
+        build(
+            &raw.validate(&GroupFile::default()).unwrap(),
+            Flavor::Nftables,
+        )
+    }
+
+    fn types(batch: &Batch) -> Vec<(u16, u16)> {
+        messages(&batch.bytes)
+            .map(|m| (m.msg_type, m.flags))
+            .collect()
+    }
+
+    #[test]
+    fn a_create_batch_only_creates_and_asks_for_every_ack() {
+        let b = encode(&plan(&[]), Shape::Create, 100, FaultInjection::default());
+        let t = types(&b);
+        assert_eq!(t.first().unwrap().0, NFNL_MSG_BATCH_BEGIN);
+        assert_eq!(t.last().unwrap().0, NFNL_MSG_BATCH_END);
+        let body = &t[1..t.len() - 1];
+        assert!(body
+            .iter()
+            .all(|(ty, flags)| ty & 0xff != NFT_MSG_DELTABLE && flags & NLM_F_ACK != 0));
+        let table = body
+            .iter()
+            .find(|(ty, _)| ty & 0xff == NFT_MSG_NEWTABLE)
+            .unwrap();
+        assert_ne!(
+            table.1 & NLM_F_EXCL,
+            0,
+            "a fresh create refuses to reuse a table"
+        );
+        assert!(body
+            .iter()
+            .filter(|(ty, _)| ty & 0xff == NFT_MSG_NEWRULE)
+            .all(|(_, f)| f & NLM_F_APPEND != 0));
+        let seqs: std::collections::HashSet<u32> = b.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs.len(), b.messages.len(), "sequence numbers are unique");
+        assert_eq!(b.messages[0].seq, 100);
+    }
+
+    #[test]
+    fn a_replace_batch_drops_all_three_tables_first() {
+        let b = encode(&plan(&[]), Shape::Replace, 1, FaultInjection::default());
+        let t = types(&b);
+        let deletes = t
+            .iter()
+            .filter(|(ty, _)| ty & 0xff == NFT_MSG_DELTABLE)
+            .count();
+        assert_eq!(deletes, 3);
+        let first_rule = t
+            .iter()
+            .position(|(ty, _)| ty & 0xff == NFT_MSG_NEWRULE)
+            .unwrap();
+        let last_delete = t
+            .iter()
+            .rposition(|(ty, _)| ty & 0xff == NFT_MSG_DELTABLE)
+            .unwrap();
+        assert!(last_delete < first_rule);
+    }
+
+    #[test]
+    fn decoding_the_batch_gives_back_every_lowered_rule_in_order() {
+        for settings in [
+            vec![],
+            vec![
+                ("-m", "TPROXY"),
+                ("--ipv6", "true"),
+                ("--redirect-dns", "true"),
+                ("--capture-all-dns", "true"),
+            ],
+            vec![
+                ("-i", "10.0.0.0/8,10.128.0.0/9,fd00::/7,0.0.0.0/0"),
+                ("--ipv6", "true"),
+            ],
+        ] {
+            let p = plan(&settings);
+            let b = encode(&p, Shape::Create, 1, FaultInjection::default());
+            let decoded = decode_batch_rules(&b.bytes);
+            let expected: Vec<(String, Vec<Expr>)> = p
+                .resolve_inet()
+                .iter()
+                .flat_map(|rc| {
+                    rc.rules.iter().map(move |r| {
+                        (
+                            rc.chain.nft_name().to_string(),
+                            lower(r).iter().map(Expr::normalized).collect(),
+                        )
+                    })
+                })
+                .collect();
+            let decoded: Vec<(String, Vec<Expr>)> = decoded
+                .into_iter()
+                .map(|(c, e)| (c, e.iter().map(Expr::normalized).collect()))
+                .collect();
+            assert_eq!(decoded, expected, "{settings:?}");
+        }
+    }
+
+    #[test]
+    fn fault_injection_adds_one_failing_rule_at_the_end() {
+        let b = encode(
+            &plan(&[]),
+            Shape::Create,
+            1,
+            FaultInjection {
+                fail_last_message: true,
+            },
+        );
+        let last = &b.messages[b.messages.len() - 2];
+        assert!(last.object.contains("fault injection"));
+    }
+}
