@@ -14,3 +14,4 @@ pub mod netns;
 pub mod nft;
 pub mod probe;
 pub mod routes;
+pub mod xt;

@@ -371,10 +371,8 @@ fn encode_expr(w: &mut MessageWriter, e: &Expr, sets: &mut impl Iterator<Item = 
                 w.attr_u32(NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
             }
         }
-        Expr::Counter => {
-            w.attr(NFTA_COUNTER_BYTES, &0u64.to_be_bytes());
-            w.attr(NFTA_COUNTER_PACKETS, &0u64.to_be_bytes());
-        }
+        // Like nft: no initial values, the kernel starts at zero.
+        Expr::Counter => {}
         Expr::Immediate(value) => {
             w.attr_u32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
             w.data_value(NFTA_IMMEDIATE_DATA, value);
@@ -397,8 +395,8 @@ fn encode_expr(w: &mut MessageWriter, e: &Expr, sets: &mut impl Iterator<Item = 
             w.nest_end(data);
         }
         Expr::Redirect => {
+            // nft sends only the minimum; the kernel uses it as the maximum too.
             w.attr_u32(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1);
-            w.attr_u32(NFTA_REDIR_REG_PROTO_MAX, NFT_REG_1);
             w.attr_u32(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
         }
         Expr::Tproxy { family } => {

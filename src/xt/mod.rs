@@ -1,0 +1,7 @@
+//! The iptables-legacy compatibility backend: the model lowered to xtables entries and
+//! written per table through the kernel's xtables socket interface, no iptables binary and
+//! no `/run/xtables.lock` involved.
+
+pub mod abi;
+pub mod socket;
+pub mod table;

@@ -1,0 +1,181 @@
+//! The xtables socket interface: `getsockopt(IPT_SO_GET_INFO / GET_ENTRIES)` to read a
+//! table, `setsockopt(IPT_SO_SET_REPLACE)` to swap it whole, `IPT_SO_SET_ADD_COUNTERS` to
+//! carry counters over. The replace is an optimistic lock: it names how many entries the
+//! table had when read, and the kernel answers `EAGAIN` if that changed meanwhile.
+
+use super::abi::*;
+use super::table::{Counters, Encoded, Table};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Info {
+    pub valid_hooks: u32,
+    pub hook_entry: [u32; 5],
+    pub underflow: [u32; 5],
+    pub num_entries: u32,
+    pub size: u32,
+}
+
+pub struct XtSocket {
+    fd: OwnedFd,
+    pub layout: Layout,
+}
+
+fn name_bytes(table: &str) -> [u8; XT_TABLE_MAXNAMELEN] {
+    let mut n = [0u8; XT_TABLE_MAXNAMELEN];
+    n[..table.len()].copy_from_slice(table.as_bytes());
+    n
+}
+
+fn u32s(b: &[u8], at: usize) -> [u32; 5] {
+    let mut out = [0u32; 5];
+    for (i, v) in out.iter_mut().enumerate() {
+        *v = u32::from_ne_bytes(b[at + 4 * i..at + 4 * i + 4].try_into().expect("4 bytes"));
+    }
+    out
+}
+
+impl XtSocket {
+    /// A raw socket in the calling thread's namespace (the table is created there lazily by
+    /// the first read).
+    pub fn open(layout: Layout) -> io::Result<XtSocket> {
+        // SAFETY: plain socket(2); the descriptor is owned from here on.
+        let fd = unsafe {
+            libc::socket(
+                layout.family,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_RAW,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, valid descriptor.
+        Ok(XtSocket {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            layout,
+        })
+    }
+
+    fn getsockopt(&self, opt: i32, buf: &mut [u8]) -> io::Result<()> {
+        let mut len = buf.len() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `buf`.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                self.layout.sockopt_level,
+                opt,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn setsockopt(&self, opt: i32, buf: &[u8]) -> io::Result<()> {
+        // SAFETY: the kernel reads `buf.len()` bytes from `buf`.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                self.layout.sockopt_level,
+                opt,
+                buf.as_ptr() as *const libc::c_void,
+                buf.len() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn info(&self, table: &str) -> io::Result<Info> {
+        let mut buf = vec![0u8; GETINFO_SIZE];
+        buf[..XT_TABLE_MAXNAMELEN].copy_from_slice(&name_bytes(table));
+        self.getsockopt(IPT_SO_GET_INFO, &mut buf)?;
+        Ok(Info {
+            valid_hooks: u32::from_ne_bytes(buf[32..36].try_into().expect("4 bytes")),
+            hook_entry: u32s(&buf, 36),
+            underflow: u32s(&buf, 56),
+            num_entries: u32::from_ne_bytes(buf[76..80].try_into().expect("4 bytes")),
+            size: u32::from_ne_bytes(buf[80..84].try_into().expect("4 bytes")),
+        })
+    }
+
+    /// Reads and decodes a table; retries while it changes underneath.
+    pub fn read(&self, table: &str) -> io::Result<(Info, Table)> {
+        for _ in 0..16 {
+            let info = self.info(table)?;
+            let mut buf = vec![0u8; GET_ENTRIES_HEADER + info.size as usize];
+            buf[..XT_TABLE_MAXNAMELEN].copy_from_slice(&name_bytes(table));
+            buf[32..36].copy_from_slice(&info.size.to_ne_bytes());
+            match self.getsockopt(IPT_SO_GET_ENTRIES, &mut buf) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+                Err(e) => return Err(e),
+            }
+            let t = Table::decode(
+                table,
+                info.valid_hooks,
+                info.hook_entry,
+                info.underflow,
+                &buf[GET_ENTRIES_HEADER..],
+                self.layout,
+            )
+            .map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("table {table}: {e}"))
+            })?;
+            return Ok((info, t));
+        }
+        Err(io::Error::from_raw_os_error(libc::EAGAIN))
+    }
+
+    /// Replaces the table; `num_counters` is the entry count of the table as read. Returns
+    /// the counters the replaced entries had at the moment of the swap.
+    pub fn replace(
+        &self,
+        table: &str,
+        valid_hooks: u32,
+        num_counters: usize,
+        enc: &Encoded,
+    ) -> io::Result<Vec<Counters>> {
+        let mut old = vec![0u8; num_counters.max(1) * 16];
+        let mut buf = vec![0u8; REPLACE_HEADER];
+        buf[..XT_TABLE_MAXNAMELEN].copy_from_slice(&name_bytes(table));
+        buf[32..36].copy_from_slice(&valid_hooks.to_ne_bytes());
+        buf[36..40].copy_from_slice(&(enc.num_entries as u32).to_ne_bytes());
+        buf[40..44].copy_from_slice(&(enc.blob.len() as u32).to_ne_bytes());
+        for i in 0..5 {
+            buf[44 + 4 * i..48 + 4 * i].copy_from_slice(&enc.hook_entry[i].to_ne_bytes());
+            buf[64 + 4 * i..68 + 4 * i].copy_from_slice(&enc.underflow[i].to_ne_bytes());
+        }
+        buf[84..88].copy_from_slice(&(num_counters as u32).to_ne_bytes());
+        buf[88..96].copy_from_slice(&(old.as_mut_ptr() as u64).to_ne_bytes());
+        buf.extend_from_slice(&enc.blob);
+        self.setsockopt(IPT_SO_SET_REPLACE, &buf)?;
+        Ok(old
+            .chunks_exact(16)
+            .take(num_counters)
+            .map(|c| Counters {
+                packets: u64::from_ne_bytes(c[..8].try_into().expect("8 bytes")),
+                bytes: u64::from_ne_bytes(c[8..].try_into().expect("8 bytes")),
+            })
+            .collect())
+    }
+
+    /// Adds `counters` (one per entry of the new table) to the table's counters.
+    pub fn add_counters(&self, table: &str, counters: &[Counters]) -> io::Result<()> {
+        let mut buf = vec![0u8; COUNTERS_INFO_HEADER];
+        buf[..XT_TABLE_MAXNAMELEN].copy_from_slice(&name_bytes(table));
+        buf[32..36].copy_from_slice(&(counters.len() as u32).to_ne_bytes());
+        for c in counters {
+            buf.extend_from_slice(&c.packets.to_ne_bytes());
+            buf.extend_from_slice(&c.bytes.to_ne_bytes());
+        }
+        self.setsockopt(IPT_SO_SET_ADD_COUNTERS, &buf)
+    }
+}

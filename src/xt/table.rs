@@ -1,0 +1,486 @@
+//! An xtables table blob, decoded into chains and rules and encoded back.
+//!
+//! The blob (what `IPT_SO_GET_ENTRIES` returns and `IPT_SO_SET_REPLACE` takes) is a flat
+//! list of entries, laid out the way libiptc writes it:
+//!
+//! ```text
+//! [builtin chains, hook order: rules…, policy entry (at underflow[hook])]
+//! [user chains, sorted by name: ERROR entry "NAME", rules…, RETURN entry]
+//! [ERROR entry "ERROR"]
+//! ```
+//!
+//! Jumps are byte offsets; decoding turns them into chain names so that chains can be added
+//! and removed, and encoding turns them back. Matches and targets we do not model stay raw
+//! bytes, so other tools' rules survive byte for byte.
+
+use super::abi::*;
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum BlobError {
+    #[error("entry at byte {0} is malformed")]
+    Malformed(usize),
+    #[error("jump at byte {0} does not point at the start of a chain")]
+    BadJump(usize),
+    #[error("chain {0:?} is referenced but does not exist")]
+    MissingChain(String),
+}
+
+/// A match or target: name, revision and the data after the 32-byte header (padded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extension {
+    pub name: String,
+    pub revision: u8,
+    pub data: Vec<u8>,
+}
+
+impl Extension {
+    pub fn new(name: &str, revision: u8, data: Vec<u8>) -> Extension {
+        let mut data = data;
+        data.resize(xt_align(XT_MATCH_HEADER + data.len()) - XT_MATCH_HEADER, 0);
+        Extension {
+            name: name.to_string(),
+            revision,
+            data,
+        }
+    }
+
+    fn size(&self) -> usize {
+        XT_MATCH_HEADER + self.data.len()
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.size() as u16).to_ne_bytes());
+        let mut name = [0u8; XT_EXTENSION_MAXNAMELEN];
+        name[..self.name.len()].copy_from_slice(self.name.as_bytes());
+        out.extend_from_slice(&name);
+        out.push(self.revision);
+        out.extend_from_slice(&self.data);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A standard verdict: ACCEPT (−2), DROP (−1), RETURN (−5).
+    Verdict(i32),
+    /// Jump (or goto, with the flag in `ip`) to a user chain.
+    Jump(String),
+    Extension(Extension),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// `ipt_ip` / `ip6t_ip6`, raw.
+    pub ip: Vec<u8>,
+    pub nfcache: u32,
+    pub matches: Vec<Extension>,
+    pub target: Target,
+    pub counters: Counters,
+    /// Index of this entry in the table it was read from (to carry its counters over).
+    pub old_index: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    /// `Some(hook)` for a built-in chain.
+    pub hook: Option<usize>,
+    /// Built-in chains: the policy verdict and its counters.
+    pub policy: Option<(i32, Counters, Option<usize>)>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub name: String,
+    pub valid_hooks: u32,
+    pub chains: Vec<Chain>,
+    /// Number of entries when read (`num_counters` for the replace).
+    pub num_entries: usize,
+}
+
+pub const BUILTIN_NAMES: [&str; NF_INET_NUMHOOKS] =
+    ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+
+struct RawEntry {
+    offset: usize,
+    ip: Vec<u8>,
+    nfcache: u32,
+    matches: Vec<Extension>,
+    target: Extension,
+    counters: Counters,
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn read_extension(b: &[u8], at: usize) -> Option<(Extension, usize)> {
+    let size = u16_at(b, at) as usize;
+    if size < XT_MATCH_HEADER || at + size > b.len() {
+        return None;
+    }
+    let name = cstr(&b[at + 2..at + 2 + XT_EXTENSION_MAXNAMELEN]);
+    let revision = b[at + 2 + XT_EXTENSION_MAXNAMELEN];
+    Some((
+        Extension {
+            name,
+            revision,
+            data: b[at + XT_MATCH_HEADER..at + size].to_vec(),
+        },
+        size,
+    ))
+}
+
+fn split_entries(blob: &[u8], l: Layout) -> Result<Vec<RawEntry>, BlobError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < blob.len() {
+        if at + l.entry_size > blob.len() {
+            return Err(BlobError::Malformed(at));
+        }
+        let target_offset = u16_at(blob, at + l.target_offset_at) as usize;
+        let next_offset = u16_at(blob, at + l.next_offset_at) as usize;
+        if target_offset < l.entry_size
+            || next_offset <= target_offset
+            || at + next_offset > blob.len()
+        {
+            return Err(BlobError::Malformed(at));
+        }
+        let mut matches = Vec::new();
+        let mut m = at + l.entry_size;
+        while m < at + target_offset {
+            let (ext, size) = read_extension(blob, m).ok_or(BlobError::Malformed(at))?;
+            matches.push(ext);
+            m += size;
+        }
+        let (target, _) =
+            read_extension(blob, at + target_offset).ok_or(BlobError::Malformed(at))?;
+        out.push(RawEntry {
+            offset: at,
+            ip: blob[at..at + l.ip_size].to_vec(),
+            nfcache: u32_at(blob, at + l.ip_size),
+            matches,
+            target,
+            counters: Counters {
+                packets: u64_at(blob, at + l.counters_at),
+                bytes: u64_at(blob, at + l.counters_at + 8),
+            },
+        });
+        at += next_offset;
+    }
+    Ok(out)
+}
+
+fn standard_verdict(t: &Extension) -> Option<i32> {
+    (t.name.is_empty() && t.data.len() >= 4)
+        .then(|| i32::from_ne_bytes(t.data[..4].try_into().expect("4 bytes")))
+}
+
+impl Table {
+    /// Decodes a blob read with `IPT_SO_GET_ENTRIES`, given `ipt_getinfo`'s hook offsets.
+    pub fn decode(
+        name: &str,
+        valid_hooks: u32,
+        hook_entry: [u32; 5],
+        underflow: [u32; 5],
+        blob: &[u8],
+        l: Layout,
+    ) -> Result<Table, BlobError> {
+        let entries = split_entries(blob, l)?;
+        let index_of = |off: usize| entries.iter().position(|e| e.offset == off);
+        // User chains start right after their ERROR head.
+        let mut chain_at: Vec<(usize, String)> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if e.target.name == "ERROR" && i + 1 < entries.len() {
+                let chain = cstr(&e.target.data);
+                if chain != "ERROR" {
+                    chain_at.push((entries[i + 1].offset, chain));
+                }
+            }
+        }
+        let rule_of = |i: usize, e: &RawEntry| -> Result<Rule, BlobError> {
+            let target = match standard_verdict(&e.target) {
+                Some(v) if v >= 0 => {
+                    let chain = chain_at
+                        .iter()
+                        .find(|(off, _)| *off == v as usize)
+                        .ok_or(BlobError::BadJump(e.offset))?;
+                    Target::Jump(chain.1.clone())
+                }
+                Some(v) => Target::Verdict(v),
+                None => Target::Extension(e.target.clone()),
+            };
+            Ok(Rule {
+                ip: e.ip.clone(),
+                nfcache: e.nfcache,
+                matches: e.matches.clone(),
+                target,
+                counters: e.counters,
+                old_index: Some(i),
+            })
+        };
+        let mut chains = Vec::new();
+        for hook in 0..NF_INET_NUMHOOKS {
+            if valid_hooks & (1 << hook) == 0 {
+                continue;
+            }
+            let first = index_of(hook_entry[hook] as usize)
+                .ok_or(BlobError::Malformed(hook_entry[hook] as usize))?;
+            let last = index_of(underflow[hook] as usize)
+                .ok_or(BlobError::Malformed(underflow[hook] as usize))?;
+            let rules = (first..last)
+                .map(|i| rule_of(i, &entries[i]))
+                .collect::<Result<_, _>>()?;
+            let policy = standard_verdict(&entries[last].target)
+                .ok_or(BlobError::Malformed(entries[last].offset))?;
+            chains.push(Chain {
+                name: BUILTIN_NAMES[hook].to_string(),
+                hook: Some(hook),
+                policy: Some((policy, entries[last].counters, Some(last))),
+                rules,
+            });
+        }
+        let mut i = 0;
+        while i < entries.len() {
+            let e = &entries[i];
+            if e.target.name == "ERROR" && cstr(&e.target.data) != "ERROR" {
+                let name = cstr(&e.target.data);
+                let mut j = i + 1;
+                while j < entries.len() && entries[j].target.name != "ERROR" {
+                    j += 1;
+                }
+                // entries[i+1 .. j-1] are rules, entries[j-1] is the chain's RETURN tail.
+                let rules = (i + 1..j.saturating_sub(1).max(i + 1))
+                    .map(|k| rule_of(k, &entries[k]))
+                    .collect::<Result<_, _>>()?;
+                chains.push(Chain {
+                    name,
+                    hook: None,
+                    policy: None,
+                    rules,
+                });
+                i = j;
+            } else {
+                i += 1;
+            }
+        }
+        Ok(Table {
+            name: name.to_string(),
+            valid_hooks,
+            chains,
+            num_entries: entries.len(),
+        })
+    }
+
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+
+    pub fn chain_mut(&mut self, name: &str) -> Option<&mut Chain> {
+        self.chains.iter_mut().find(|c| c.name == name)
+    }
+}
+
+/// An encoded table, ready for `IPT_SO_SET_REPLACE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub blob: Vec<u8>,
+    pub num_entries: usize,
+    pub hook_entry: [u32; 5],
+    pub underflow: [u32; 5],
+    /// For each new entry, the index it had in the table read (for `ADD_COUNTERS`).
+    pub old_index: Vec<Option<usize>>,
+    pub counters: Vec<Counters>,
+}
+
+fn empty_ip(l: Layout) -> Vec<u8> {
+    vec![0; l.ip_size]
+}
+
+fn write_entry(
+    out: &mut Vec<u8>,
+    l: Layout,
+    ip: &[u8],
+    nfcache: u32,
+    matches: &[Extension],
+    target: &Extension,
+) {
+    let start = out.len();
+    out.extend_from_slice(ip);
+    out.extend_from_slice(&nfcache.to_ne_bytes());
+    out.resize(start + l.entry_size, 0);
+    let target_offset = l.entry_size + matches.iter().map(|m| m.size()).sum::<usize>();
+    let next_offset = target_offset + target.size();
+    out[start + l.target_offset_at..start + l.target_offset_at + 2]
+        .copy_from_slice(&(target_offset as u16).to_ne_bytes());
+    out[start + l.next_offset_at..start + l.next_offset_at + 2]
+        .copy_from_slice(&(next_offset as u16).to_ne_bytes());
+    for m in matches {
+        m.write(out);
+    }
+    target.write(out);
+}
+
+fn verdict_target(v: i32) -> Extension {
+    Extension::new("", 0, v.to_ne_bytes().to_vec())
+}
+
+fn error_target(name: &str) -> Extension {
+    let mut data = vec![0u8; XT_FUNCTION_MAXNAMELEN];
+    data[..name.len()].copy_from_slice(name.as_bytes());
+    Extension::new("ERROR", 0, data)
+}
+
+fn target_size(t: &Target) -> usize {
+    match t {
+        Target::Verdict(_) | Target::Jump(_) => STANDARD_TARGET_SIZE,
+        Target::Extension(e) => e.size(),
+    }
+}
+
+fn entry_size(l: Layout, matches: &[Extension], t: &Target) -> usize {
+    l.entry_size + matches.iter().map(|m| m.size()).sum::<usize>() + target_size(t)
+}
+
+impl Table {
+    /// Encodes the table in libiptc's layout: built-in chains in hook order, then user
+    /// chains sorted by name, then the final ERROR entry.
+    pub fn encode(&self, l: Layout) -> Result<Encoded, BlobError> {
+        let mut builtins: Vec<&Chain> = self.chains.iter().filter(|c| c.hook.is_some()).collect();
+        builtins.sort_by_key(|c| c.hook);
+        let mut users: Vec<&Chain> = self.chains.iter().filter(|c| c.hook.is_none()).collect();
+        users.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+
+        // Pass 1: where each user chain starts (the entry after its ERROR head).
+        let mut offset = 0usize;
+        let mut starts: Vec<(&str, usize)> = Vec::new();
+        for c in &builtins {
+            offset += c
+                .rules
+                .iter()
+                .map(|r| entry_size(l, &r.matches, &r.target))
+                .sum::<usize>();
+            offset += l.entry_size + STANDARD_TARGET_SIZE;
+        }
+        for c in &users {
+            offset += l.entry_size + ERROR_TARGET_SIZE;
+            starts.push((c.name.as_str(), offset));
+            offset += c
+                .rules
+                .iter()
+                .map(|r| entry_size(l, &r.matches, &r.target))
+                .sum::<usize>();
+            offset += l.entry_size + STANDARD_TARGET_SIZE;
+        }
+        let start_of = |name: &str| {
+            starts
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, o)| *o)
+                .ok_or_else(|| BlobError::MissingChain(name.to_string()))
+        };
+
+        // Pass 2: write.
+        let mut enc = Encoded {
+            blob: Vec::with_capacity(offset + 256),
+            num_entries: 0,
+            hook_entry: [u32::MAX; 5],
+            underflow: [u32::MAX; 5],
+            old_index: Vec::new(),
+            counters: Vec::new(),
+        };
+        let rule = |enc: &mut Encoded, r: &Rule| -> Result<(), BlobError> {
+            let target = match &r.target {
+                Target::Verdict(v) => verdict_target(*v),
+                Target::Jump(c) => verdict_target(start_of(c)? as i32),
+                Target::Extension(e) => e.clone(),
+            };
+            write_entry(&mut enc.blob, l, &r.ip, r.nfcache, &r.matches, &target);
+            enc.num_entries += 1;
+            enc.old_index.push(r.old_index);
+            enc.counters.push(r.counters);
+            Ok(())
+        };
+        for c in &builtins {
+            let hook = c.hook.expect("built-in");
+            enc.hook_entry[hook] = enc.blob.len() as u32;
+            for r in &c.rules {
+                rule(&mut enc, r)?;
+            }
+            enc.underflow[hook] = enc.blob.len() as u32;
+            let (verdict, counters, old) =
+                c.policy
+                    .unwrap_or((VERDICT_ACCEPT, Counters::default(), None));
+            write_entry(
+                &mut enc.blob,
+                l,
+                &empty_ip(l),
+                0,
+                &[],
+                &verdict_target(verdict),
+            );
+            enc.num_entries += 1;
+            enc.old_index.push(old);
+            enc.counters.push(counters);
+        }
+        for c in &users {
+            write_entry(
+                &mut enc.blob,
+                l,
+                &empty_ip(l),
+                0,
+                &[],
+                &error_target(&c.name),
+            );
+            enc.num_entries += 1;
+            enc.old_index.push(None);
+            enc.counters.push(Counters::default());
+            for r in &c.rules {
+                rule(&mut enc, r)?;
+            }
+            write_entry(
+                &mut enc.blob,
+                l,
+                &empty_ip(l),
+                0,
+                &[],
+                &verdict_target(VERDICT_RETURN),
+            );
+            enc.num_entries += 1;
+            enc.old_index.push(None);
+            enc.counters.push(Counters::default());
+        }
+        write_entry(
+            &mut enc.blob,
+            l,
+            &empty_ip(l),
+            0,
+            &[],
+            &error_target("ERROR"),
+        );
+        enc.num_entries += 1;
+        enc.old_index.push(None);
+        enc.counters.push(Counters::default());
+        Ok(enc)
+    }
+}
