@@ -13,6 +13,120 @@ use mesh_redirect::nft::render::render;
 use std::path::Path;
 use support::*;
 
+fn config_of(case: &Case) -> mesh_redirect::config::Config {
+    let mut argv = vec!["mesh-redirect".to_string(), "render".to_string()];
+    argv.extend(case.args.iter().cloned());
+    let Command::Render { redirect, .. } =
+        Cli::try_parse_from(argv).expect("case flags parse").command
+    else {
+        unreachable!()
+    };
+    let env = env_map(&case.env);
+    redirect
+        .to_raw(&|k| env.get(k).cloned())
+        .validate(&GroupFile::parse(TEST_GROUP_FILE))
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name))
+}
+
+fn render_iptables_case(case: &Case) -> String {
+    mesh_redirect::xt::render::render(&build(&config_of(case), Flavor::Iptables))
+}
+
+/// A CNI golden holds only payloads: the table blocks, compared as a set of blocks
+/// (Istio's own test splits on COMMIT and compares per table).
+fn blocks(text: &str) -> Vec<String> {
+    let mut b: Vec<String> = text
+        .split("COMMIT")
+        .map(|s| {
+            s.lines()
+                .filter(|l| !l.trim().is_empty() && !l.ends_with("-save"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    b.sort();
+    b
+}
+
+#[test]
+fn iptables_render_equals_istio_iptables_goldens() {
+    let cases: Vec<Case> = capture_cases()
+        .into_iter()
+        .filter(|c| c.iptables_golden.is_some())
+        .collect();
+    assert_eq!(cases.len(), 27, "Istio has 27 iptables capture cases");
+    let mut failures = Vec::new();
+    for case in &cases {
+        let golden = std::fs::read_to_string(case.iptables_golden.as_ref().unwrap()).unwrap();
+        let ours = render_iptables_case(case);
+        if ours.trim() != golden.trim() {
+            failures.push(format!(
+                "== {} ==\n--- istio\n{}\n--- ours\n{}",
+                case.name,
+                golden.trim(),
+                ours.trim()
+            ));
+        }
+    }
+    let cni = cni_cases();
+    assert_eq!(cni.len(), 9, "Istio has 9 CNI-plugin cases");
+    for case in &cni {
+        let golden = std::fs::read_to_string(case.iptables_golden.as_ref().unwrap()).unwrap();
+        let ours = render_iptables_case(case);
+        if blocks(&ours) != blocks(&golden) {
+            failures.push(format!(
+                "== cni {} ==\n--- istio\n{}\n--- ours\n{}",
+                case.name,
+                golden.trim(),
+                ours.trim()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cases differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn iptables_render_snapshots_are_current() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ruleset/iptables");
+    let regenerate = std::env::var("MESH_REDIRECT_REGENERATE").as_deref() == Ok("1");
+    let mut checked = 0;
+    let cases = capture_cases()
+        .into_iter()
+        .filter(|c| c.iptables_golden.is_some())
+        .chain(cni_cases().into_iter().map(|mut c| {
+            c.name = format!("cni-{}", c.name);
+            c
+        }));
+    for case in cases {
+        let path = dir.join(format!("{}.rules", case.name));
+        let ours = render_iptables_case(&case);
+        if regenerate {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &ours).unwrap();
+        }
+        let kept = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (regenerate with MESH_REDIRECT_REGENERATE=1)",
+                path.display()
+            )
+        });
+        assert_eq!(
+            kept,
+            ours,
+            "{} is stale (regenerate with MESH_REDIRECT_REGENERATE=1)",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 36);
+}
+
 fn render_case(case: &Case) -> String {
     let mut argv = vec!["mesh-redirect".to_string(), "render".to_string()];
     argv.extend(case.args.iter().cloned());

@@ -28,7 +28,8 @@ pub enum Command {
         #[command(flatten)]
         redirect: RedirectArgs,
     },
-    /// Print the transaction `apply` would send, in the format of Istio's nftables goldens.
+    /// Print what `apply` would program, in the format of Istio's goldens (nft transaction,
+    /// or iptables-restore payloads with --backend iptables-legacy).
     Render {
         #[arg(long, value_enum, default_value_t = Backend::Nftables)]
         backend: Backend,
@@ -55,6 +56,20 @@ pub enum Command {
 pub enum Backend {
     /// Native nf_tables over netlink.
     Nftables,
+    /// Legacy xtables through the kernel's socket interface.
+    IptablesLegacy,
+    /// The backend whose rules exist already; else nftables if nf_tables answers; else legacy.
+    Auto,
+}
+
+impl Backend {
+    pub fn choice(self) -> crate::engine::BackendChoice {
+        match self {
+            Backend::Nftables => crate::engine::BackendChoice::Nftables,
+            Backend::IptablesLegacy => crate::engine::BackendChoice::IptablesLegacy,
+            Backend::Auto => crate::engine::BackendChoice::Auto,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -62,7 +77,7 @@ pub struct Target {
     /// Network namespace: a path (/var/run/netns/NAME, /proc/PID/ns/net) or a name as `ip netns` shows it.
     #[arg(long, value_name = "PATH|NAME")]
     pub netns: String,
-    #[arg(long, value_enum, default_value_t = Backend::Nftables)]
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
 }
 

@@ -1,6 +1,10 @@
-//! The operations the command line (and later the CNI plugin) performs on a namespace with
-//! the nftables backend: apply, verify, remove. Each runs all of its kernel I/O on one
-//! namespace thread ([`Netns::run`]).
+//! The operations the command line (and the CNI plugin) performs on a namespace: apply,
+//! verify, remove, with either backend. Each runs all of its kernel I/O on one namespace
+//! thread ([`Netns::run`]).
+//!
+//! Backend selection (`auto`) decides from facts and writes nothing to find out: the backend
+//! whose Istio rules already exist in the namespace wins (so a re-run never programs both);
+//! otherwise nftables when nf_tables answers; otherwise iptables-legacy.
 
 use crate::config::Config;
 use crate::model::{self, Flavor, Plan, Table};
@@ -8,8 +12,9 @@ use crate::netns::{Netns, NetnsError};
 use crate::nft::batch::{encode, FaultInjection, Shape};
 use crate::nft::readback;
 use crate::nft::socket::{NetlinkError, NfSocket};
-use crate::nft::verify::{diff, Difference};
+use crate::nft::verify::diff;
 use crate::routes::{self, RouteObject, RouteSocket};
+use crate::xt;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -19,6 +24,8 @@ pub enum EngineError {
     Netns(#[from] NetnsError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Xtables(#[from] xt::apply::XtError),
     #[error("{object}: {source}")]
     Route {
         object: String,
@@ -26,11 +33,51 @@ pub enum EngineError {
     },
 }
 
+/// A concrete backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Nftables,
+    IptablesLegacy,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Nftables => "nftables",
+            Backend::IptablesLegacy => "iptables-legacy",
+        }
+    }
+
+    pub fn flavor(self) -> Flavor {
+        match self {
+            Backend::Nftables => Flavor::Nftables,
+            Backend::IptablesLegacy => Flavor::Iptables,
+        }
+    }
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    Nftables,
+    IptablesLegacy,
+    #[default]
+    Auto,
+}
+
+/// The backend used and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub backend: Backend,
+    pub reason: &'static str,
+}
+
 #[derive(Debug, Clone)]
 pub struct ApplyReport {
-    /// Tables, chains, sets and rules created.
+    pub decision: Decision,
+    /// Tables, chains, sets and rules created (nftables) or rules written (iptables-legacy).
     pub objects: usize,
-    /// Netlink messages in the batch.
+    /// Netlink messages in the batch (nftables) or tables replaced (iptables-legacy).
     pub messages: usize,
     /// Whether existing tables of ours were replaced (rather than created fresh).
     pub replaced: bool,
@@ -50,24 +97,80 @@ fn existing_ours(sock: &mut NfSocket) -> Result<Vec<String>, NetlinkError> {
         .collect())
 }
 
-/// The nftables plan for a configuration.
-pub fn plan(cfg: &Config) -> Plan {
-    model::build(cfg, Flavor::Nftables)
+/// The plan for a configuration and backend.
+pub fn plan(cfg: &Config, backend: Backend) -> Plan {
+    model::build(cfg, backend.flavor())
 }
 
-/// Programs `cfg` into the namespace: routes, then one batch; routes are taken back if the
-/// batch is rejected.
-pub fn apply(ns: &Netns, cfg: &Config, fault: FaultInjection) -> Result<ApplyReport, EngineError> {
-    let plan = plan(cfg);
+/// Whether any loaded legacy table of either family holds Istio chains (reads only tables
+/// the kernel already has, so nothing is instantiated).
+fn legacy_has_ours() -> bool {
+    use xt::abi::{IPV4, IPV6};
+    [IPV4, IPV6].into_iter().any(|l| {
+        let loaded = xt::apply::loaded_tables(l);
+        let Ok(s) = xt::socket::XtSocket::open(l) else {
+            return false;
+        };
+        Table::ALL
+            .iter()
+            .filter(|t| loaded.iter().any(|n| n == t.iptables_name()))
+            .any(|t| {
+                s.read(t.iptables_name())
+                    .map(|(_, table)| xt::merge::has_ours(&table))
+                    .unwrap_or(false)
+            })
+    })
+}
+
+/// Resolves `auto` inside the namespace (call on the namespace thread).
+fn decide(choice: BackendChoice) -> Decision {
+    match choice {
+        BackendChoice::Nftables => Decision {
+            backend: Backend::Nftables,
+            reason: "requested",
+        },
+        BackendChoice::IptablesLegacy => Decision {
+            backend: Backend::IptablesLegacy,
+            reason: "requested",
+        },
+        BackendChoice::Auto => {
+            let nft_tables = NfSocket::open()
+                .ok()
+                .and_then(|mut s| existing_ours(&mut s).ok());
+            match nft_tables {
+                Some(t) if !t.is_empty() => Decision {
+                    backend: Backend::Nftables,
+                    reason: "Istio nftables tables already exist",
+                },
+                _ if legacy_has_ours() => Decision {
+                    backend: Backend::IptablesLegacy,
+                    reason: "Istio iptables-legacy chains already exist",
+                },
+                Some(_) => Decision {
+                    backend: Backend::Nftables,
+                    reason: "nf_tables answers",
+                },
+                None => Decision {
+                    backend: Backend::IptablesLegacy,
+                    reason: "nf_tables does not answer",
+                },
+            }
+        }
+    }
+}
+
+/// Programs `cfg` into the namespace: routes, then the rules; routes are taken back if the
+/// rules are refused.
+pub fn apply(
+    ns: &Netns,
+    cfg: &Config,
+    choice: BackendChoice,
+    fault: FaultInjection,
+) -> Result<ApplyReport, EngineError> {
     ns.run(|| {
         let start = Instant::now();
-        let mut sock = NfSocket::open().map_err(NetlinkError::Io)?;
-        let mut shape = if existing_ours(&mut sock)?.is_empty() {
-            Shape::Create
-        } else {
-            Shape::Replace
-        };
-
+        let decision = decide(choice);
+        let plan = plan(cfg, decision.backend);
         let wanted = routes::wanted(
             cfg.needs_tproxy_routes(),
             cfg.enable_ipv6,
@@ -96,32 +199,50 @@ pub fn apply(ns: &Netns, cfg: &Config, fault: FaultInjection) -> Result<ApplyRep
                 }
             }
         }
-
-        loop {
-            let batch = encode(&plan, shape, sock.reserve_seqs(1 << 20), fault);
-            match sock.send_batch(&batch) {
-                Ok(()) => {
-                    return Ok(ApplyReport {
-                        objects: batch.objects,
-                        messages: batch.messages.len(),
-                        replaced: shape == Shape::Replace,
-                        routes_added: added,
-                        elapsed: start.elapsed(),
-                    })
+        let result = match decision.backend {
+            Backend::Nftables => apply_nft(&plan, fault),
+            Backend::IptablesLegacy => xt::apply::apply(&plan, fault.fail_last_message)
+                .map(|r| (r.rules, r.tables_written, false))
+                .map_err(EngineError::from),
+        };
+        match result {
+            Ok((objects, messages, replaced)) => Ok(ApplyReport {
+                decision,
+                objects,
+                messages,
+                replaced,
+                routes_added: added,
+                elapsed: start.elapsed(),
+            }),
+            Err(e) => {
+                if let Some(rs) = &mut rsock {
+                    undo(rs, &added);
                 }
-                // Someone created one of our tables between our look and our batch.
-                Err(e) if shape == Shape::Create && e.errnos().contains(&libc::EEXIST) => {
-                    shape = Shape::Replace
-                }
-                Err(e) => {
-                    if let Some(rs) = &mut rsock {
-                        undo(rs, &added);
-                    }
-                    return Err(e.into());
-                }
+                Err(e)
             }
         }
     })?
+}
+
+/// One batch: create-only on a fresh namespace, replace when our tables exist.
+fn apply_nft(plan: &Plan, fault: FaultInjection) -> Result<(usize, usize, bool), EngineError> {
+    let mut sock = NfSocket::open().map_err(NetlinkError::Io)?;
+    let mut shape = if existing_ours(&mut sock)?.is_empty() {
+        Shape::Create
+    } else {
+        Shape::Replace
+    };
+    loop {
+        let batch = encode(plan, shape, sock.reserve_seqs(1 << 20), fault);
+        match sock.send_batch(&batch) {
+            Ok(()) => return Ok((batch.objects, batch.messages.len(), shape == Shape::Replace)),
+            // Someone created one of our tables between our look and our batch.
+            Err(e) if shape == Shape::Create && e.errnos().contains(&libc::EEXIST) => {
+                shape = Shape::Replace
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn undo(rs: &mut RouteSocket, added: &[RouteObject]) {
@@ -132,13 +253,27 @@ fn undo(rs: &mut RouteSocket, added: &[RouteObject]) {
     }
 }
 
-/// Differences between the kernel and the plan; empty when they match.
-pub fn verify(ns: &Netns, cfg: &Config) -> Result<Vec<Difference>, EngineError> {
-    let plan = plan(cfg);
+/// Differences between the kernel and the plan, one readable line each; empty when they match.
+pub fn verify(
+    ns: &Netns,
+    cfg: &Config,
+    choice: BackendChoice,
+) -> Result<(Decision, Vec<String>), EngineError> {
     ns.run(|| {
-        let mut sock = NfSocket::open().map_err(NetlinkError::Io)?;
-        let kernel = readback::read_tables(&mut sock, &our_table_names())?;
-        Ok(diff(&plan, &kernel))
+        let decision = decide(choice);
+        let plan = plan(cfg, decision.backend);
+        let differences = match decision.backend {
+            Backend::Nftables => {
+                let mut sock = NfSocket::open().map_err(NetlinkError::Io)?;
+                let kernel = readback::read_tables(&mut sock, &our_table_names())?;
+                diff(&plan, &kernel).iter().map(|d| d.to_string()).collect()
+            }
+            Backend::IptablesLegacy => xt::apply::verify(&plan)?
+                .iter()
+                .map(|d| d.to_string())
+                .collect(),
+        };
+        Ok((decision, differences))
     })?
 }
 
@@ -148,21 +283,26 @@ pub struct RemoveReport {
     pub routes_removed: Vec<RouteObject>,
 }
 
-/// Deletes our tables and policy routing; nothing else. Succeeds when there is nothing to do.
+/// Deletes our tables, chains and policy routing, from both backends; nothing else.
+/// Succeeds when there is nothing to do.
 pub fn remove(ns: &Netns, cfg: &Config) -> Result<RemoveReport, EngineError> {
-    let plan = plan(cfg);
     ns.run(|| {
-        let mut sock = NfSocket::open().map_err(NetlinkError::Io)?;
-        let existing = existing_ours(&mut sock)?;
-        if !existing.is_empty() {
-            let batch = encode(
-                &plan,
-                Shape::Delete,
-                sock.reserve_seqs(1 << 20),
-                FaultInjection::default(),
-            );
-            sock.send_batch(&batch)?;
+        let mut tables_removed = Vec::new();
+        if let Ok(mut sock) = NfSocket::open() {
+            let existing = existing_ours(&mut sock)?;
+            if !existing.is_empty() {
+                let batch = encode(
+                    &plan(cfg, Backend::Nftables),
+                    Shape::Delete,
+                    sock.reserve_seqs(1 << 20),
+                    FaultInjection::default(),
+                );
+                sock.send_batch(&batch)?;
+                tables_removed.extend(existing.into_iter().map(|t| format!("inet {t}")));
+            }
         }
+        let legacy = xt::apply::remove(&plan(cfg, Backend::IptablesLegacy))?;
+        tables_removed.extend((0..legacy).map(|_| "legacy table".to_string()));
         let mut rs = RouteSocket::open().map_err(|source| EngineError::Route {
             object: "rtnetlink socket".into(),
             source,
@@ -181,7 +321,7 @@ pub fn remove(ns: &Netns, cfg: &Config) -> Result<RemoveReport, EngineError> {
             }
         }
         Ok(RemoveReport {
-            tables_removed: existing,
+            tables_removed,
             routes_removed,
         })
     })?

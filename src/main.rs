@@ -4,12 +4,13 @@
 //! 3 the namespace could not be entered; 4 the kernel refused (nothing changed).
 
 use clap::Parser;
-use mesh_redirect::cli::{Cli, Command, RedirectArgs};
+use mesh_redirect::cli::{Backend, Cli, Command, RedirectArgs};
 use mesh_redirect::config::{Config, ConfigError, GroupDatabase, GroupFile};
 use mesh_redirect::engine::{self, EngineError};
 use mesh_redirect::netns::Netns;
 use mesh_redirect::nft::batch::FaultInjection;
 use mesh_redirect::nft::render::render;
+use mesh_redirect::xt::render::render as render_iptables;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
@@ -87,18 +88,28 @@ fn engine_failure(e: EngineError) -> Failure {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Render { redirect, .. } => {
+        Command::Render { redirect, backend } => {
             let cfg = config(&redirect).map_err(|e| Failure::Input(e.to_string()))?;
-            print!("{}", render(&engine::plan(&cfg)));
+            match backend {
+                Backend::IptablesLegacy => print!(
+                    "{}",
+                    render_iptables(&engine::plan(&cfg, engine::Backend::IptablesLegacy))
+                ),
+                Backend::Nftables | Backend::Auto => {
+                    print!("{}", render(&engine::plan(&cfg, engine::Backend::Nftables)))
+                }
+            }
             Ok(())
         }
         Command::Apply { target, redirect } => {
             let cfg = config(&redirect).map_err(|e| Failure::Input(e.to_string()))?;
             let ns = Netns::open(&target.netns).map_err(|e| Failure::Netns(e.to_string()))?;
-            let report = engine::apply(&ns, &cfg, fault_injection()).map_err(engine_failure)?;
+            let report = engine::apply(&ns, &cfg, target.backend.choice(), fault_injection())
+                .map_err(engine_failure)?;
             tracing::info!(
                 netns = ns.path(),
-                backend = "nftables",
+                backend = report.decision.backend.name(),
+                because = report.decision.reason,
                 objects = report.objects,
                 messages = report.messages,
                 replaced = report.replaced,
@@ -111,11 +122,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Verify { target, redirect } => {
             let cfg = config(&redirect).map_err(|e| Failure::Input(e.to_string()))?;
             let ns = Netns::open(&target.netns).map_err(|e| Failure::Netns(e.to_string()))?;
-            let differences = engine::verify(&ns, &cfg).map_err(engine_failure)?;
+            let (decision, differences) =
+                engine::verify(&ns, &cfg, target.backend.choice()).map_err(engine_failure)?;
+            let backend = decision.backend.name();
             if differences.is_empty() {
                 tracing::info!(
                     netns = ns.path(),
-                    backend = "nftables",
+                    backend,
+                    because = decision.reason,
                     "the kernel matches the expected rules"
                 );
                 return Ok(());
@@ -125,7 +139,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             tracing::warn!(
                 netns = ns.path(),
-                backend = "nftables",
+                backend,
                 differences = differences.len(),
                 "drift"
             );
@@ -137,7 +151,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let report = engine::remove(&ns, &cfg).map_err(engine_failure)?;
             tracing::info!(
                 netns = ns.path(),
-                backend = "nftables",
                 tables = report.tables_removed.len(),
                 routes = report.routes_removed.len(),
                 "removed"

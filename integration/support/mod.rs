@@ -148,6 +148,30 @@ pub fn capture_cases() -> Vec<Case> {
         .collect()
 }
 
+/// Istio's CNI-plugin cases: the pod's effective configuration and the golden payload.
+pub fn cni_cases() -> Vec<Case> {
+    let json = cases_json();
+    json["cni_plugin_cases"]
+        .as_array()
+        .expect("cni_plugin_cases")
+        .iter()
+        .map(|c| {
+            let (args, env) = args_for(&c["effective_config"]);
+            Case {
+                name: c["name"].as_str().expect("name").to_string(),
+                args,
+                env,
+                nft_golden: None,
+                iptables_golden: c
+                    .get("iptables")
+                    .and_then(Value::as_str)
+                    .map(|p| conformance_dir().join(p)),
+                config: c["effective_config"].clone(),
+            }
+        })
+        .collect()
+}
+
 /// Groups Istio's owner-group cases name; the conformance tests provide them in a private
 /// mount namespace (a bind-mounted group file), never on the host.
 pub const TEST_GROUP_FILE: &str = "root:x:0:\njava:x:3000:\nftp:x:3001:\n";

@@ -3,5 +3,9 @@
 //! no `/run/xtables.lock` involved.
 
 pub mod abi;
+pub mod apply;
+pub mod lower;
+pub mod merge;
+pub mod render;
 pub mod socket;
 pub mod table;

@@ -1,0 +1,151 @@
+//! Istio conformance for the iptables-legacy backend, by kernel state: for all 27 capture
+//! cases and all 9 CNI-plugin cases, `iptables-legacy-save` and `ip6tables-legacy-save`
+//! after our `apply --backend iptables-legacy` equal (comment lines dropped) the listings
+//! after `iptables-legacy-restore --noflush` / `ip6tables-legacy-restore --noflush` of
+//! Istio's golden payloads in another fresh namespace.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use support::*;
+
+/// Istio's golden → (IPv4 payload, IPv6 payload): the `*-save` lines dropped, split where
+/// the table order starts over.
+fn payloads(golden: &str) -> (String, String) {
+    let mut v4 = String::new();
+    let mut v6 = String::new();
+    let mut last = String::new();
+    let mut in_v6 = false;
+    let mut block = String::new();
+    for line in golden
+        .lines()
+        .filter(|l| !l.ends_with("-save") && !l.trim().is_empty())
+    {
+        if let Some(table) = line.strip_prefix("* ").or_else(|| line.strip_prefix('*')) {
+            if table <= last.as_str() {
+                in_v6 = true;
+            }
+            last = table.to_string();
+        }
+        block.push_str(line);
+        block.push('\n');
+        if line == "COMMIT" {
+            if in_v6 {
+                v6.push_str(&block)
+            } else {
+                v4.push_str(&block)
+            }
+            block.clear();
+        }
+    }
+    (v4, v6)
+}
+
+fn restore(ns: &TestNetns, binary: &str, payload: &str, groups: &TempFile) {
+    if payload.is_empty() {
+        return;
+    }
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name, binary, "--noflush"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    with_group_file(&mut cmd, &groups.0);
+    let mut child = cmd.spawn().expect("restore starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(payload.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{binary}: {}\n{payload}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Both families' save output without comment lines.
+pub fn saved(ns: &TestNetns) -> String {
+    let mut out = String::new();
+    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+        out += &format!("## {save}\n");
+        out += &ns
+            .exec_ok(&[save])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>();
+    }
+    out
+}
+
+fn check(case: &Case, groups: &TempFile) -> Option<String> {
+    let golden = std::fs::read_to_string(case.iptables_golden.as_ref().unwrap()).unwrap();
+    let (v4, v6) = payloads(&golden);
+    let theirs_ns = TestNetns::new("xi");
+    restore(&theirs_ns, "iptables-legacy-restore", &v4, groups);
+    restore(&theirs_ns, "ip6tables-legacy-restore", &v6, groups);
+    let theirs = saved(&theirs_ns);
+
+    let ours_ns = TestNetns::new("xo");
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "apply",
+        "--backend",
+        "iptables-legacy",
+        "--netns",
+        &ours_ns.name,
+    ])
+    .args(&case.args);
+    for (k, v) in &case.env {
+        cmd.env(k, v);
+    }
+    with_group_file(&mut cmd, &groups.0);
+    let out = run(&mut cmd);
+    if !out.status.success() {
+        return Some(format!(
+            "== {} ==\napply failed: {}",
+            case.name,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let ours = saved(&ours_ns);
+    assert!(
+        theirs.contains("-A "),
+        "{}: Istio's payload produced no rule",
+        case.name
+    );
+    (theirs != ours).then(|| {
+        format!(
+            "== {} ==\n--- istio (iptables-legacy-restore)\n{theirs}\n--- ours (apply)\n{ours}",
+            case.name
+        )
+    })
+}
+
+#[test]
+fn apply_produces_the_kernel_state_of_istios_iptables_goldens() {
+    require_root();
+    let groups = TempFile::new("grp", TEST_GROUP_FILE);
+    let capture: Vec<Case> = capture_cases()
+        .into_iter()
+        .filter(|c| c.iptables_golden.is_some())
+        .collect();
+    let cni = cni_cases();
+    assert_eq!((capture.len(), cni.len()), (27, 9));
+    let failures: Vec<String> = capture
+        .iter()
+        .chain(&cni)
+        .filter_map(|c| check(c, &groups))
+        .collect();
+    assert_no_forwarding();
+    assert!(
+        failures.is_empty(),
+        "{} of 36 cases differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
