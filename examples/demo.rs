@@ -10,7 +10,7 @@
 //! does, without any of those binaries.
 
 use mesh_redirect::config::{GroupFile, RawConfig};
-use mesh_redirect::engine;
+use mesh_redirect::engine::{self, BackendChoice};
 use mesh_redirect::netns::Netns;
 use mesh_redirect::nft::batch::FaultInjection;
 use mesh_redirect::probe::original_dst;
@@ -87,7 +87,7 @@ fn main() {
         .validate(&GroupFile::default())
         .expect("defaults are valid");
     let ns = Netns::open(&pod).expect("pod namespace");
-    let report = engine::apply(&ns, &cfg, FaultInjection::default()).expect("apply");
+    let report = engine::apply(&ns, &cfg, BackendChoice::Nftables, FaultInjection::default()).expect("apply");
     println!(
         "applied {} objects in one batch of {} netlink messages, {} µs\n",
         report.objects,
