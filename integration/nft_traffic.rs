@@ -271,11 +271,10 @@ fn check_family(t: &Topology, pod_ip: IpAddr, remote_ip: IpAddr, excluded_ip: Ip
     );
 }
 
-#[test]
-fn ipv4_outbound_inbound_and_exclusions() {
+fn ipv4(backend: &str) {
     require_root();
     let t = Topology::new();
-    let args: Vec<String> = ["-x", "192.0.2.3/32"]
+    let args: Vec<String> = ["--backend", backend, "-x", "192.0.2.3/32"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -289,11 +288,12 @@ fn ipv4_outbound_inbound_and_exclusions() {
     assert_no_forwarding();
 }
 
-#[test]
-fn ipv6_outbound_inbound_and_exclusions() {
+fn ipv6(backend: &str) {
     require_root();
     let t = Topology::new();
     let args = vec![
+        "--backend".to_string(),
+        backend.to_string(),
         "--ipv6".to_string(),
         "-x".to_string(),
         format!("{}/128", t.v6(3)),
@@ -306,4 +306,24 @@ fn ipv6_outbound_inbound_and_exclusions() {
         .exec_ok(&["ip", "-6", "addr", "show", "dev", "lo"])
         .contains("::6/128"));
     assert_no_forwarding();
+}
+
+#[test]
+fn ipv4_outbound_inbound_and_exclusions() {
+    ipv4("nftables");
+}
+
+#[test]
+fn ipv6_outbound_inbound_and_exclusions() {
+    ipv6("nftables");
+}
+
+#[test]
+fn ipv4_outbound_inbound_and_exclusions_iptables_legacy() {
+    ipv4("iptables-legacy");
+}
+
+#[test]
+fn ipv6_outbound_inbound_and_exclusions_iptables_legacy() {
+    ipv6("iptables-legacy");
 }

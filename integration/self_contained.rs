@@ -42,6 +42,25 @@ fn the_binary_links_no_netfilter_library() {
 
 #[test]
 fn apply_starts_no_other_program() {
+    starts_no_other_program("nftables");
+}
+
+#[test]
+fn apply_starts_no_other_program_iptables_legacy() {
+    starts_no_other_program("iptables-legacy");
+}
+
+#[test]
+fn apply_works_without_any_netfilter_or_iproute_binary() {
+    works_without_binaries("nftables");
+}
+
+#[test]
+fn apply_works_without_any_netfilter_or_iproute_binary_iptables_legacy() {
+    works_without_binaries("iptables-legacy");
+}
+
+fn starts_no_other_program(backend: &str) {
     let ns = TestNetns::new("sc");
     let trace = TempFile::new("strace", "");
     let out = run(Command::new("strace")
@@ -54,7 +73,16 @@ fn apply_starts_no_other_program() {
         ])
         .arg(&trace.0)
         .arg(binary())
-        .args(["apply", "--netns", &ns.name, "-m", "TPROXY", "--ipv6"]));
+        .args([
+            "apply",
+            "--backend",
+            backend,
+            "--netns",
+            &ns.name,
+            "-m",
+            "TPROXY",
+            "--ipv6",
+        ]));
     assert!(
         out.status.success(),
         "apply under strace: {}",
@@ -74,19 +102,36 @@ fn apply_starts_no_other_program() {
         );
     }
     assert!(!log.contains("fork("), "no fork: {log}");
-    assert!(
-        ns.ruleset().contains("istio-proxy-mangle"),
-        "and the rules are there"
-    );
+    assert!(has_rules(&ns, backend), "and the rules are there");
 }
 
-#[test]
-fn apply_works_without_any_netfilter_or_iproute_binary() {
+fn has_rules(ns: &TestNetns, backend: &str) -> bool {
+    if backend == "nftables" {
+        ns.ruleset().contains("istio-proxy-mangle")
+    } else {
+        ns.exec_ok(&["iptables-legacy-save"])
+            .contains("ISTIO_TPROXY")
+            && ns
+                .exec_ok(&["ip6tables-legacy-save"])
+                .contains("ISTIO_TPROXY")
+    }
+}
+
+fn works_without_binaries(backend: &str) {
     let ns = TestNetns::new("nb");
     let mut cmd = Command::new(binary());
-    cmd.args(["apply", "--netns", &ns.name, "--ipv6", "-m", "TPROXY"])
-        .env_clear()
-        .env("PATH", "/nonexistent");
+    cmd.args([
+        "apply",
+        "--backend",
+        backend,
+        "--netns",
+        &ns.name,
+        "--ipv6",
+        "-m",
+        "TPROXY",
+    ])
+    .env_clear()
+    .env("PATH", "/nonexistent");
     // SAFETY: only async-signal-safe syscalls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -118,8 +163,7 @@ fn apply_works_without_any_netfilter_or_iproute_binary() {
         "apply without binaries: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let listing = ns.ruleset();
-    assert!(listing.contains("istio-proxy-nat") && listing.contains("istio-proxy-mangle"));
+    assert!(has_rules(&ns, backend));
     assert!(ns
         .exec_ok(&["ip", "rule", "show"])
         .contains("fwmark 0x539 lookup 133"));

@@ -82,6 +82,8 @@ pub struct ApplyReport {
     /// Whether existing tables of ours were replaced (rather than created fresh).
     pub replaced: bool,
     pub routes_added: Vec<RouteObject>,
+    /// iptables-legacy: table writes retried because another writer changed the table.
+    pub retries: usize,
     pub elapsed: Duration,
 }
 
@@ -200,18 +202,19 @@ pub fn apply(
             }
         }
         let result = match decision.backend {
-            Backend::Nftables => apply_nft(&plan, fault),
-            Backend::IptablesLegacy => xt::apply::apply(&plan, fault.fail_last_message)
-                .map(|r| (r.rules, r.tables_written, false))
+            Backend::Nftables => apply_nft(&plan, fault).map(|(o, m, r)| (o, m, r, 0)),
+            Backend::IptablesLegacy => xt::apply::apply(&plan, fault)
+                .map(|r| (r.rules, r.tables_written, r.replaced, r.retries))
                 .map_err(EngineError::from),
         };
         match result {
-            Ok((objects, messages, replaced)) => Ok(ApplyReport {
+            Ok((objects, messages, replaced, retries)) => Ok(ApplyReport {
                 decision,
                 objects,
                 messages,
                 replaced,
                 routes_added: added,
+                retries,
                 elapsed: start.elapsed(),
             }),
             Err(e) => {

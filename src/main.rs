@@ -63,9 +63,11 @@ fn init_logging(verbose: u8) {
 fn fault_injection() -> FaultInjection {
     #[cfg(feature = "fault-injection")]
     {
+        // MESH_REDIRECT_FAULT=last-message,race (test builds only)
+        let fault = std::env::var("MESH_REDIRECT_FAULT").unwrap_or_default();
         FaultInjection {
-            fail_last_message: std::env::var("MESH_REDIRECT_FAULT").as_deref()
-                == Ok("last-message"),
+            fail_last_message: fault.split(',').any(|f| f == "last-message"),
+            race_first_write: fault.split(',').any(|f| f == "race"),
         }
     }
     #[cfg(not(feature = "fault-injection"))]
@@ -114,6 +116,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 messages = report.messages,
                 replaced = report.replaced,
                 routes = report.routes_added.len(),
+                retries = report.retries,
                 apply_us = report.elapsed.as_micros() as u64,
                 "applied"
             );

@@ -63,6 +63,9 @@ pub enum Shape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FaultInjection {
     pub fail_last_message: bool,
+    /// iptables-legacy: another writer changes each table between our read and our write,
+    /// once, so the `EAGAIN` retry path runs.
+    pub race_first_write: bool,
 }
 
 struct Builder {

@@ -12,6 +12,7 @@ use super::merge::{has_ours, lowered_steps, merge, our_part, same_rule, strip};
 use super::socket::XtSocket;
 use super::table::{Counters, Extension, Rule as XtRule, Table as XtTable, Target};
 use crate::model::{Family, Plan, Table};
+use crate::nft::batch::FaultInjection;
 use std::io;
 use thiserror::Error;
 
@@ -94,34 +95,65 @@ fn err(l: Layout, table: &'static str, source: io::Error) -> XtError {
     }
 }
 
-/// Replaces `name` with `make(current)`, retrying on `EAGAIN`. Returns the table as it was.
+/// Test-only: what another writer does between our read and our write (one foreign rule
+/// appended to the first built-in chain), so that the kernel answers `EAGAIN`.
+fn race(s: &XtSocket, name: &'static str) {
+    if let Ok((info, mut t)) = s.read(name) {
+        let n = t.num_entries;
+        if let Some(c) = t.chains.iter_mut().find(|c| c.hook.is_some()) {
+            c.rules.push(XtRule {
+                ip: vec![0; s.layout.ip_size],
+                nfcache: 0,
+                matches: vec![],
+                target: Target::Verdict(super::abi::VERDICT_RETURN),
+                counters: Counters::default(),
+                old_index: None,
+            });
+        }
+        if let Ok(enc) = t.encode(s.layout) {
+            let _ = s.replace(name, info.valid_hooks, n, &enc);
+        }
+    }
+}
+
+fn unchanged(new: &XtTable, current: &XtTable) -> bool {
+    new.chains.len() == current.chains.len()
+        && new.chains.iter().zip(&current.chains).all(|(a, b)| {
+            a.name == b.name
+                && a.rules.len() == b.rules.len()
+                && a.rules.iter().zip(&b.rules).all(|(x, y)| same_rule(x, y))
+        })
+}
+
+/// Replaces `name` with `make(current)`, retrying on `EAGAIN`. Returns the table as it was
+/// (`None` when nothing needed writing) and how many attempts met `EAGAIN`.
 fn replace_with(
     s: &XtSocket,
     name: &'static str,
     make: &dyn Fn(&XtTable) -> Option<XtTable>,
-) -> Result<Option<XtTable>, XtError> {
+    race_once: bool,
+) -> Result<(Option<XtTable>, usize), XtError> {
     let l = s.layout;
-    for _ in 0..RETRIES {
+    let mut retries = 0;
+    for attempt in 0..RETRIES {
         let (info, current) = s.read(name).map_err(|e| err(l, name, e))?;
         let Some(new) = make(&current) else {
-            return Ok(None);
+            return Ok((None, retries));
         };
-        if new.chains.len() == current.chains.len()
-            && new.chains.iter().zip(&current.chains).all(|(a, b)| {
-                a.name == b.name
-                    && a.rules.len() == b.rules.len()
-                    && a.rules.iter().zip(&b.rules).all(|(x, y)| same_rule(x, y))
-            })
-        {
-            return Ok(None); // already exactly so
+        if unchanged(&new, &current) {
+            return Ok((None, retries));
         }
         let enc = new.encode(l).map_err(|e| XtError::Encode {
             family: family_name(l),
             table: name,
             reason: e.to_string(),
         })?;
+        if race_once && attempt == 0 {
+            race(s, name);
+        }
         match s.replace(name, info.valid_hooks, current.num_entries, &enc) {
             Ok(old) => {
+                // The kernel zeroes counters on replace; give kept entries theirs back.
                 let carried: Vec<Counters> = enc
                     .old_index
                     .iter()
@@ -131,9 +163,16 @@ fn replace_with(
                     s.add_counters(name, &carried)
                         .map_err(|e| err(l, name, e))?;
                 }
-                return Ok(Some(current));
+                return Ok((Some(current), retries));
             }
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                retries += 1;
+                tracing::debug!(
+                    family = family_name(l),
+                    table = name,
+                    "the table changed underneath (EAGAIN); reading it again"
+                );
+            }
             Err(e) => return Err(err(l, name, e)),
         }
     }
@@ -157,11 +196,14 @@ pub fn layouts(plan: &Plan) -> Vec<Layout> {
 pub struct XtReport {
     pub tables_written: usize,
     pub rules: usize,
+    /// Whether any table held rules of ours before.
+    pub replaced: bool,
+    pub retries: usize,
 }
 
 /// Writes the plan (an iptables-flavoured plan) into every table it needs, both families;
 /// everything written is undone if any write fails.
-pub fn apply(plan: &Plan, fail_last: bool) -> Result<XtReport, XtError> {
+pub fn apply(plan: &Plan, fault: FaultInjection) -> Result<XtReport, XtError> {
     let mut written: Vec<Written> = Vec::new();
     let mut report = XtReport::default();
     let mut work: Vec<(Layout, Table)> = Vec::new();
@@ -181,22 +223,30 @@ pub fn apply(plan: &Plan, fail_last: bool) -> Result<XtReport, XtError> {
     let last = work.len().saturating_sub(1);
     for (i, (l, t)) in work.iter().copied().enumerate() {
         let s = XtSocket::open(l).map_err(|e| err(l, table_name(t), e))?;
-        let poisoned = fail_last && i == last;
-        let result = replace_with(&s, table_name(t), &|current| {
-            let needed = plan.steps.iter().any(|st| {
-                st.table == t && (st.rule.family == Family::Any || st.rule.family == family_of(l))
-            });
-            if !needed && !has_ours(current) {
-                return None;
-            }
-            let mut new = merge(current, plan, t, family_of(l), l);
-            if poisoned {
-                poison(&mut new, l);
-            }
-            Some(new)
-        });
+        let poisoned = fault.fail_last_message && i == last;
+        let result = replace_with(
+            &s,
+            table_name(t),
+            &|current| {
+                let needed = plan.steps.iter().any(|st| {
+                    st.table == t
+                        && (st.rule.family == Family::Any || st.rule.family == family_of(l))
+                });
+                if !needed && !has_ours(current) {
+                    return None;
+                }
+                let mut new = merge(current, plan, t, family_of(l), l);
+                if poisoned {
+                    poison(&mut new, l);
+                }
+                Some(new)
+            },
+            fault.race_first_write,
+        );
         match result {
-            Ok(Some(before)) => {
+            Ok((Some(before), retries)) => {
+                report.retries += retries;
+                report.replaced |= has_ours(&before);
                 report.tables_written += 1;
                 written.push(Written {
                     layout: l,
@@ -204,7 +254,7 @@ pub fn apply(plan: &Plan, fail_last: bool) -> Result<XtReport, XtError> {
                     before,
                 });
             }
-            Ok(None) => {}
+            Ok((None, retries)) => report.retries += retries,
             Err(e) => {
                 undo(&written);
                 return Err(e);
@@ -251,7 +301,7 @@ fn undo(written: &[Written]) {
             }
             Some(t)
         };
-        if let Err(e) = replace_with(&s, w.table, &restore) {
+        if let Err(e) = replace_with(&s, w.table, &restore, false) {
             tracing::error!(table = w.table, error = %e, "could not restore a table after a failed apply");
         }
     }
@@ -268,9 +318,12 @@ pub fn remove(plan: &Plan) -> Result<usize, XtError> {
             }
             let s = XtSocket::open(l).map_err(|e| err(l, table_name(t), e))?;
             let planned = lowered_steps(plan, t, family_of(l), l);
-            let changed = replace_with(&s, table_name(t), &|current| {
-                has_ours(current).then(|| strip(current, &planned))
-            })?;
+            let (changed, _) = replace_with(
+                &s,
+                table_name(t),
+                &|current| has_ours(current).then(|| strip(current, &planned)),
+                false,
+            )?;
             removed += changed.is_some() as usize;
         }
     }
