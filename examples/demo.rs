@@ -87,7 +87,13 @@ fn main() {
         .validate(&GroupFile::default())
         .expect("defaults are valid");
     let ns = Netns::open(&pod).expect("pod namespace");
-    let report = engine::apply(&ns, &cfg, BackendChoice::Nftables, FaultInjection::default()).expect("apply");
+    let report = engine::apply(
+        &ns,
+        &cfg,
+        BackendChoice::Nftables,
+        FaultInjection::default(),
+    )
+    .expect("apply");
     println!(
         "applied {} objects in one batch of {} netlink messages, {} µs\n",
         report.objects,

@@ -1,6 +1,7 @@
 //! Developer tool: prints the raw xtables entries of a table in a namespace (matches and
 //! targets with name, revision and data), to compare encodings with what iptables writes.
-//! `cargo run --example xt_dump -- NETNS nat [6]`
+//! `cargo run --example xt_dump -- NETNS nat [4|6] [FILE]`: with FILE, also writes the table
+//! as a fixture (valid_hooks, hook_entry[5], underflow[5] as native u32, then the entries).
 
 use mesh_redirect::netns::Netns;
 use mesh_redirect::xt::abi::{IPV4, IPV6};
@@ -50,8 +51,17 @@ fn main() {
             }
         }
         let enc = t.encode(layout).expect("encode");
-        let (_, again) = (0, s.read(&table).unwrap().1);
-        let _ = again;
+        if let Some(file) = std::env::args().nth(4) {
+            let mut out: Vec<u8> = Vec::new();
+            for v in std::iter::once(info.valid_hooks)
+                .chain(info.hook_entry)
+                .chain(info.underflow)
+            {
+                out.extend(v.to_ne_bytes());
+            }
+            out.extend(s.raw_entries(&table, info.size).expect("entries"));
+            std::fs::write(file, out).expect("write fixture");
+        }
         println!(
             "re-encoded {} entries, {} bytes (kernel: {} entries, {} bytes)",
             enc.num_entries,

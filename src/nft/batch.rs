@@ -547,6 +547,7 @@ mod tests {
             1,
             FaultInjection {
                 fail_last_message: true,
+                ..Default::default()
             },
         );
         let last = &b.messages[b.messages.len() - 2];

@@ -106,6 +106,16 @@ impl XtSocket {
         })
     }
 
+    /// The raw entries of a table of `size` bytes (as `info` reported it).
+    pub fn raw_entries(&self, table: &str, size: u32) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; GET_ENTRIES_HEADER + size as usize];
+        buf[..XT_TABLE_MAXNAMELEN].copy_from_slice(&name_bytes(table));
+        buf[32..36].copy_from_slice(&size.to_ne_bytes());
+        self.getsockopt(IPT_SO_GET_ENTRIES, &mut buf)?;
+        buf.drain(..GET_ENTRIES_HEADER);
+        Ok(buf)
+    }
+
     /// Reads and decodes a table; retries while it changes underneath.
     pub fn read(&self, table: &str) -> io::Result<(Info, Table)> {
         for _ in 0..16 {

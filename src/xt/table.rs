@@ -484,3 +484,166 @@ impl Table {
         Ok(enc)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{GroupFile, RawConfig, Setting};
+    use crate::model::{build, Family, Flavor, Table as ModelTable};
+    use crate::xt::merge::merge;
+
+    fn fixture(bytes: &[u8]) -> (u32, [u32; 5], [u32; 5], &[u8]) {
+        let u = |i: usize| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
+        let hooks = |o: usize| [u(o), u(o + 1), u(o + 2), u(o + 3), u(o + 4)];
+        (u(0), hooks(1), hooks(6), &bytes[44..])
+    }
+
+    /// Counters and `comefrom` are kernel bookkeeping, reset on every replace.
+    fn without_counters(blob: &[u8], l: Layout) -> Vec<u8> {
+        let mut b = blob.to_vec();
+        let mut at = 0;
+        while at + l.entry_size <= b.len() {
+            let next = u16_at(&b, at + l.next_offset_at) as usize;
+            b[at + l.comefrom_at..at + l.comefrom_at + 4].fill(0);
+            b[at + l.counters_at..at + l.counters_at + 16].fill(0);
+            at += next.max(1);
+        }
+        b
+    }
+
+    #[test]
+    fn tables_written_by_iptables_restore_reencode_byte_identically() {
+        let fixtures: [(&str, &[u8], Layout); 6] = [
+            (
+                "mangle",
+                include_bytes!("../../ruleset/xtables/tproxy-mangle-ipv4.bin"),
+                IPV4,
+            ),
+            (
+                "nat",
+                include_bytes!("../../ruleset/xtables/tproxy-nat-ipv4.bin"),
+                IPV4,
+            ),
+            (
+                "raw",
+                include_bytes!("../../ruleset/xtables/tproxy-raw-ipv4.bin"),
+                IPV4,
+            ),
+            (
+                "mangle",
+                include_bytes!("../../ruleset/xtables/tproxy-mangle-ipv6.bin"),
+                IPV6,
+            ),
+            (
+                "nat",
+                include_bytes!("../../ruleset/xtables/tproxy-nat-ipv6.bin"),
+                IPV6,
+            ),
+            (
+                "raw",
+                include_bytes!("../../ruleset/xtables/tproxy-raw-ipv6.bin"),
+                IPV6,
+            ),
+        ];
+        for (name, bytes, l) in fixtures {
+            let (valid_hooks, hook_entry, underflow, blob) = fixture(bytes);
+            let t = Table::decode(name, valid_hooks, hook_entry, underflow, blob, l).unwrap();
+            assert!(
+                t.chains.iter().any(|c| c.name.starts_with("ISTIO_")),
+                "{name}: decoded Istio's chains"
+            );
+            let enc = t.encode(l).unwrap();
+            assert_eq!(
+                without_counters(&enc.blob, l),
+                without_counters(blob, l),
+                "{name} ipv6={}",
+                l.ipv6
+            );
+            for h in 0..5 {
+                if valid_hooks & (1 << h) != 0 {
+                    assert_eq!(
+                        (enc.hook_entry[h], enc.underflow[h]),
+                        (hook_entry[h], underflow[h]),
+                        "{name} hook {h}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn empty_table(name: &str, hooks: &[usize]) -> Table {
+        Table {
+            name: name.into(),
+            valid_hooks: hooks.iter().map(|h| 1 << h).sum(),
+            chains: hooks
+                .iter()
+                .map(|&h| Chain {
+                    name: BUILTIN_NAMES[h].into(),
+                    hook: Some(h),
+                    policy: Some((VERDICT_ACCEPT, Counters::default(), None)),
+                    rules: vec![],
+                })
+                .collect(),
+            num_entries: hooks.len() + 1,
+        }
+    }
+
+    #[test]
+    fn decode_of_encode_gives_back_the_model_tables() {
+        let mut raw = RawConfig::default();
+        raw.inbound_interception_mode = Some(Setting::new("-m", "TPROXY"));
+        raw.enable_ipv6 = Some(Setting::new("--ipv6", "true"));
+        raw.redirect_dns = Some(Setting::new("--redirect-dns", "true"));
+        raw.capture_all_dns = Some(Setting::new("--capture-all-dns", "true"));
+        raw.drop_invalid = Some(Setting::new("--drop-invalid", "true"));
+        raw.outbound_ip_ranges_include = Some(Setting::new("-i", "10.0.0.0/8,fd00::/8"));
+        let plan = build(
+            &raw.validate(&GroupFile::default()).unwrap(),
+            Flavor::Iptables,
+        );
+        for (family, l) in [(Family::V4, IPV4), (Family::V6, IPV6)] {
+            for (table, hooks) in [
+                (ModelTable::Nat, &[0usize, 1, 3, 4][..]),
+                (ModelTable::Mangle, &[0, 1, 2, 3, 4]),
+                (ModelTable::Raw, &[0, 3]),
+            ] {
+                let model = merge(
+                    &empty_table(table.iptables_name(), hooks),
+                    &plan,
+                    table,
+                    family,
+                    l,
+                );
+                let enc = model.encode(l).unwrap();
+                let decoded = Table::decode(
+                    table.iptables_name(),
+                    model.valid_hooks,
+                    enc.hook_entry,
+                    enc.underflow,
+                    &enc.blob,
+                    l,
+                )
+                .unwrap();
+                let strip = |t: &Table| {
+                    let mut chains: Vec<(String, Vec<(Vec<u8>, Vec<Extension>, Target)>)> = t
+                        .chains
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.name.clone(),
+                                c.rules
+                                    .iter()
+                                    .map(|r| (r.ip.clone(), r.matches.clone(), r.target.clone()))
+                                    .collect(),
+                            )
+                        })
+                        .collect();
+                    chains.sort_by(|a, b| a.0.cmp(&b.0));
+                    chains
+                };
+                assert_eq!(strip(&decoded), strip(&model), "{table:?} {family:?}");
+                assert!(model.chains.iter().any(|c| c.name.starts_with("ISTIO_")));
+            }
+        }
+    }
+}
