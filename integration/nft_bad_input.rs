@@ -453,6 +453,72 @@ fn bad_input_leaves_an_applied_namespace_byte_identical() {
     assert_no_forwarding();
 }
 
+/// The same refusals with the iptables-legacy backend: its tables (both families, counters
+/// included) and routes stay byte-identical.
+#[test]
+fn bad_input_leaves_a_legacy_namespace_byte_identical() {
+    require_root();
+    let cases = bad_inputs();
+    let ns = TestNetns::new("keptx");
+    let valid: Vec<String> = ["--backend", "iptables-legacy", "-m", "TPROXY", "--ipv6"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    ns.mesh_ok("apply", &valid, &[]);
+    ns.exec_ok(&[
+        "iptables-legacy",
+        "-t",
+        "filter",
+        "-A",
+        "INPUT",
+        "-c",
+        "4",
+        "240",
+        "-p",
+        "tcp",
+        "--dport",
+        "22",
+        "-j",
+        "ACCEPT",
+    ]);
+    let state = |ns: &TestNetns| {
+        let mut s = kernel_state(ns);
+        for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+            s += &ns
+                .exec_ok(&[save, "-c"])
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>();
+        }
+        s
+    };
+    let before = state(&ns);
+    assert!(
+        before.contains("ISTIO_TPROXY") && before.contains("[4:240]"),
+        "{before}"
+    );
+    let mut failures = Vec::new();
+    for case in &cases {
+        let mut cmd = apply_command(&ns.name);
+        cmd.args(["--backend", "iptables-legacy"]).args(&case.args);
+        for (k, v) in &case.env {
+            cmd.env(k, v);
+        }
+        let out = run(&mut cmd);
+        if out.status.success() {
+            failures.push(format!("{}: accepted", case.describe()));
+        }
+        if state(&ns) != before {
+            failures.push(format!("{}: changed the namespace", case.describe()));
+            break;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    ns.mesh_ok("verify", &valid, &[]);
+    assert_no_forwarding();
+}
+
 /// `mesh-redirect apply --netns <netns> <args…>` with a clean environment.
 fn apply_to(netns: impl AsRef<OsStr>, args: &[&str]) -> Output {
     run(apply_command(netns).args(args))
