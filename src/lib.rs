@@ -7,6 +7,7 @@
 //! [`routes`] adds TPROXY's policy routing, [`engine`] ties them into apply/verify/remove.
 
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod engine;
 pub mod model;

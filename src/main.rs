@@ -5,31 +5,19 @@
 
 use clap::Parser;
 use mesh_redirect::cli::{Backend, Cli, Command, RedirectArgs};
-use mesh_redirect::config::{Config, ConfigError, GroupDatabase, GroupFile};
+use mesh_redirect::config::{Config, ConfigError, HostGroups};
 use mesh_redirect::engine::{self, EngineError};
 use mesh_redirect::netns::Netns;
 use mesh_redirect::nft::batch::FaultInjection;
 use mesh_redirect::nft::render::render;
 use mesh_redirect::xt::render::render as render_iptables;
 use std::process::ExitCode;
-use std::sync::OnceLock;
-
-/// The host's group file, read only if a group is given by name.
-struct HostGroups(OnceLock<GroupFile>);
-
-impl GroupDatabase for HostGroups {
-    fn gid_of(&self, name: &str) -> Option<u32> {
-        self.0
-            .get_or_init(|| GroupFile::load(GroupFile::HOST_PATH).unwrap_or_default())
-            .gid_of(name)
-    }
-}
 
 fn config(args: &RedirectArgs) -> Result<Config, ConfigError> {
     // A value that is not UTF-8 is kept (lossily) so that validation rejects it naming the
     // variable, instead of silently falling back to the default.
     let raw = args.to_raw(&|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()));
-    raw.validate(&HostGroups(OnceLock::new()))
+    raw.validate(&HostGroups::default())
 }
 
 fn init_logging(verbose: u8) {
@@ -164,6 +152,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
+    // Run by a container runtime as a CNI plugin.
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return mesh_redirect::cni::main(fault_injection());
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

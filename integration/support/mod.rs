@@ -42,6 +42,8 @@ pub struct Case {
     pub nft_golden: Option<PathBuf>,
     pub iptables_golden: Option<PathBuf>,
     pub config: Value,
+    /// CNI-plugin cases: the pod description of cases.json (`Null` for capture cases).
+    pub pod: Value,
 }
 
 /// Istio's `config.Config` field names → our flags (env-only knobs → their variables).
@@ -143,6 +145,7 @@ pub fn capture_cases() -> Vec<Case> {
                 nft_golden: golden("nftables"),
                 iptables_golden: golden("iptables"),
                 config: c["config"].clone(),
+                pod: Value::Null,
             }
         })
         .collect()
@@ -167,9 +170,54 @@ pub fn cni_cases() -> Vec<Case> {
                     .and_then(Value::as_str)
                     .map(|p| conformance_dir().join(p)),
                 config: c["effective_config"].clone(),
+                pod: c["pod"].clone(),
             }
         })
         .collect()
+}
+
+/// A real-shaped Pod object for a CNI case's pod description (what the API server returns).
+pub fn pod_object(pod: &Value, namespace: &str, name: &str) -> Value {
+    let env: Vec<Value> = pod["istio_proxy_env"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| serde_json::json!({"name": k, "value": v}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let containers: Vec<Value> = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let c = c.as_str().unwrap();
+            if c == "istio-proxy" {
+                let mut sc = serde_json::Map::new();
+                if !pod["istio_proxy_run_as_user"].is_null() {
+                    sc.insert("runAsUser".into(), pod["istio_proxy_run_as_user"].clone());
+                }
+                if !pod["istio_proxy_run_as_group"].is_null() {
+                    sc.insert("runAsGroup".into(), pod["istio_proxy_run_as_group"].clone());
+                }
+                serde_json::json!({"name": c, "image": "docker.io/istio/proxyv2:1.28.0",
+                    "args": ["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local"],
+                    "env": env, "securityContext": sc})
+            } else {
+                serde_json::json!({"name": c, "image": "docker.io/library/busybox:1.36"})
+            }
+        })
+        .collect();
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "uid": "7f9c1c9e-3b1a-4d0e-9a57-0c1d2e3f4a5b",
+                     "labels": {"app": name, "security.istio.io/tlsMode": "istio"},
+                     "annotations": pod["annotations"].clone()},
+        "spec": {"initContainers": [{"name": "istio-validation", "image": "docker.io/istio/proxyv2:1.28.0"}],
+                 "containers": containers, "nodeName": "node-1"},
+        "status": {"phase": "Pending"}
+    })
 }
 
 /// Groups Istio's owner-group cases name; the conformance tests provide them in a private

@@ -49,6 +49,18 @@ impl GroupDatabase for GroupFile {
     }
 }
 
+/// The host's group file, read only when a group is given by name.
+#[derive(Debug, Default)]
+pub struct HostGroups(std::sync::OnceLock<GroupFile>);
+
+impl GroupDatabase for HostGroups {
+    fn gid_of(&self, name: &str) -> Option<u32> {
+        self.0
+            .get_or_init(|| GroupFile::load(GroupFile::HOST_PATH).unwrap_or_default())
+            .gid_of(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

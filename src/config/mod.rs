@@ -13,7 +13,7 @@ mod parse;
 mod raw;
 
 pub use error::ConfigError;
-pub use groups::{GroupDatabase, GroupFile};
+pub use groups::{GroupDatabase, GroupFile, HostGroups};
 pub use parse::{Cidr, IfName};
 pub use raw::{RawConfig, Setting};
 

@@ -116,6 +116,13 @@ fn race(s: &XtSocket, name: &'static str) {
     }
 }
 
+fn same_part(a: &[(String, Vec<XtRule>)], b: &[(String, Vec<XtRule>)]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((na, ra), (nb, rb))| {
+            na == nb && ra.len() == rb.len() && ra.iter().zip(rb).all(|(x, y)| same_rule(x, y))
+        })
+}
+
 fn unchanged(new: &XtTable, current: &XtTable) -> bool {
     new.chains.len() == current.chains.len()
         && new.chains.iter().zip(&current.chains).all(|(a, b)| {
@@ -236,6 +243,12 @@ pub fn apply(plan: &Plan, fault: FaultInjection) -> Result<XtReport, XtError> {
                     return None;
                 }
                 let mut new = merge(current, plan, t, family_of(l), l);
+                // Ours already intact and in order: leave the table alone, so rules other
+                // tools appended after ours stay after them (Istio writes nothing then).
+                let planned = lowered_steps(plan, t, family_of(l), l);
+                if !poisoned && same_part(&our_part(&new, &planned), &our_part(current, &planned)) {
+                    return None;
+                }
                 if poisoned {
                     poison(&mut new, l);
                 }

@@ -96,7 +96,18 @@ impl XtSocket {
     pub fn info(&self, table: &str) -> io::Result<Info> {
         let mut buf = vec![0u8; GETINFO_SIZE];
         buf[..XT_TABLE_MAXNAMELEN].copy_from_slice(&name_bytes(table));
-        self.getsockopt(IPT_SO_GET_INFO, &mut buf)?;
+        // The first read of a table makes the kernel instantiate it; two first readers race
+        // and the loser gets EEXIST although the table is then there. Read again.
+        let mut tries = 0;
+        loop {
+            match self.getsockopt(IPT_SO_GET_INFO, &mut buf) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && tries < 16 => {
+                    tries += 1;
+                    std::thread::yield_now();
+                }
+                r => break r?,
+            }
+        }
         Ok(Info {
             valid_hooks: u32::from_ne_bytes(buf[32..36].try_into().expect("4 bytes")),
             hook_entry: u32s(&buf, 36),

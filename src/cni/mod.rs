@@ -1,0 +1,483 @@
+//! mesh-redirect as a chained CNI plugin: when `CNI_COMMAND` is set, the binary speaks the CNI
+//! protocol instead of its command line. kubelet asks the container runtime (containerd,
+//! CRI-O) to set up the pod network; libcni runs the primary plugin, then us with its result
+//! as `prevResult`:
+//!
+//! * `ADD`: find the pod (Kubernetes API, or the plugin configuration alone in static mode),
+//!   decide whether it gets a redirect (Istio's rules), turn its annotations into the redirect
+//!   configuration, program it into `CNI_NETNS`, and pass `prevResult` through unchanged;
+//! * `DEL`: remove our rules; succeeds when the namespace is gone or holds nothing of ours;
+//! * `CHECK`: compare the kernel with the expected rules, fail with the diff on drift;
+//! * `VERSION`, `STATUS`, `GC` as the spec says.
+//!
+//! stdout carries only the result or the error document; logs go to stderr and, when
+//! configured, a log file.
+
+pub mod kube;
+pub mod netconf;
+pub mod pod;
+pub mod protocol;
+
+use crate::config::{Config, HostGroups, Setting};
+use crate::engine::{self, EngineError};
+use crate::netns::{Netns, NetnsError};
+use crate::nft::batch::FaultInjection;
+use netconf::{LogLevel, Mode, NetConf};
+use pod::PodInfo;
+use protocol::{CniError, Code, Command, Environment, K8sArgs, LATEST};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Runs one CNI invocation: environment, stdin, stdout, exit code.
+pub fn main(fault: FaultInjection) -> ExitCode {
+    let env = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
+    let mut stdin = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    let (out, ok) = match invoke(&env, &stdin, fault) {
+        Ok(out) => (out, true),
+        Err((e, version)) => {
+            tracing::error!("{e}");
+            (Some(e.to_json(&version)), false)
+        }
+    };
+    if let Some(out) = out {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{out}");
+        let _ = stdout.flush();
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+type Failure = (CniError, String);
+
+/// The whole protocol, without process I/O (tests drive it directly).
+pub fn invoke(
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+    fault: FaultInjection,
+) -> Result<Option<Value>, Failure> {
+    let cni_env = Environment::from(env).map_err(|e| (e, LATEST.to_string()))?;
+    if cni_env.command == Command::Version {
+        let requested: Option<String> = serde_json::from_slice::<Value>(stdin)
+            .ok()
+            .and_then(|v| v["cniVersion"].as_str().map(str::to_string));
+        return Ok(Some(protocol::version_result(requested.as_deref())));
+    }
+    let conf = NetConf::parse(stdin).map_err(|e| (e, LATEST.to_string()))?;
+    init_logging(&conf);
+    let version = conf.cni_version.clone();
+    let fail = |e: CniError| (e, version.clone());
+    let needs = |min: &str, what: &str| -> Result<(), Failure> {
+        if protocol::at_least(&conf.cni_version, min) {
+            Ok(())
+        } else {
+            Err(fail(CniError::new(
+                Code::IncompatibleVersion,
+                format!("config version does not allow {what}"),
+                format!("cniVersion {} < {min}", conf.cni_version),
+            )))
+        }
+    };
+    match cni_env.command {
+        Command::Version => unreachable!("answered above"),
+        Command::Add => add(&cni_env, &conf, fault).map_err(fail),
+        Command::Del => del(&cni_env, &conf).map(|()| None).map_err(fail),
+        Command::Check => {
+            needs("0.4.0", "CHECK")?;
+            check(&cni_env, &conf).map(|()| None).map_err(fail)
+        }
+        Command::Status => {
+            needs("1.1.0", "STATUS")?;
+            status(&conf).map(|()| None).map_err(fail)
+        }
+        // We keep no state per attachment: there is nothing to collect.
+        Command::Gc => {
+            needs("1.1.0", "GC")?;
+            Ok(None)
+        }
+    }
+}
+
+fn init_logging(conf: &NetConf) {
+    use tracing::Level;
+    let level = match conf.log_level {
+        LogLevel::Off => return,
+        LogLevel::Error => Level::ERROR,
+        LogLevel::Warn => Level::WARN,
+        LogLevel::Info => Level::INFO,
+        LogLevel::Debug => Level::DEBUG,
+        LogLevel::Trace => Level::TRACE,
+    };
+    let file = conf.log_file.as_ref().and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    let file = std::sync::Arc::new(std::sync::Mutex::new(file));
+    let writer = move || Tee(file.clone());
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}
+
+/// stderr, and the log file when there is one.
+struct Tee(std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>);
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        if let Ok(mut f) = self.0.lock() {
+            if let Some(f) = f.as_mut() {
+                let _ = f.write_all(buf);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The redirect configuration this invocation stands for, or why there is none.
+enum Expected {
+    Redirect { cfg: Config, pod: String },
+    Skip(String),
+}
+
+fn kube_error(e: kube::KubeError, conf: &NetConf, args: &K8sArgs) -> CniError {
+    use kube::KubeError as K;
+    let pod = format!("{}/{}", args.pod_namespace, args.pod_name);
+    match e {
+        K::DeadlineExceeded { .. } => CniError::new(
+            Code::TryAgainLater,
+            format!(
+                "the Kubernetes API did not give pod {pod} within {:?}; nothing was applied",
+                conf.api_timeout
+            ),
+            e.to_string(),
+        ),
+        K::Unauthorized { .. } => CniError::new(
+            Code::ApiUnauthorized,
+            format!("the Kubernetes API refused access to pod {pod}"),
+            e.to_string(),
+        ),
+        K::Decode(_) => CniError::new(
+            Code::ApiInvalidResponse,
+            format!("the Kubernetes API answered something that is not pod {pod}"),
+            e.to_string(),
+        ),
+        K::Config(_) => CniError::new(
+            Code::InvalidConfig,
+            format!("invalid kubeconfig {}", conf.kubeconfig.display()),
+            e.to_string(),
+        ),
+        #[allow(unreachable_patterns)]
+        other => CniError::new(
+            Code::TryAgainLater,
+            format!("cannot get pod {pod} from the Kubernetes API"),
+            other.to_string(),
+        ),
+    }
+}
+
+/// IPv6 as Istio decides it (`getLocalIP`): addresses in order, loopback and link-local
+/// skipped; without dual stack the first one decides, with it any IPv6 address counts.
+pub fn ipv6_from_addresses(addrs: &[IpAddr], dual_stack: bool) -> Option<bool> {
+    let usable: Vec<&IpAddr> = addrs
+        .iter()
+        .filter(|a| match a {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+            IpAddr::V6(v6) => {
+                !v6.is_loopback()
+                    && (v6.segments()[0] & 0xffc0) != 0xfe80
+                    && v6.to_ipv4_mapped().is_none()
+            }
+        })
+        .collect();
+    if dual_stack {
+        (!usable.is_empty()).then(|| usable.iter().any(|a| a.is_ipv6()))
+    } else {
+        usable.first().map(|a| a.is_ipv6())
+    }
+}
+
+fn prev_result_addresses(prev: Option<&Value>) -> Vec<IpAddr> {
+    prev.and_then(|p| p["ips"].as_array())
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The namespace's addresses, read on a namespace thread (`getifaddrs`).
+fn netns_addresses(ns: &Netns) -> Vec<IpAddr> {
+    ns.run(|| {
+        let mut out = Vec::new();
+        // SAFETY: getifaddrs/freeifaddrs pair; every pointer is checked before use.
+        unsafe {
+            let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+            if libc::getifaddrs(&mut head) != 0 {
+                return out;
+            }
+            let mut cur = head;
+            while !cur.is_null() {
+                let a = (*cur).ifa_addr;
+                if !a.is_null() {
+                    match (*a).sa_family as i32 {
+                        libc::AF_INET => {
+                            let s = &*(a as *const libc::sockaddr_in);
+                            out.push(IpAddr::from(u32::from_be(s.sin_addr.s_addr).to_be_bytes()));
+                        }
+                        libc::AF_INET6 => {
+                            let s = &*(a as *const libc::sockaddr_in6);
+                            out.push(IpAddr::from(s.sin6_addr.s6_addr));
+                        }
+                        _ => {}
+                    }
+                }
+                cur = (*cur).ifa_next;
+            }
+            libc::freeifaddrs(head);
+        }
+        out
+    })
+    .unwrap_or_default()
+}
+
+fn open_netns(path: &str) -> Result<Netns, CniError> {
+    Netns::open(path).map_err(|e| {
+        CniError::new(
+            Code::UnknownContainer,
+            format!("cannot open the network namespace {path}"),
+            e.to_string(),
+        )
+    })
+}
+
+fn expected(env: &Environment, conf: &NetConf) -> Result<Expected, CniError> {
+    let args = protocol::parse_args(&env.args)?;
+    let netns = env.netns.clone().unwrap_or_default();
+    let (mut raw, dual_stack, pod) = match conf.mode {
+        Mode::Static => {
+            let dual = conf
+                .redirect
+                .get("dualStack")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            (
+                pod::static_settings(&conf.redirect)?,
+                dual,
+                format!("container {}", env.container_id),
+            )
+        }
+        Mode::Kubernetes => {
+            if args.pod_name.is_empty() || args.pod_namespace.is_empty() {
+                return Ok(Expected::Skip(
+                    "not a Kubernetes pod (no K8S_POD_NAME/K8S_POD_NAMESPACE in CNI_ARGS)".into(),
+                ));
+            }
+            if conf.exclude_namespaces.contains(&args.pod_namespace) {
+                return Ok(Expected::Skip(format!(
+                    "namespace {} is excluded",
+                    args.pod_namespace
+                )));
+            }
+            let kc =
+                kube::KubeConfig::load(&conf.kubeconfig).map_err(|e| kube_error(e, conf, &args))?;
+            let policy = kube::RetryPolicy {
+                deadline: conf.api_timeout,
+                ..Default::default()
+            };
+            let started = Instant::now();
+            let object = kube::get_pod(&kc, &args.pod_namespace, &args.pod_name, &policy)
+                .map_err(|e| kube_error(e, conf, &args))?;
+            tracing::debug!(pod = %args.pod_name, namespace = %args.pod_namespace, api_ms = started.elapsed().as_millis() as u64, "pod read");
+            let info = PodInfo::from_pod(&object);
+            if let Some(why) = pod::skip_reason(&info) {
+                return Ok(Expected::Skip(why));
+            }
+            (
+                pod::redirect_settings(&info, &conf.redirect)?,
+                pod::dual_stack(&info),
+                format!("{}/{}", args.pod_namespace, args.pod_name),
+            )
+        }
+    };
+    // IPv6: the pod's addresses from the primary plugin's result, else its interfaces.
+    let ipv6 = match conf.redirect.get("ipv6") {
+        Some(Value::Bool(b)) => Some(*b),
+        _ => {
+            let from_prev = ipv6_from_addresses(
+                &prev_result_addresses(conf.prev_result.as_ref()),
+                dual_stack,
+            );
+            from_prev.or_else(|| {
+                Netns::open(&netns)
+                    .ok()
+                    .and_then(|ns| ipv6_from_addresses(&netns_addresses(&ns), dual_stack))
+            })
+        }
+    };
+    raw.enable_ipv6 = Some(Setting::new(
+        "pod addresses",
+        ipv6.unwrap_or(false).to_string(),
+    ));
+    let cfg = raw
+        .validate(&HostGroups::default())
+        .map_err(|e| CniError::new(Code::InvalidConfig, e.to_string(), format!("pod {pod}")))?;
+    Ok(Expected::Redirect { cfg, pod })
+}
+
+fn engine_error(e: EngineError, what: &str) -> CniError {
+    match e {
+        EngineError::Netns(NetnsError::NotFound { .. })
+        | EngineError::Netns(NetnsError::Enter { .. }) => CniError::new(
+            Code::UnknownContainer,
+            format!("cannot enter the network namespace to {what}"),
+            e.to_string(),
+        ),
+        other => CniError::new(
+            Code::RulesRefused,
+            format!("the kernel refused to {what}; nothing was changed"),
+            other.to_string(),
+        ),
+    }
+}
+
+fn add(
+    env: &Environment,
+    conf: &NetConf,
+    fault: FaultInjection,
+) -> Result<Option<Value>, CniError> {
+    match expected(env, conf)? {
+        Expected::Skip(why) => tracing::info!(container = %env.container_id, "no redirect: {why}"),
+        Expected::Redirect { cfg, pod } => {
+            let ns = open_netns(env.netns.as_deref().unwrap_or_default())?;
+            let report = engine::apply(&ns, &cfg, conf.backend, fault)
+                .map_err(|e| engine_error(e, "program the redirect"))?;
+            tracing::info!(
+                pod = %pod,
+                netns = ns.path(),
+                backend = report.decision.backend.name(),
+                because = report.decision.reason,
+                objects = report.objects,
+                apply_us = report.elapsed.as_micros() as u64,
+                "redirect applied"
+            );
+        }
+    }
+    Ok(Some(protocol::pass_through(
+        conf.prev_result.as_ref(),
+        &conf.cni_version,
+    )))
+}
+
+fn del(env: &Environment, conf: &NetConf) -> Result<(), CniError> {
+    let Some(path) = env.netns.as_deref() else {
+        tracing::info!(container = %env.container_id, "DEL without a namespace: nothing to remove");
+        return Ok(());
+    };
+    let ns = match Netns::open(path) {
+        Ok(ns) => ns,
+        Err(_) => {
+            tracing::info!(netns = path, "DEL: the namespace is already gone");
+            return Ok(());
+        }
+    };
+    // Mark and routing table from the plugin's settings (Istio's defaults otherwise).
+    let cfg = pod::static_settings(&conf.redirect)
+        .ok()
+        .and_then(|r| r.validate(&HostGroups::default()).ok())
+        .unwrap_or_else(|| {
+            crate::config::RawConfig::default()
+                .validate(&HostGroups::default())
+                .expect("defaults are valid")
+        });
+    let report = engine::remove(&ns, &cfg).map_err(|e| engine_error(e, "remove the redirect"))?;
+    tracing::info!(
+        netns = ns.path(),
+        tables = report.tables_removed.len(),
+        routes = report.routes_removed.len(),
+        "redirect removed"
+    );
+    Ok(())
+}
+
+fn check(env: &Environment, conf: &NetConf) -> Result<(), CniError> {
+    match expected(env, conf)? {
+        Expected::Skip(why) => {
+            tracing::info!(container = %env.container_id, "CHECK: no redirect expected: {why}");
+            Ok(())
+        }
+        Expected::Redirect { cfg, pod } => {
+            let ns = open_netns(env.netns.as_deref().unwrap_or_default())?;
+            let (decision, differences) = engine::verify(&ns, &cfg, conf.backend)
+                .map_err(|e| engine_error(e, "read the rules back"))?;
+            if differences.is_empty() {
+                tracing::info!(pod = %pod, backend = decision.backend.name(), "CHECK: the redirect is in place");
+                Ok(())
+            } else {
+                Err(CniError::new(
+                    Code::Drift,
+                    format!(
+                        "the redirect of pod {pod} drifted ({} differences)",
+                        differences.len()
+                    ),
+                    differences.join("\n"),
+                ))
+            }
+        }
+    }
+}
+
+/// Ready when, in Kubernetes mode, the kubeconfig can be read and parsed.
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    if conf.mode == Mode::Kubernetes {
+        kube::KubeConfig::load(&conf.kubeconfig).map_err(|e| {
+            CniError::new(
+                Code::PluginNotAvailable,
+                format!("kubeconfig {} is not usable", conf.kubeconfig.display()),
+                e.to_string(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_detection_follows_istio() {
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            ipv6_from_addresses(&[a("127.0.0.1"), a("10.0.0.5"), a("fd00::5")], false),
+            Some(false)
+        );
+        assert_eq!(
+            ipv6_from_addresses(&[a("fe80::1"), a("fd00::5"), a("10.0.0.5")], false),
+            Some(true)
+        );
+        assert_eq!(
+            ipv6_from_addresses(&[a("10.0.0.5"), a("fd00::5")], true),
+            Some(true)
+        );
+        assert_eq!(ipv6_from_addresses(&[a("::1")], false), None);
+    }
+}

@@ -1,0 +1,388 @@
+//! The plugin's entry in a `.conflist`: the standard keys, Istio's `istio-cni` keys
+//! (unchanged, so an existing istio-cni configuration works), and ours.
+//!
+//! ```json
+//! {"type":"mesh-redirect","exclude_namespaces":["kube-system"],
+//!  "cni_agent_run_dir":"/var/run/istio-cni","plugin_log_level":"info","native_nftables":true,
+//!  "backend":"auto","api_timeout":"10s","log_file":"/var/log/mesh-redirect.log",
+//!  "mode":"kubernetes","redirect":{"excludeOutboundPorts":"15020"}}
+//! ```
+//!
+//! Unknown keys are ignored (other plugins' and future keys share the object); a known key
+//! with a bad value is error 7 naming it.
+
+use super::protocol::{valid_id, CniError, Code, SUPPORTED_VERSIONS};
+use crate::engine::BackendChoice;
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where redirect settings come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The pod from the Kubernetes API (annotations, istio-proxy container).
+    Kubernetes,
+    /// The plugin configuration alone (runtimes without Kubernetes, e.g. podman).
+    Static,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    pub prev_result: Option<Value>,
+    pub exclude_namespaces: Vec<String>,
+    pub kubeconfig: PathBuf,
+    pub backend: BackendChoice,
+    pub api_timeout: Duration,
+    pub log_level: LogLevel,
+    pub log_file: Option<PathBuf>,
+    pub mode: Mode,
+    /// Redirect settings: defaults for absent annotations, or the whole setting in static mode.
+    pub redirect: Map<String, Value>,
+}
+
+pub const DEFAULT_API_TIMEOUT: Duration = Duration::from_secs(10);
+/// istio-cni's file name for the kubeconfig install-cni writes into `cni_agent_run_dir`.
+pub const KUBECONFIG_NAME: &str = "istio-cni-kubeconfig";
+
+fn invalid(key: &str, value: &Value, why: &str) -> CniError {
+    CniError::new(
+        Code::InvalidConfig,
+        format!("invalid value for {key}"),
+        format!("{key}={value}: {why}"),
+    )
+}
+
+fn string<'a>(m: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(invalid(key, v, "expected a string")),
+    }
+}
+
+fn boolean(m: &Map<String, Value>, key: &str) -> Result<Option<bool>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(invalid(key, v, "expected true or false")),
+    }
+}
+
+fn namespaces(m: &Map<String, Value>, key: &str) -> Result<Vec<String>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(|s| s.trim().to_string())
+                    .ok_or_else(|| invalid(key, v, "expected a list of namespace names"))
+            })
+            .filter(|r| r.as_ref().map(|s| !s.is_empty()).unwrap_or(true))
+            .collect(),
+        Some(v) => Err(invalid(key, v, "expected a list of namespace names")),
+    }
+}
+
+/// `10s`, `1500ms`, `2m`, or a number of seconds.
+pub fn duration(key: &str, v: &Value) -> Result<Duration, CniError> {
+    let bad = || {
+        invalid(
+            key,
+            v,
+            "expected a duration such as \"10s\" or \"500ms\", between 100ms and 10m",
+        )
+    };
+    let d = match v {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(bad)?,
+        Value::String(s) => {
+            let (num, unit) = s.trim().split_at(
+                s.trim()
+                    .find(|c: char| !c.is_ascii_digit() && c != '.')
+                    .unwrap_or(s.trim().len()),
+            );
+            let n: f64 = num.parse().map_err(|_| bad())?;
+            let secs = match unit {
+                "ms" => n / 1000.0,
+                "s" | "" => n,
+                "m" => n * 60.0,
+                _ => return Err(bad()),
+            };
+            Duration::from_secs_f64(secs)
+        }
+        _ => return Err(bad()),
+    };
+    if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+        return Err(bad());
+    }
+    Ok(d)
+}
+
+impl NetConf {
+    /// Parses stdin. Undecodable JSON is error 6, an unsupported `cniVersion` error 1, a bad
+    /// value error 7.
+    pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+        let v: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                Code::Decode,
+                "cannot decode the network configuration",
+                e.to_string(),
+            )
+        })?;
+        let Value::Object(m) = v else {
+            return Err(CniError::new(
+                Code::Decode,
+                "cannot decode the network configuration",
+                "expected a JSON object",
+            ));
+        };
+        let cni_version = string(&m, "cniVersion")?.unwrap_or("0.1.0").to_string();
+        if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
+            return Err(CniError::new(
+                Code::IncompatibleVersion,
+                "incompatible CNI versions",
+                format!(
+                    "config is {cni_version:?}, plugin supports {}",
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
+            ));
+        }
+        let name = string(&m, "name")?.unwrap_or_default().to_string();
+        if !valid_id(&name) {
+            return Err(invalid("name", &Value::String(name), "a network name starts with a letter or digit and holds only letters, digits, '_', '.', '-'"));
+        }
+        let prev_result = match m.get("prevResult") {
+            None | Some(Value::Null) => None,
+            Some(p @ Value::Object(_)) => Some(p.clone()),
+            Some(v) => return Err(invalid("prevResult", v, "expected an object")),
+        };
+        let kubernetes = match m.get("kubernetes") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(k)) => k.clone(),
+            Some(v) => return Err(invalid("kubernetes", v, "expected an object")),
+        };
+        let mut exclude_namespaces = namespaces(&m, "exclude_namespaces")?;
+        exclude_namespaces.extend(namespaces(&kubernetes, "exclude_namespaces").map_err(
+            |mut e| {
+                e.msg = e
+                    .msg
+                    .replace("exclude_namespaces", "kubernetes.exclude_namespaces");
+                e
+            },
+        )?);
+        let run_dir = string(&m, "cni_agent_run_dir")?.unwrap_or("");
+        let kubeconfig = match string(&kubernetes, "kubeconfig")? {
+            Some(k) if !k.is_empty() => PathBuf::from(k),
+            _ => PathBuf::from(run_dir).join(KUBECONFIG_NAME),
+        };
+        let native_nftables = boolean(&m, "native_nftables")?;
+        let backend = match (string(&m, "backend")?, native_nftables) {
+            (Some("nftables"), _) => BackendChoice::Nftables,
+            (Some("iptables-legacy"), Some(true)) => {
+                return Err(invalid(
+                    "backend",
+                    &Value::String("iptables-legacy".into()),
+                    "native_nftables is true: the two settings contradict",
+                ))
+            }
+            (Some("iptables-legacy"), _) => BackendChoice::IptablesLegacy,
+            (Some("auto"), Some(true)) | (None, Some(true)) => BackendChoice::Nftables,
+            (Some("auto"), _) | (None, _) => BackendChoice::Auto,
+            (Some(other), _) => {
+                return Err(invalid(
+                    "backend",
+                    &Value::String(other.into()),
+                    "expected nftables, iptables-legacy or auto",
+                ))
+            }
+        };
+        let api_timeout = match m.get("api_timeout") {
+            None | Some(Value::Null) => DEFAULT_API_TIMEOUT,
+            Some(v) => duration("api_timeout", v)?,
+        };
+        let level_key = if m.contains_key("plugin_log_level") {
+            "plugin_log_level"
+        } else {
+            "log_level"
+        };
+        let log_level = match string(&m, level_key)?
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("") | Some("info") => LogLevel::Info,
+            Some("none") => LogLevel::Off,
+            Some("fatal") | Some("error") => LogLevel::Error,
+            Some("warn") | Some("warning") => LogLevel::Warn,
+            Some("debug") => LogLevel::Debug,
+            Some("trace") => LogLevel::Trace,
+            Some(other) => {
+                return Err(invalid(
+                    level_key,
+                    &Value::String(other.into()),
+                    "expected none, error, warn, info, debug or trace",
+                ))
+            }
+        };
+        let log_file = string(&m, "log_file")?
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        let mode = match string(&m, "mode")? {
+            None | Some("kubernetes") => Mode::Kubernetes,
+            Some("static") => Mode::Static,
+            Some(other) => {
+                return Err(invalid(
+                    "mode",
+                    &Value::String(other.into()),
+                    "expected kubernetes or static",
+                ))
+            }
+        };
+        let redirect = match m.get("redirect") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(r)) => r.clone(),
+            Some(v) => {
+                return Err(invalid(
+                    "redirect",
+                    v,
+                    "expected an object of redirect settings",
+                ))
+            }
+        };
+        Ok(NetConf {
+            cni_version,
+            name,
+            prev_result,
+            exclude_namespaces,
+            kubeconfig,
+            backend,
+            api_timeout,
+            log_level,
+            log_file,
+            mode,
+            redirect,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NetConf, CniError> {
+        NetConf::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn istio_cni_keys_work_unchanged() {
+        let c = parse(r#"{"cniVersion":"0.3.1","name":"k8s-pod-network","type":"istio-cni","plugin_log_level":"debug",
+            "cni_agent_run_dir":"/var/run/istio-cni","exclude_namespaces":[" kube-system ",""],"native_nftables":true,
+            "kubernetes":{"exclude_namespaces":["istio-system"]},"ambient_enabled":false}"#)
+        .unwrap();
+        assert_eq!(c.exclude_namespaces, vec!["kube-system", "istio-system"]);
+        assert_eq!(
+            c.kubeconfig,
+            PathBuf::from("/var/run/istio-cni/istio-cni-kubeconfig")
+        );
+        assert_eq!(c.backend, BackendChoice::Nftables);
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(c.mode, Mode::Kubernetes);
+        let c = parse(r#"{"cniVersion":"1.0.0","name":"n","kubernetes":{"kubeconfig":"/etc/k.conf"},"log_level":"warn"}"#).unwrap();
+        assert_eq!(c.kubeconfig, PathBuf::from("/etc/k.conf"));
+        assert_eq!(c.log_level, LogLevel::Warn);
+        assert_eq!(c.backend, BackendChoice::Auto);
+    }
+
+    #[test]
+    fn each_bad_value_is_error_7_naming_the_key() {
+        for (conf, key) in [
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","backend":"ipvs"}"#,
+                "backend",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","backend":"iptables-legacy","native_nftables":true}"#,
+                "backend",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","native_nftables":"yes"}"#,
+                "native_nftables",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","api_timeout":"soon"}"#,
+                "api_timeout",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","api_timeout":"20m"}"#,
+                "api_timeout",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","exclude_namespaces":"kube-system"}"#,
+                "exclude_namespaces",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","plugin_log_level":"loud"}"#,
+                "plugin_log_level",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","mode":"magic"}"#,
+                "mode",
+            ),
+            (r#"{"cniVersion":"1.0.0","name":"-n"}"#, "name"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","prevResult":[]}"#,
+                "prevResult",
+            ),
+        ] {
+            let e = parse(conf).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig, "{conf}");
+            assert!(
+                e.msg.contains(key) || e.details.contains(key),
+                "{conf}: {e}"
+            );
+        }
+        assert_eq!(parse("{").unwrap_err().code, Code::Decode);
+        assert_eq!(
+            parse(r#"{"cniVersion":"0.2.0","name":"n"}"#)
+                .unwrap_err()
+                .code,
+            Code::IncompatibleVersion
+        );
+        assert_eq!(
+            parse(r#"{"name":"n"}"#).unwrap_err().code,
+            Code::IncompatibleVersion
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            duration("t", &Value::String("1500ms".into())).unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            duration("t", &Value::String("2s".into())).unwrap(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            duration("t", &serde_json::json!(3)).unwrap(),
+            Duration::from_secs(3)
+        );
+        assert!(duration("t", &Value::String("1h".into())).is_err());
+    }
+}
