@@ -153,7 +153,7 @@ impl Write for Tee {
 
 /// The redirect configuration this invocation stands for, or why there is none.
 enum Expected {
-    Redirect { cfg: Config, pod: String },
+    Redirect { cfg: Box<Config>, pod: String },
     Skip(String),
 }
 
@@ -340,7 +340,10 @@ fn expected(env: &Environment, conf: &NetConf) -> Result<Expected, CniError> {
     let cfg = raw
         .validate(&HostGroups::default())
         .map_err(|e| CniError::new(Code::InvalidConfig, e.to_string(), format!("pod {pod}")))?;
-    Ok(Expected::Redirect { cfg, pod })
+    Ok(Expected::Redirect {
+        cfg: Box::new(cfg),
+        pod,
+    })
 }
 
 fn engine_error(e: EngineError, what: &str) -> CniError {

@@ -571,6 +571,9 @@ mod tests {
         }
     }
 
+    /// A rule without counters or provenance: ip, matches, target.
+    type RuleShape = (Vec<u8>, Vec<Extension>, Target);
+
     fn empty_table(name: &str, hooks: &[usize]) -> Table {
         Table {
             name: name.into(),
@@ -590,13 +593,15 @@ mod tests {
 
     #[test]
     fn decode_of_encode_gives_back_the_model_tables() {
-        let mut raw = RawConfig::default();
-        raw.inbound_interception_mode = Some(Setting::new("-m", "TPROXY"));
-        raw.enable_ipv6 = Some(Setting::new("--ipv6", "true"));
-        raw.redirect_dns = Some(Setting::new("--redirect-dns", "true"));
-        raw.capture_all_dns = Some(Setting::new("--capture-all-dns", "true"));
-        raw.drop_invalid = Some(Setting::new("--drop-invalid", "true"));
-        raw.outbound_ip_ranges_include = Some(Setting::new("-i", "10.0.0.0/8,fd00::/8"));
+        let raw = RawConfig {
+            inbound_interception_mode: Some(Setting::new("-m", "TPROXY")),
+            enable_ipv6: Some(Setting::new("--ipv6", "true")),
+            redirect_dns: Some(Setting::new("--redirect-dns", "true")),
+            capture_all_dns: Some(Setting::new("--capture-all-dns", "true")),
+            drop_invalid: Some(Setting::new("--drop-invalid", "true")),
+            outbound_ip_ranges_include: Some(Setting::new("-i", "10.0.0.0/8,fd00::/8")),
+            ..Default::default()
+        };
         let plan = build(
             &raw.validate(&GroupFile::default()).unwrap(),
             Flavor::Iptables,
@@ -625,7 +630,7 @@ mod tests {
                 )
                 .unwrap();
                 let strip = |t: &Table| {
-                    let mut chains: Vec<(String, Vec<(Vec<u8>, Vec<Extension>, Target)>)> = t
+                    let mut chains: Vec<(String, Vec<RuleShape>)> = t
                         .chains
                         .iter()
                         .map(|c| {
