@@ -1,0 +1,440 @@
+//! The CNI plugin in Kubernetes mode through the real binary, against a local HTTPS API
+//! server with its own CA (127.0.0.1 only) that serves real-shaped Pod objects:
+//!
+//! * Istio's 9 CNI-plugin cases, both backends: the kernel state equals what Istio's golden
+//!   produces (iptables-legacy: `iptables-legacy-restore` of the golden; nftables: `nft -f`
+//!   of the transaction `render` prints for the case's effective configuration, which is
+//!   Istio's nftables generator's text, see `render_conformance`), and `prevResult` comes back;
+//! * the API down, slower than the deadline, 404, 500, garbage, a wrong token: the right CNI
+//!   error within the deadline and an untouched namespace;
+//! * each eligibility rule: `prevResult` back unchanged and nothing programmed;
+//! * an invalid annotation: error 7 naming it, nothing programmed.
+
+#[path = "support/apiserver.rs"]
+mod apiserver;
+mod support;
+
+use apiserver::{dead_port, pod_path, ApiServer, Reply};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+const TOKEN: &str = "mesh-redirect-test-token";
+
+fn cni(env: &[(String, String)], stdin: &str) -> (Output, Duration) {
+    let mut cmd = Command::new(binary());
+    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("plugin starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out, start.elapsed())
+}
+
+fn add_env(netns: &str, namespace: &str, pod: &str) -> Vec<(String, String)> {
+    [
+        ("CNI_COMMAND", "ADD".to_string()),
+        ("CNI_CONTAINERID", "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00".to_string()),
+        ("CNI_NETNS", netns.to_string()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_PATH", "/opt/cni/bin".to_string()),
+        ("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=7f9c1c9e")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn prev_result() -> Value {
+    json!({"cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": "/var/run/netns/x", "mac": "0a:58:0a:f4:01:07"}],
+        "ips": [{"interface": 0, "address": "10.244.1.7/24", "gateway": "10.244.1.1"}],
+        "routes": [{"dst": "0.0.0.0/0"}], "dns": {}})
+}
+
+fn conf(kubeconfig: &std::path::Path, backend: &str, timeout: &str) -> String {
+    json!({"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "mesh-redirect",
+        "kubernetes": {"kubeconfig": kubeconfig}, "exclude_namespaces": ["kube-system"],
+        "plugin_log_level": "debug", "backend": backend, "api_timeout": timeout,
+        "prevResult": prev_result()})
+    .to_string()
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?} / {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Everything either backend could have written.
+fn kernel(ns: &TestNetns) -> String {
+    let mut s = ns.ruleset();
+    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+        s += &ns
+            .exec_ok(&[save])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>();
+    }
+    s += &ns.exec_ok(&["ip", "rule", "show"]);
+    s
+}
+
+fn legacy_saved(ns: &TestNetns) -> String {
+    ["iptables-legacy-save", "ip6tables-legacy-save"]
+        .iter()
+        .flat_map(|s| {
+            ns.exec_ok(&[s])
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| format!("{l}\n"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The golden's payload restored by iptables-legacy-restore, saved.
+fn istio_legacy_state(golden: &std::path::Path) -> String {
+    let ns = TestNetns::new("ki");
+    let payload: String = std::fs::read_to_string(golden)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.ends_with("-save"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "iptables-legacy-restore",
+            "--noflush",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(payload.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    legacy_saved(&ns)
+}
+
+/// Istio's nftables transaction for the case's effective configuration, applied with nft.
+fn istio_nft_state(case: &Case) -> String {
+    let rendered = run_ok(
+        Command::new(binary())
+            .arg("render")
+            .args(&case.args)
+            .envs(case.env.iter().map(|(k, v)| (k, v))),
+    );
+    let file = TempFile::new("nft", &rendered);
+    let ns = TestNetns::new("kn");
+    ns.exec_ok(&["nft", "-f", file.0.to_str().unwrap()]);
+    ns.ruleset()
+}
+
+#[test]
+fn istios_cni_cases_through_the_api_with_both_backends() {
+    let server = ApiServer::builder().token(TOKEN).start();
+    let kubeconfig = server.kubeconfig_file(TOKEN);
+    let mut failures = Vec::new();
+    for case in cni_cases() {
+        server.pod(
+            "default",
+            &case.name,
+            Reply::Pod(pod_object(&case.pod, "default", &case.name)),
+        );
+        for backend in ["iptables-legacy", "nftables"] {
+            let ns = TestNetns::new("kc");
+            let (out, _) = cni(
+                &add_env(&ns.path(), "default", &case.name),
+                &conf(&kubeconfig, backend, "5s"),
+            );
+            if !out.status.success() {
+                failures.push(format!(
+                    "{} {backend}: ADD failed: {}",
+                    case.name,
+                    String::from_utf8_lossy(&out.stdout)
+                ));
+                continue;
+            }
+            let mut expected_prev = prev_result();
+            expected_prev["cniVersion"] = json!("1.0.0");
+            if stdout_json(&out) != expected_prev {
+                failures.push(format!(
+                    "{} {backend}: prevResult not passed through",
+                    case.name
+                ));
+            }
+            let (ours, theirs) = match backend {
+                "iptables-legacy" => (
+                    legacy_saved(&ns),
+                    istio_legacy_state(case.iptables_golden.as_ref().unwrap()),
+                ),
+                _ => (ns.ruleset(), istio_nft_state(&case)),
+            };
+            if ours != theirs {
+                failures.push(format!(
+                    "== {} {backend} ==\n--- istio\n{theirs}\n--- ours\n{ours}",
+                    case.name
+                ));
+            }
+        }
+    }
+    assert_no_forwarding();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn api_failures_give_the_right_error_within_the_deadline_and_change_nothing() {
+    let deadline = Duration::from_millis(1500);
+    let server = ApiServer::builder().token(TOKEN).start();
+    let pod = |reply: Reply, name: &str| server.pod("default", name, reply);
+    let good = pod_object(&cni_cases()[0].pod, "default", "x");
+    pod(Reply::NotFound, "missing");
+    pod(
+        Reply::Status(
+            500,
+            r#"{"kind":"Status","code":500,"message":"etcdserver: request timed out"}"#.into(),
+        ),
+        "broken",
+    );
+    pod(Reply::Garbage("<html>proxy error</html>".into()), "garbage");
+    pod(
+        Reply::Delay(Duration::from_secs(5), Box::new(Reply::Pod(good.clone()))),
+        "slow",
+    );
+    pod(Reply::Hang, "hang");
+    pod(Reply::Pod(good), "ok");
+    let good_kc = server.write_file("kc-good", &server.kubeconfig(TOKEN));
+    let wrong_token = server.write_file("kc-wrong-token", &server.kubeconfig("not-the-token"));
+    // The same cluster on a port nobody listens on: the API is down.
+    let mut cluster = server.cluster_fields();
+    cluster.retain(|(k, _)| *k != "server");
+    cluster.push(("server", format!("https://127.0.0.1:{}", dead_port())));
+    let down = server.write_file(
+        "kc-down",
+        &server.kubeconfig_with(&cluster, &[("token", TOKEN.to_string())]),
+    );
+    let cases: Vec<(&str, std::path::PathBuf, u64)> = vec![
+        ("missing", good_kc.clone(), 11),
+        ("broken", good_kc.clone(), 11),
+        ("slow", good_kc.clone(), 11),
+        ("hang", good_kc.clone(), 11),
+        ("ok", down, 11),
+        ("garbage", good_kc.clone(), 102),
+        ("ok", wrong_token, 101),
+    ];
+    for (name, kubeconfig, code) in cases {
+        let ns = TestNetns::new("kf");
+        let before = kernel(&ns);
+        let (out, took) = cni(
+            &add_env(&ns.path(), "default", name),
+            &conf(&kubeconfig, "auto", "1500ms"),
+        );
+        assert!(!out.status.success(), "{name}: must fail");
+        let err = stdout_json(&out);
+        assert_eq!(
+            err["code"],
+            code,
+            "{name} ({}): {err}",
+            kubeconfig.display()
+        );
+        assert!(
+            took < deadline + Duration::from_millis(1500),
+            "{name}: answered after {took:?} (deadline {deadline:?})"
+        );
+        assert_eq!(kernel(&ns), before, "{name}: nothing applied");
+    }
+    assert_no_forwarding();
+}
+
+fn pod_with(annotations: Value, containers: Value, init: Value, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "default", "annotations": annotations, "labels": labels},
+        "spec": {"containers": containers, "initContainers": init}})
+}
+
+#[test]
+fn each_eligibility_rule_passes_the_pod_through_untouched() {
+    let server = ApiServer::builder().token(TOKEN).start();
+    let kubeconfig = server.kubeconfig_file(TOKEN);
+    let status = json!({"sidecar.istio.io/status": "{\"containers\":[\"istio-proxy\"]}"});
+    let two = json!([{"name": "app"}, {"name": "istio-proxy", "args": ["proxy", "sidecar"]}]);
+    let rules: Vec<(&str, Value)> = vec![
+        (
+            "no-status",
+            pod_with(json!({}), two.clone(), json!([]), json!({})),
+        ),
+        (
+            "inject-annotation-false",
+            pod_with(
+                json!({"sidecar.istio.io/status": "{}", "sidecar.istio.io/inject": "false"}),
+                two.clone(),
+                json!([]),
+                json!({}),
+            ),
+        ),
+        (
+            "inject-label-false",
+            pod_with(
+                status.clone(),
+                two.clone(),
+                json!([]),
+                json!({"sidecar.istio.io/inject": "false"}),
+            ),
+        ),
+        (
+            "istio-init",
+            pod_with(
+                status.clone(),
+                two.clone(),
+                json!([{"name": "istio-init"}]),
+                json!({}),
+            ),
+        ),
+        (
+            "no-proxy",
+            pod_with(
+                status.clone(),
+                json!([{"name": "app"}, {"name": "other"}]),
+                json!([]),
+                json!({}),
+            ),
+        ),
+        (
+            "only-proxy",
+            pod_with(
+                status.clone(),
+                json!([{"name": "istio-proxy", "args": ["proxy", "sidecar"]}]),
+                json!([]),
+                json!({}),
+            ),
+        ),
+        (
+            "gateway",
+            pod_with(
+                status.clone(),
+                json!([{"name": "app"}, {"name": "istio-proxy", "args": ["proxy", "router"]}]),
+                json!([]),
+                json!({}),
+            ),
+        ),
+        (
+            "envoy-disabled",
+            pod_with(
+                status.clone(),
+                json!([{"name": "app"}, {"name": "istio-proxy", "env": [{"name": "DISABLE_ENVOY", "value": "true"}]}]),
+                json!([]),
+                json!({}),
+            ),
+        ),
+    ];
+    for (name, object) in &rules {
+        server.pod("default", name, Reply::Pod(object.clone()));
+        let ns = TestNetns::new("ke");
+        let (out, _) = cni(
+            &add_env(&ns.path(), "default", name),
+            &conf(&kubeconfig, "auto", "3s"),
+        );
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let mut prev = prev_result();
+        prev["cniVersion"] = json!("1.0.0");
+        assert_eq!(stdout_json(&out), prev, "{name}: prevResult unchanged");
+        assert_eq!(
+            kernel(&ns),
+            kernel(&TestNetns::new("kz")),
+            "{name}: nothing programmed"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no redirect"),
+            "{name}: the reason is logged"
+        );
+    }
+    // The excluded namespace is decided before any API call; so is "not a Kubernetes pod".
+    let before = server.total_requests();
+    let ns = TestNetns::new("kx");
+    let (out, _) = cni(
+        &add_env(&ns.path(), "kube-system", "coredns-1"),
+        &conf(&kubeconfig, "auto", "3s"),
+    );
+    assert!(out.status.success());
+    let mut env = add_env(&ns.path(), "", "");
+    env.retain(|(k, _)| k != "CNI_ARGS");
+    assert!(cni(&env, &conf(&kubeconfig, "auto", "3s"))
+        .0
+        .status
+        .success());
+    assert_eq!(
+        server.total_requests(),
+        before,
+        "no API call for an excluded namespace or a non-Kubernetes sandbox"
+    );
+    assert_eq!(ns.ruleset(), "");
+}
+
+#[test]
+fn an_invalid_annotation_is_error_7_naming_it() {
+    let server = ApiServer::builder().token(TOKEN).start();
+    let kubeconfig = server.kubeconfig_file(TOKEN);
+    for (key, value) in [
+        ("traffic.sidecar.istio.io/includeInboundPorts", "80,http"),
+        ("sidecar.istio.io/interceptionMode", "NONE"),
+        (
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+            "10.0.0.1",
+        ),
+        ("traffic.sidecar.istio.io/excludeInterfaces", "eth/0"),
+    ] {
+        let name = format!(
+            "bad-{}",
+            key.rsplit('/').next().unwrap().to_ascii_lowercase()
+        );
+        let object = pod_with(
+            json!({"sidecar.istio.io/status": "{}", key: value}),
+            json!([{"name": "app"}, {"name": "istio-proxy", "args": ["proxy", "sidecar"]}]),
+            json!([]),
+            json!({}),
+        );
+        server.pod("default", &name, Reply::Pod(object));
+        let ns = TestNetns::new("ka");
+        let (out, _) = cni(
+            &add_env(&ns.path(), "default", &name),
+            &conf(&kubeconfig, "auto", "3s"),
+        );
+        let err = stdout_json(&out);
+        assert_eq!(err["code"], 7, "{key}: {err}");
+        assert!(
+            err["msg"].as_str().unwrap().contains(key),
+            "{key}: the message names it: {err}"
+        );
+        assert_eq!(ns.ruleset(), "", "{key}: nothing programmed");
+    }
+    let _ = pod_path("default", "x");
+}
