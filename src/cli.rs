@@ -43,6 +43,52 @@ pub enum Command {
         #[command(flatten)]
         redirect: RedirectArgs,
     },
+    /// Prove the redirect works from inside a pod's namespace (what istio-validation does):
+    /// exit 0 when a probe connection is redirected, 126 with the reason when it is not.
+    Validate {
+        /// Run in this namespace (default: the one we are in, as an init container).
+        #[arg(long, value_name = "PATH|NAME")]
+        netns: Option<String>,
+        /// The port the probe connects to (on 127.0.0.6, or ::6 with --ipv6).
+        #[arg(
+            long = "iptables-probe-port",
+            default_value = "15002",
+            value_name = "PORT"
+        )]
+        probe_port: String,
+        /// The inbound capture port the probe must land on.
+        #[arg(
+            short = 'z',
+            long = "inbound-capture-port",
+            default_value = "15006",
+            value_name = "PORT"
+        )]
+        inbound_capture_port: String,
+        /// The outbound capture port (also listened on).
+        #[arg(
+            short = 'p',
+            long = "envoy-port",
+            default_value = "15001",
+            value_name = "PORT"
+        )]
+        proxy_port: String,
+        /// The proxy's uid and gid the probe connects as.
+        #[arg(
+            short = 'u',
+            long = "proxy-uid",
+            default_value = "1337",
+            value_name = "UID"
+        )]
+        uid: String,
+        #[arg(short = 'g', long = "proxy-gid", value_name = "GID")]
+        gid: Option<String>,
+        /// Probe over IPv6 (::6 → [::1]:15006).
+        #[arg(long)]
+        ipv6: bool,
+        /// How long to keep trying.
+        #[arg(long = "probe-timeout", default_value = "5s", value_name = "DURATION")]
+        timeout: String,
+    },
     /// Delete our tables and policy routes (only ours); succeeds when there is nothing to delete.
     Remove {
         #[command(flatten)]

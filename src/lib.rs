@@ -15,4 +15,5 @@ pub mod netns;
 pub mod nft;
 pub mod probe;
 pub mod routes;
+pub mod validate;
 pub mod xt;

@@ -63,6 +63,8 @@ fn fault_injection() -> FaultInjection {
 }
 
 enum Failure {
+    /// The redirect does not work (validate): Istio's exit code 126.
+    NotRedirected(String),
     Input(String),
     Netns(String),
     Kernel(String),
@@ -136,6 +138,54 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             Err(Failure::Drift)
         }
+        Command::Validate {
+            netns,
+            probe_port,
+            inbound_capture_port,
+            proxy_port,
+            uid,
+            gid,
+            ipv6,
+            timeout,
+        } => {
+            use mesh_redirect::config::parse;
+            let input = |e: ConfigError| Failure::Input(e.to_string());
+            let uid = parse::number_u32("--proxy-uid", &uid, "uid").map_err(input)?;
+            let opts = mesh_redirect::validate::ValidateOptions {
+                probe_port: parse::port("--iptables-probe-port", &probe_port).map_err(input)?,
+                inbound_capture_port: parse::port("--inbound-capture-port", &inbound_capture_port).map_err(input)?,
+                proxy_port: parse::port("--envoy-port", &proxy_port).map_err(input)?,
+                uid,
+                gid: match gid {
+                    Some(g) => parse::number_u32("--proxy-gid", &g, "gid").map_err(input)?,
+                    None => uid,
+                },
+                ipv6,
+                timeout: mesh_redirect::cni::netconf::duration("--probe-timeout", &serde_json::Value::String(timeout.clone()))
+                    .map_err(|_| Failure::Input(format!("invalid value {timeout:?} for --probe-timeout: expected a duration such as 5s")))?,
+            };
+            let result = match netns {
+                Some(n) => {
+                    let ns = Netns::open(&n).map_err(|e| Failure::Netns(e.to_string()))?;
+                    ns.run(|| mesh_redirect::validate::validate(&opts))
+                        .map_err(|e| Failure::Netns(e.to_string()))?
+                }
+                None => mesh_redirect::validate::validate(&opts),
+            };
+            match result {
+                Ok(v) => {
+                    println!(
+                        "redirect validated: a connection to {} as uid {} landed on {} (original destination {})",
+                        v.probe, opts.uid, v.landed_on, v.original_destination
+                    );
+                    Ok(())
+                }
+                Err(e @ mesh_redirect::validate::ValidateError::Listen { .. }) => {
+                    Err(Failure::Input(e.to_string()))
+                }
+                Err(e) => Err(Failure::NotRedirected(e.to_string())),
+            }
+        }
         Command::Remove { target, redirect } => {
             let cfg = config(&redirect).map_err(|e| Failure::Input(e.to_string()))?;
             let ns = Netns::open(&target.netns).map_err(|e| Failure::Netns(e.to_string()))?;
@@ -168,6 +218,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Drift) => ExitCode::from(1),
+        Err(Failure::NotRedirected(m)) => {
+            tracing::error!("{m}");
+            ExitCode::from(126)
+        }
         Err(Failure::Input(m)) => {
             tracing::error!("{m}");
             ExitCode::from(2)

@@ -9,7 +9,7 @@
 
 mod error;
 mod groups;
-mod parse;
+pub mod parse;
 mod raw;
 
 pub use error::ConfigError;
