@@ -178,7 +178,6 @@ pub fn validate(opts: &ValidateOptions) -> Result<Validated, ValidateError> {
     // The client: a thread of its own, so its credentials can be the proxy's.
     let client = {
         let (done, uid, gid) = (done.clone(), opts.uid, opts.gid);
-        let local = local;
         std::thread::spawn(move || {
             // SAFETY: raw setfsgid/setfsuid change only this thread's filesystem credentials,
             // which the kernel stamps on the sockets this thread creates (`meta skuid`).
