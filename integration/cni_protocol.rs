@@ -285,8 +285,10 @@ fn check_fails_on_drift_and_passes_after_add() {
     }
 }
 
-/// (environment, stdin, expected code)
-fn malformed() -> Vec<(Vec<(&'static str, &'static str)>, String, u64, &'static str)> {
+/// (environment, stdin, expected code, what)
+type Malformed = (Vec<(&'static str, &'static str)>, String, u64, &'static str);
+
+fn malformed() -> Vec<Malformed> {
     let good = conf("1.0.0", "nftables", None);
     let ok_env = |cmd: &'static str| env_for(cmd, "NETNS");
     let without = |k: &'static str| {
