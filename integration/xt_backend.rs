@@ -717,6 +717,29 @@ fn concurrent_applies_and_a_racing_iptables_append_end_consistent() {
                         eagain += 1;
                         continue;
                     }
+                    // The kernel checks a replace only by entry count: when ours swapped the
+                    // table between its read and its write with the same count, its replace
+                    // lands and its counter update then fails (EINVAL, exit 1). Whether the
+                    // rule is there decides: present → done; absent → retry.
+                    if !out.status.success() && attempts < 100 {
+                        let present = ns.exec(&[
+                            "iptables-legacy",
+                            "-w",
+                            "-t",
+                            "nat",
+                            "-C",
+                            "POSTROUTING",
+                            "-s",
+                            &src,
+                            "-j",
+                            "RETURN",
+                        ]);
+                        if present.status.success() {
+                            break;
+                        }
+                        eagain += 1;
+                        continue;
+                    }
                     assert!(
                         out.status.success(),
                         "iptables-legacy -A {src}: {}",
