@@ -129,6 +129,9 @@ impl ApiServer {
 
     fn start_with(b: ApiServerBuilder) -> ApiServer {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // Unique per server, so that a certificate from another test server's CA is an
+        // unknown issuer, not a bad signature from a same-named one.
+        let n = SERVERS.fetch_add(1, Ordering::Relaxed);
 
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -136,7 +139,7 @@ impl ApiServer {
         ca_params.distinguished_name = rcgen::DistinguishedName::new();
         ca_params
             .distinguished_name
-            .push(DnType::CommonName, "mesh-redirect test CA");
+            .push(DnType::CommonName, format!("mesh-redirect test CA {n}"));
         ca_params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -185,9 +188,8 @@ impl ApiServer {
         assert!(addr.ip().is_loopback());
 
         let dir = std::env::temp_dir().join(format!(
-            "mesh-redirect-apiserver-{}-{}",
-            std::process::id(),
-            SERVERS.fetch_add(1, Ordering::Relaxed)
+            "mesh-redirect-apiserver-{}-{n}",
+            std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
