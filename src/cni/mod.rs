@@ -184,11 +184,19 @@ fn kube_error(e: kube::KubeError, conf: &NetConf, args: &K8sArgs) -> CniError {
             format!("invalid kubeconfig {}", conf.kubeconfig.display()),
             e.to_string(),
         ),
-        #[allow(unreachable_patterns)]
-        other => CniError::new(
-            Code::TryAgainLater,
-            format!("cannot get pod {pod} from the Kubernetes API"),
-            other.to_string(),
+        // A certificate the kubeconfig's CA does not vouch for will not fix itself.
+        K::Tls(_) => CniError::new(
+            Code::InvalidConfig,
+            format!(
+                "TLS with the Kubernetes API failed (kubeconfig {})",
+                conf.kubeconfig.display()
+            ),
+            e.to_string(),
+        ),
+        K::Status { .. } => CniError::new(
+            Code::ApiInvalidResponse,
+            format!("the Kubernetes API answered pod {pod} unexpectedly"),
+            e.to_string(),
         ),
     }
 }
