@@ -15,14 +15,24 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::*;
 
+/// Prepares `<dir>/net.d` and `<dir>/bin` for a bridge name (instead of our own conflist).
+type Prepare = dyn Fn(&Path, &str);
+
 struct Podman {
     dir: PathBuf,
     bridge: String,
+    network: String,
     containers: Vec<String>,
 }
 
 impl Podman {
     fn new() -> Podman {
+        Podman::with_network(None)
+    }
+
+    /// `conf_dir`: a CNI configuration directory prepared by someone else (the installer);
+    /// by default we write our own conflist.
+    fn with_network(prepared: Option<&Prepare>) -> Podman {
         require_root();
         let dir = std::env::temp_dir().join(unique("podman"));
         let bridge = unique("br");
@@ -50,6 +60,10 @@ impl Podman {
             std::os::unix::fs::symlink(Path::new("/usr/lib/cni").join(p), dir.join("bin").join(p))
                 .unwrap();
         }
+        if let Some(prepare) = prepared {
+            prepare(&dir, &bridge);
+            return Podman::finish(dir, bridge, "k8s-pod-network");
+        }
         std::fs::copy(binary(), dir.join("bin/mesh-redirect")).unwrap();
         let conflist = serde_json::json!({
             "cniVersion": "1.0.0",
@@ -66,10 +80,14 @@ impl Podman {
             serde_json::to_string_pretty(&conflist).unwrap(),
         )
         .unwrap();
+        Podman::finish(dir, bridge, "meshtest")
+    }
+
+    fn finish(dir: PathBuf, bridge: String, network: &str) -> Podman {
         std::fs::write(
             dir.join("containers.conf"),
             format!(
-                "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\nnetwork_config_dir = \"{}\"\ndefault_network = \"meshtest\"\n",
+                "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\nnetwork_config_dir = \"{}\"\ndefault_network = \"{network}\"\n",
                 dir.join("bin").display(),
                 dir.join("net.d").display()
             ),
@@ -78,6 +96,7 @@ impl Podman {
         Podman {
             dir,
             bridge,
+            network: network.to_string(),
             containers: Vec::new(),
         }
     }
@@ -104,6 +123,7 @@ impl Podman {
     }
 
     fn run_detached(&mut self, name: &str) {
+        let network = self.network.clone();
         let out = run(self
             .cmd()
             .args([
@@ -116,7 +136,7 @@ impl Podman {
                 "--ulimit",
                 "nproc=1024:1024",
                 "--network",
-                "meshtest",
+                &network,
                 "--rootfs",
             ])
             .arg(self.dir.join("rootfs"))
@@ -241,5 +261,75 @@ fn podman_runs_a_container_through_the_chained_plugin() {
     );
     assert!(!log.contains("ERROR"), "{log}");
     let _ = Command::new("ip").args(["link", "del", &host_end]).output();
+    assert_no_forwarding();
+}
+
+/// The conflist the node installer produces from a plain bridge `.conf` is accepted by a
+/// real CNI runtime: podman runs a container through it and our plugin programs it.
+#[test]
+fn podman_accepts_the_conflist_the_installer_produced() {
+    let prepare = |dir: &Path, bridge: &str| {
+        // A primary configuration as a node would have it: a single bridge `.conf`.
+        let primary = serde_json::json!({"cniVersion": "0.4.0", "name": "bridge-net", "type": "bridge", "bridge": bridge,
+            "isGateway": false, "ipMasq": false,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "198.51.100.0/24", "rangeStart": "198.51.100.60", "rangeEnd": "198.51.100.90"}]]}});
+        std::fs::write(
+            dir.join("net.d/10-bridge.conf"),
+            serde_json::to_string_pretty(&primary).unwrap(),
+        )
+        .unwrap();
+        let sa = dir.join("sa");
+        std::fs::create_dir_all(&sa).unwrap();
+        std::fs::write(sa.join("token"), "test-token").unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["kubernetes.default.svc".to_string()])
+            .expect("a CA certificate");
+        std::fs::write(sa.join("ca.crt"), ca.cert.pem()).unwrap();
+        let out = run(Command::new(binary())
+            .args(["install", "--once"])
+            .arg("--cni-bin-dir").arg(dir.join("bin"))
+            .arg("--cni-conf-dir").arg(dir.join("net.d"))
+            .arg("--host-cni-conf-dir").arg(dir.join("net.d"))
+            .arg("--service-account-dir").arg(&sa)
+            .arg("--plugin-config")
+            .arg(serde_json::json!({"mode": "static", "log_file": dir.join("mesh-redirect.log"), "plugin_log_level": "debug"}).to_string())
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env("KUBERNETES_SERVICE_PORT", "6443"));
+        assert!(
+            out.status.success(),
+            "install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            dir.join("bin/mesh-redirect").exists(),
+            "the binary was installed"
+        );
+        assert!(
+            !dir.join("net.d/10-bridge.conf").exists(),
+            "the .conf became a .conflist"
+        );
+    };
+    let mut podman = Podman::with_network(Some(&prepare));
+    let conflist: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(podman.dir.join("net.d/10-bridge.conflist")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        conflist["plugins"][1]["type"], "mesh-redirect",
+        "{conflist}"
+    );
+    podman.run_detached("mesh-inst");
+    let ns = podman.netns("mesh-inst");
+    let ruleset = run_ok(
+        Command::new("nsenter")
+            .arg(format!("--net={ns}"))
+            .args(["nft", "list", "ruleset"]),
+    );
+    assert!(
+        ruleset.contains("table inet istio-proxy-nat"),
+        "{ruleset}\n{}",
+        podman.log()
+    );
+    podman.remove("mesh-inst");
+    assert!(podman.log().contains("redirect applied"));
     assert_no_forwarding();
 }

@@ -4,6 +4,7 @@
 
 use crate::config::{RawConfig, Setting};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -89,6 +90,27 @@ pub enum Command {
         #[arg(long = "probe-timeout", default_value = "5s", value_name = "DURATION")]
         timeout: String,
     },
+    /// Node installer (run by the DaemonSet): copy this binary into the CNI bin dir, write
+    /// the plugin's kubeconfig, chain the plugin into the primary CNI configuration; then
+    /// watch and repair until SIGTERM (unless --once).
+    Install {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// One pass, then exit.
+        #[arg(long)]
+        once: bool,
+        /// File written once the node is configured (for the readiness probe).
+        #[arg(long, env = "READY_FILE", value_name = "PATH")]
+        ready_file: Option<PathBuf>,
+        /// On SIGTERM, remove our entry, kubeconfig and binary from the node.
+        #[arg(long, env = "CLEANUP_ON_EXIT", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+        cleanup_on_exit: Option<String>,
+    },
+    /// The installer's reverse: remove our entry, kubeconfig and binary. Idempotent.
+    Uninstall {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Delete our tables and policy routes (only ours); succeeds when there is nothing to delete.
     Remove {
         #[command(flatten)]
@@ -96,6 +118,58 @@ pub enum Command {
         #[command(flatten)]
         redirect: RedirectArgs,
     },
+}
+
+/// Where the node's CNI files are, and the plugin settings to write.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The host's CNI binary directory, as mounted in the installer's container.
+    #[arg(
+        long,
+        env = "CNI_BIN_DIR",
+        default_value = "/host/opt/cni/bin",
+        value_name = "DIR"
+    )]
+    pub cni_bin_dir: PathBuf,
+    /// The host's CNI configuration directory, as mounted.
+    #[arg(
+        long,
+        env = "CNI_CONF_DIR",
+        default_value = "/host/etc/cni/net.d",
+        value_name = "DIR"
+    )]
+    pub cni_conf_dir: PathBuf,
+    /// The same directory as the host sees it (written into the plugin's configuration).
+    #[arg(
+        long,
+        env = "HOST_CNI_CONF_DIR",
+        default_value = "/etc/cni/net.d",
+        value_name = "DIR"
+    )]
+    pub host_cni_conf_dir: PathBuf,
+    /// The service account's token and CA.
+    #[arg(
+        long,
+        env = "SERVICE_ACCOUNT_DIR",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount",
+        value_name = "DIR"
+    )]
+    pub service_account_dir: PathBuf,
+    /// Plugin setting: nftables, iptables-legacy or auto.
+    #[arg(long, env = "BACKEND", value_name = "BACKEND")]
+    pub backend: Option<String>,
+    /// Plugin setting: namespaces whose pods are never redirected (comma separated).
+    #[arg(long, env = "EXCLUDE_NAMESPACES", value_name = "NS,NS")]
+    pub exclude_namespaces: Option<String>,
+    /// Plugin setting: none, error, warn, info, debug or trace.
+    #[arg(long = "log-level", env = "PLUGIN_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Plugin setting: the deadline for the pod lookup, e.g. 10s.
+    #[arg(long, env = "API_TIMEOUT", value_name = "DURATION")]
+    pub api_timeout: Option<String>,
+    /// Further plugin settings as a JSON object (e.g. '{"log_file":"/var/log/mr.log"}').
+    #[arg(long, env = "PLUGIN_CONFIG", value_name = "JSON")]
+    pub plugin_config: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod engine;
+pub mod install;
 pub mod model;
 pub mod netns;
 pub mod nft;

@@ -1,7 +1,8 @@
 //! `mesh-redirect`: apply, render, verify and remove Istio's sidecar redirect rules.
 //!
 //! Exit codes: 0 success; 1 `verify` found differences; 2 invalid input (nothing touched);
-//! 3 the namespace could not be entered; 4 the kernel refused (nothing changed).
+//! 3 the namespace could not be entered; 4 the kernel refused (nothing changed); 5 the node
+//! installer could not configure the node; 126 `validate` found the redirect not working.
 
 use clap::Parser;
 use mesh_redirect::cli::{Backend, Cli, Command, RedirectArgs};
@@ -18,6 +19,51 @@ fn config(args: &RedirectArgs) -> Result<Config, ConfigError> {
     // variable, instead of silently falling back to the default.
     let raw = args.to_raw(&|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()));
     raw.validate(&HostGroups::default())
+}
+
+/// The installer's options from flags and environment; plugin settings are checked by the
+/// installer itself before anything is written.
+fn install_options(
+    node: &mesh_redirect::cli::NodeArgs,
+) -> Result<mesh_redirect::install::InstallOptions, Failure> {
+    use serde_json::Value;
+    let mut plugin = match node.plugin_config.as_deref() {
+        None | Some("") => serde_json::Map::new(),
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                return Err(Failure::Input(format!(
+                    "invalid value {text:?} for --plugin-config: expected a JSON object"
+                )))
+            }
+        },
+    };
+    if let Some(b) = &node.backend {
+        plugin.insert("backend".into(), Value::String(b.clone()));
+    }
+    if let Some(ns) = &node.exclude_namespaces {
+        let list: Vec<Value> = ns
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| Value::String(s.into()))
+            .collect();
+        plugin.insert("exclude_namespaces".into(), Value::Array(list));
+    }
+    if let Some(l) = &node.log_level {
+        plugin.insert("plugin_log_level".into(), Value::String(l.clone()));
+    }
+    if let Some(t) = &node.api_timeout {
+        plugin.insert("api_timeout".into(), Value::String(t.clone()));
+    }
+    Ok(mesh_redirect::install::InstallOptions {
+        cni_bin_dir: node.cni_bin_dir.clone(),
+        cni_conf_dir: node.cni_conf_dir.clone(),
+        host_cni_conf_dir: node.host_cni_conf_dir.clone(),
+        service_account_dir: node.service_account_dir.clone(),
+        plugin,
+        ..mesh_redirect::install::InstallOptions::default().with_env()
+    })
 }
 
 fn init_logging(verbose: u8) {
@@ -63,6 +109,8 @@ fn fault_injection() -> FaultInjection {
 }
 
 enum Failure {
+    /// install/uninstall could not configure the node.
+    Node(String),
     /// The redirect does not work (validate): Istio's exit code 126.
     NotRedirected(String),
     Input(String),
@@ -186,6 +234,35 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Err(e) => Err(Failure::NotRedirected(e.to_string())),
             }
         }
+        Command::Install {
+            node,
+            once,
+            ready_file,
+            cleanup_on_exit,
+        } => {
+            let mut opts = install_options(&node)?;
+            opts.once = once;
+            opts.ready_file = ready_file;
+            opts.cleanup_on_exit = match cleanup_on_exit.as_deref() {
+                None => false,
+                Some(v) => mesh_redirect::config::parse::boolean("--cleanup-on-exit", v)
+                    .map_err(|e| Failure::Input(e.to_string()))?,
+            };
+            mesh_redirect::install::run(&opts).map_err(|e| Failure::Node(e.to_string()))
+        }
+        Command::Uninstall { node } => {
+            let opts = install_options(&node)?;
+            let report = mesh_redirect::install::uninstall(&opts)
+                .map_err(|e| Failure::Node(e.to_string()))?;
+            tracing::info!(
+                conflists_updated = report.conflists_updated.len(),
+                conflists_deleted = report.conflists_deleted.len(),
+                kubeconfig_removed = report.kubeconfig_removed,
+                binary_removed = report.binary_removed,
+                "uninstalled"
+            );
+            Ok(())
+        }
         Command::Remove { target, redirect } => {
             let cfg = config(&redirect).map_err(|e| Failure::Input(e.to_string()))?;
             let ns = Netns::open(&target.netns).map_err(|e| Failure::Netns(e.to_string()))?;
@@ -218,6 +295,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Drift) => ExitCode::from(1),
+        Err(Failure::Node(m)) => {
+            tracing::error!("{m}");
+            ExitCode::from(5)
+        }
         Err(Failure::NotRedirected(m)) => {
             tracing::error!("{m}");
             ExitCode::from(126)
