@@ -99,16 +99,7 @@ fn kernel(ns: &TestNetns) -> String {
 }
 
 fn legacy_saved(ns: &TestNetns) -> String {
-    ["iptables-legacy-save", "ip6tables-legacy-save"]
-        .iter()
-        .flat_map(|s| {
-            ns.exec_ok(&[s])
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .map(|l| format!("{l}\n"))
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    ns.legacy_saved(false)
 }
 
 /// The golden's payload restored by iptables-legacy-restore, saved.

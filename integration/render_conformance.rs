@@ -106,41 +106,34 @@ fn iptables_render_snapshots_are_current() {
     for case in cases {
         let path = dir.join(format!("{}.rules", case.name));
         let ours = render_iptables_case(&case);
-        if regenerate {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(&path, &ours).unwrap();
-        }
-        let kept = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (regenerate with MESH_REDIRECT_REGENERATE=1)",
-                path.display()
-            )
-        });
-        assert_eq!(
-            kept,
-            ours,
-            "{} is stale (regenerate with MESH_REDIRECT_REGENERATE=1)",
-            path.display()
-        );
+        check_snapshot(&path, &ours, regenerate);
         checked += 1;
     }
     assert_eq!(checked, 36);
 }
 
+/// The kept rendering at `path` equals `ours` (or is rewritten when regenerating).
+fn check_snapshot(path: &Path, ours: &str, regenerate: bool) {
+    if regenerate {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, ours).unwrap();
+    }
+    let kept = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (regenerate with MESH_REDIRECT_REGENERATE=1)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        kept,
+        ours,
+        "{} is stale (regenerate with MESH_REDIRECT_REGENERATE=1)",
+        path.display()
+    );
+}
+
 fn render_case(case: &Case) -> String {
-    let mut argv = vec!["mesh-redirect".to_string(), "render".to_string()];
-    argv.extend(case.args.iter().cloned());
-    let Command::Render { redirect, .. } =
-        Cli::try_parse_from(argv).expect("case flags parse").command
-    else {
-        unreachable!()
-    };
-    let env = env_map(&case.env);
-    let raw = redirect.to_raw(&|k| env.get(k).cloned());
-    let cfg = raw
-        .validate(&GroupFile::parse(TEST_GROUP_FILE))
-        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
-    render(&build(&cfg, Flavor::Nftables))
+    render(&build(&config_of(case), Flavor::Nftables))
 }
 
 #[test]
@@ -183,22 +176,7 @@ fn render_snapshots_are_current() {
     {
         let path = dir.join(format!("{}.nft", case.name));
         let ours = render_case(&case);
-        if regenerate {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(&path, &ours).unwrap();
-        }
-        let kept = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (regenerate with MESH_REDIRECT_REGENERATE=1)",
-                path.display()
-            )
-        });
-        assert_eq!(
-            kept,
-            ours,
-            "{} is stale (regenerate with MESH_REDIRECT_REGENERATE=1)",
-            path.display()
-        );
+        check_snapshot(&path, &ours, regenerate);
         checked += 1;
     }
     assert_eq!(checked, 28);

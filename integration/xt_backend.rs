@@ -38,17 +38,7 @@ fn stderr_of(out: &Output) -> String {
 
 /// Both families' save output without comment lines (as in `xt_conformance.rs`).
 fn saved(ns: &TestNetns) -> String {
-    let mut out = String::new();
-    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-        out += &format!("## {save}\n");
-        out += &ns
-            .exec_ok(&[save])
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>();
-    }
-    out
+    ns.legacy_saved(false)
 }
 
 /// [`saved`] without any `[packets:bytes]` (policy counters of built-in chains included).

@@ -68,18 +68,8 @@ fn restore(ns: &TestNetns, binary: &str, payload: &str, groups: &TempFile) {
 }
 
 /// Both families' save output without comment lines.
-pub fn saved(ns: &TestNetns) -> String {
-    let mut out = String::new();
-    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-        out += &format!("## {save}\n");
-        out += &ns
-            .exec_ok(&[save])
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>();
-    }
-    out
+fn saved(ns: &TestNetns) -> String {
+    ns.legacy_saved(false)
 }
 
 fn check(case: &Case, groups: &TempFile) -> Option<String> {

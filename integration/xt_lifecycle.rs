@@ -13,16 +13,7 @@ fn strings(a: &[&str]) -> Vec<String> {
 
 /// Rules and chains of both families, counters included, comment lines dropped.
 fn saved(ns: &TestNetns) -> String {
-    let mut out = String::new();
-    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-        out += &ns
-            .exec_ok(&[save, "-c"])
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>();
-    }
-    out
+    ns.legacy_saved(true)
 }
 
 /// The rules (with counters) and user chains of `saved` output: what a failed apply must

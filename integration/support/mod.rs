@@ -317,6 +317,25 @@ impl TestNetns {
     }
 }
 
+impl TestNetns {
+    /// `iptables-legacy-save` and `ip6tables-legacy-save` (with `-c` when `counters`), each
+    /// under a `## <tool>` line, without the comment (timestamp) lines.
+    pub fn legacy_saved(&self, counters: bool) -> String {
+        let mut out = String::new();
+        for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+            out += &format!("## {save}\n");
+            let argv: &[&str] = if counters { &[save, "-c"] } else { &[save] };
+            out += &self
+                .exec_ok(argv)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>();
+        }
+        out
+    }
+}
+
 impl Drop for TestNetns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
