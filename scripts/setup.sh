@@ -5,7 +5,7 @@
 # encoder in tests, hyperfine/strace for the comparison script and the no-fork test.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(nftables iptables iproute2 libnftnl-dev libmnl-dev pkg-config hyperfine strace procps ca-certificates util-linux podman containernetworking-plugins busybox-static runc)
+packages=(nftables iptables iproute2 libnftnl-dev libmnl-dev pkg-config hyperfine strace procps ca-certificates util-linux jq podman containernetworking-plugins busybox-static runc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

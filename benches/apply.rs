@@ -1,0 +1,294 @@
+//! In-process apply into a network namespace, next to the kernel's own cost for the batch.
+//!
+//! For each configuration (default with IPv6, large) and each path:
+//!
+//! * `create`: `engine::apply` into a fresh namespace (no table of ours: a create-only batch).
+//!   Everything the command does after parsing its flags: plan, namespace thread, sockets,
+//!   the look for existing tables, `::6/128` on `lo`, encode, send, ACKs, socket close.
+//! * `create, kernel only`: the same batch, already encoded, sent on a socket already open
+//!   in a fresh namespace: `send` plus reading every ACK. This is the floor: the kernel's
+//!   own cost for the batch.
+//! * `replace`: `engine::apply` over our existing tables (the replace batch), and
+//!   `replace, kernel only` on a socket that stays open.
+//!
+//! Then the parts of the create path, to show where its time goes, and apply time against
+//! rule count (10, 100, 500 include + as many exclude CIDRs with the large configuration's
+//! ports and uids). The iptables-legacy backend: `engine::apply` into a fresh namespace and
+//! over its own chains (no kernel-only row: its kernel calls are interleaved with merging).
+//!
+//! Namespaces are anonymous and deleted when their guard drops (`common::ScratchNetns`).
+//! Timing excludes making and deleting them (`iter_custom`).
+
+mod common;
+
+use common::{kernel_criterion, require_root, specs, ScratchNetns, Spec};
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
+use mesh_redirect::config::Config;
+use mesh_redirect::engine::{self, Backend, BackendChoice};
+use mesh_redirect::model::{build, Flavor};
+use mesh_redirect::nft::batch::{encode, FaultInjection, Shape};
+use mesh_redirect::nft::readback;
+use mesh_redirect::nft::socket::NfSocket;
+use mesh_redirect::routes::{self, RouteSocket};
+use std::time::{Duration, Instant};
+
+type Group<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// Namespaces are made in chunks before timing, and deleted after, so that neither is timed.
+const CHUNK: u64 = 32;
+
+/// Runs `timed` once per fresh namespace, `iters` times; only `timed` is measured.
+fn per_fresh_namespace<S>(
+    iters: u64,
+    setup: impl Fn(&ScratchNetns) -> S,
+    timed: impl Fn(&ScratchNetns, S),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        left -= n;
+        let spaces: Vec<(ScratchNetns, Option<S>)> = (0..n)
+            .map(|_| {
+                let ns = ScratchNetns::new();
+                let s = setup(&ns);
+                (ns, Some(s))
+            })
+            .collect();
+        let mut done = Vec::with_capacity(spaces.len());
+        for (ns, s) in spaces.into_iter().map(|(ns, mut s)| (ns, s.take())) {
+            let s = s.expect("setup state");
+            let start = Instant::now();
+            timed(&ns, s);
+            total += start.elapsed();
+            done.push(ns);
+        }
+        drop(done);
+        settle();
+    }
+    total
+}
+
+/// Deleting namespaces is asynchronous (`cleanup_net` holds `rtnl_lock` and waits for RCU
+/// grace periods): give it time to finish before the next timed applies, which also need
+/// `rtnl_lock` (`::6/128` on `lo`), so that a measurement is not of someone else's cleanup.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(if common::bench_mode() {
+        60
+    } else {
+        0
+    }));
+}
+
+fn create_paths(g: &mut Group, cfg: &Config) {
+    g.bench_function("create: engine::apply, fresh namespace", |b| {
+        b.iter_custom(|iters| {
+            per_fresh_namespace(
+                iters,
+                |ns| ns.netns(),
+                |_, netns| {
+                    engine::apply(
+                        &netns,
+                        cfg,
+                        BackendChoice::Nftables,
+                        FaultInjection::default(),
+                    )
+                    .expect("apply");
+                },
+            )
+        })
+    });
+    let plan = build(cfg, Flavor::Nftables);
+    g.bench_function("create: kernel only (send + ACKs), fresh namespace", |b| {
+        b.iter_custom(|iters| {
+            per_fresh_namespace(
+                iters,
+                |ns| {
+                    let mut sock = ns
+                        .netns()
+                        .run(NfSocket::open)
+                        .expect("namespace thread")
+                        .expect("socket");
+                    let batch = encode(
+                        &plan,
+                        Shape::Create,
+                        sock.reserve_seqs(1 << 20),
+                        FaultInjection::default(),
+                    );
+                    (sock, batch)
+                },
+                |_, (mut sock, batch)| {
+                    sock.send_batch(&batch).expect("create batch");
+                },
+            )
+        })
+    });
+    g.bench_function(
+        "create: engine::apply iptables-legacy, fresh namespace",
+        |b| {
+            b.iter_custom(|iters| {
+                per_fresh_namespace(
+                    iters,
+                    |ns| ns.netns(),
+                    |_, netns| {
+                        engine::apply(
+                            &netns,
+                            cfg,
+                            BackendChoice::IptablesLegacy,
+                            FaultInjection::default(),
+                        )
+                        .expect("apply");
+                    },
+                )
+            })
+        },
+    );
+}
+
+fn replace_paths(g: &mut Group, cfg: &Config) {
+    let ns = ScratchNetns::new();
+    let netns = ns.netns();
+    engine::apply(
+        &netns,
+        cfg,
+        BackendChoice::Nftables,
+        FaultInjection::default(),
+    )
+    .expect("first apply");
+    g.bench_function("replace: engine::apply over our tables", |b| {
+        b.iter(|| {
+            let report = engine::apply(
+                &netns,
+                cfg,
+                BackendChoice::Nftables,
+                FaultInjection::default(),
+            )
+            .expect("apply");
+            assert!(report.replaced);
+        })
+    });
+    let plan = build(cfg, Flavor::Nftables);
+    let mut sock = netns
+        .run(NfSocket::open)
+        .expect("namespace thread")
+        .expect("socket");
+    g.bench_function(
+        "replace: kernel only (send + ACKs), socket kept open",
+        |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let batch = encode(
+                        &plan,
+                        Shape::Replace,
+                        sock.reserve_seqs(1 << 20),
+                        FaultInjection::default(),
+                    );
+                    let start = Instant::now();
+                    sock.send_batch(&batch).expect("replace batch");
+                    total += start.elapsed();
+                }
+                total
+            })
+        },
+    );
+    let legacy = ScratchNetns::new();
+    let legacy_netns = legacy.netns();
+    let apply_legacy = || {
+        engine::apply(
+            &legacy_netns,
+            cfg,
+            BackendChoice::IptablesLegacy,
+            FaultInjection::default(),
+        )
+        .expect("apply")
+    };
+    apply_legacy();
+    g.bench_function(
+        "re-apply: engine::apply iptables-legacy over our chains",
+        |b| b.iter(apply_legacy),
+    );
+}
+
+/// Where the create path's time goes, piece by piece (default configuration).
+fn parts(c: &mut Criterion) {
+    let cfg = Spec::default_ipv6().config();
+    let mut g = c.benchmark_group("apply-parts/default");
+    g.sampling_mode(SamplingMode::Flat);
+    g.bench_function("plan (model::build)", |b| {
+        b.iter(|| engine::plan(&cfg, Backend::Nftables))
+    });
+    let plan = engine::plan(&cfg, Backend::Nftables);
+    g.bench_function("encode (create batch)", |b| {
+        b.iter(|| encode(&plan, Shape::Create, 1, FaultInjection::default()))
+    });
+    let ns = ScratchNetns::new();
+    let netns = ns.netns();
+    g.bench_function("Netns::run of nothing (thread + setns)", |b| {
+        b.iter(|| netns.run(|| ()).expect("namespace thread"))
+    });
+    g.bench_function("NfSocket::open + close (in the namespace thread)", |b| {
+        b.iter(|| {
+            netns
+                .run(|| drop(NfSocket::open().expect("socket")))
+                .expect("namespace thread")
+        })
+    });
+    let mut sock = netns
+        .run(NfSocket::open)
+        .expect("namespace thread")
+        .expect("socket");
+    g.bench_function("look for our tables (GETTABLE dump)", |b| {
+        b.iter(|| readback::inet_tables(&mut sock).expect("dump"))
+    });
+    g.bench_function("RouteSocket::open + ::6/128 on lo, fresh namespace", |b| {
+        b.iter_custom(|iters| {
+            per_fresh_namespace(
+                iters,
+                |ns| ns.netns(),
+                |_, netns| {
+                    netns
+                        .run(|| {
+                            let mut rs = RouteSocket::open().expect("rtnetlink socket");
+                            for obj in routes::wanted(false, true, 1337, 133) {
+                                rs.add(obj).expect("add");
+                            }
+                        })
+                        .expect("namespace thread")
+                },
+            )
+        })
+    });
+    g.finish();
+}
+
+fn apply(c: &mut Criterion) {
+    require_root();
+    for spec in specs() {
+        let cfg = spec.config();
+        let mut g = c.benchmark_group(format!("apply/{}", spec.name));
+        g.sampling_mode(SamplingMode::Flat);
+        create_paths(&mut g, &cfg);
+        replace_paths(&mut g, &cfg);
+        g.finish();
+    }
+    parts(c);
+    // Apply time against rule count: the large configuration with 10, 100, 500 CIDRs.
+    for cidrs in [10, 100, 500] {
+        let spec = Spec::large(cidrs);
+        let cfg = spec.config();
+        let rules = build(&cfg, Flavor::Nftables).rule_count();
+        let mut g = c.benchmark_group(format!("apply-vs-rules/{cidrs}cidr-{rules}rules"));
+        g.sampling_mode(SamplingMode::Flat);
+        g.throughput(criterion::Throughput::Elements(rules as u64));
+        create_paths(&mut g, &cfg);
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = kernel_criterion();
+    targets = apply
+}
+criterion_main!(benches);

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds the shipped binary: release, stripped, statically linked (static-pie) against
+# glibc, so that a node needs no shared library at all and the process starts faster (no
+# dynamic loader: about 0.3 ms of the ≈ 1 ms process start on our VM). Prints its path.
+#
+# The explicit --target keeps the static flag off build scripts and proc macros, which
+# cannot be linked statically; only the mesh-redirect binary is built (the test-only
+# libnftnl dependency has no static library on Debian).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="$(rustc -vV | sed -n 's/^host: //p')"
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target "$target" --bin mesh-redirect
+echo "$PWD/target/$target/release/mesh-redirect"
