@@ -164,25 +164,31 @@ pub fn diff(plan: &Plan, kernel: &[KernelTable]) -> Vec<Difference> {
                 .find(|r| r.table == table && r.chain == chain)
                 .map(|r| r.rules.clone())
                 .unwrap_or_default();
-            let expected: Vec<(String, Vec<Expr>)> = rules
+            let expected: Vec<Vec<Expr>> = rules
                 .iter()
-                .map(|r| {
-                    let step = Step {
-                        table,
-                        chain,
-                        position: Position::Append,
-                        rule: r.clone(),
-                    };
-                    (
-                        render::rule_text(&step),
-                        lower(r).iter().map(Expr::normalized).collect(),
-                    )
-                })
+                .map(|r| lower(r).iter().map(Expr::normalized).collect())
                 .collect();
             let actual: Vec<Vec<Expr>> = kc
                 .rules
                 .iter()
                 .map(|r| r.iter().map(Expr::normalized).collect())
+                .collect();
+            // The common case (no drift) needs no alignment, and no rule text at all.
+            if expected == actual {
+                continue;
+            }
+            let text = |i: usize| {
+                render::rule_text(&Step {
+                    table,
+                    chain,
+                    position: Position::Append,
+                    rule: rules[i].clone(),
+                })
+            };
+            let expected: Vec<(String, Vec<Expr>)> = expected
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| (text(i), e))
                 .collect();
             rule_diff(&tname, &cname, &expected, &actual, &mut out);
         }
