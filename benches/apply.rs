@@ -155,11 +155,17 @@ fn replace_paths(g: &mut Group, cfg: &Config) {
         FaultInjection::default(),
     )
     .expect("first apply");
+    // Alternating between two configurations, every apply really replaces our tables.
+    let mut other = cfg.clone();
+    other.outbound_ports_exclude.push(15999);
+    let flip = std::cell::Cell::new(false);
     g.bench_function("replace: engine::apply over our tables", |b| {
         b.iter(|| {
+            flip.set(!flip.get());
+            let c = if flip.get() { &other } else { cfg };
             let report = engine::apply(
                 &netns,
-                cfg,
+                c,
                 BackendChoice::Nftables,
                 FaultInjection::default(),
             )
@@ -167,6 +173,29 @@ fn replace_paths(g: &mut Group, cfg: &Config) {
             assert!(report.replaced);
         })
     });
+    // The same configuration again: the tables already match, nothing is sent.
+    engine::apply(
+        &netns,
+        cfg,
+        BackendChoice::Nftables,
+        FaultInjection::default(),
+    )
+    .expect("apply");
+    g.bench_function(
+        "re-apply unchanged: engine::apply, tables already match",
+        |b| {
+            b.iter(|| {
+                let report = engine::apply(
+                    &netns,
+                    cfg,
+                    BackendChoice::Nftables,
+                    FaultInjection::default(),
+                )
+                .expect("apply");
+                assert!(!report.replaced && report.messages == 0);
+            })
+        },
+    );
     let plan = build(cfg, Flavor::Nftables);
     let mut sock = netns
         .run(NfSocket::open)
