@@ -125,37 +125,51 @@ fn legacy_has_ours() -> bool {
 }
 
 /// Resolves `auto` inside the namespace (call on the namespace thread).
-fn decide(choice: BackendChoice) -> Decision {
+/// What `auto` learnt of nf_tables: the socket it opened and our tables it found, reused by
+/// the apply (one socket, one dump).
+struct NftProbe {
+    sock: NfSocket,
+    existing: Vec<String>,
+}
+
+/// Resolves `auto` inside the namespace (call on the namespace thread).
+fn decide(choice: BackendChoice) -> (Decision, Option<NftProbe>) {
+    let requested = |backend| {
+        (
+            Decision {
+                backend,
+                reason: "requested",
+            },
+            None,
+        )
+    };
     match choice {
-        BackendChoice::Nftables => Decision {
-            backend: Backend::Nftables,
-            reason: "requested",
-        },
-        BackendChoice::IptablesLegacy => Decision {
-            backend: Backend::IptablesLegacy,
-            reason: "requested",
-        },
+        BackendChoice::Nftables => requested(Backend::Nftables),
+        BackendChoice::IptablesLegacy => requested(Backend::IptablesLegacy),
         BackendChoice::Auto => {
-            let nft_tables = NfSocket::open()
-                .ok()
-                .and_then(|mut s| existing_ours(&mut s).ok());
-            match nft_tables {
-                Some(t) if !t.is_empty() => Decision {
-                    backend: Backend::Nftables,
-                    reason: "Istio nftables tables already exist",
-                },
-                _ if legacy_has_ours() => Decision {
-                    backend: Backend::IptablesLegacy,
-                    reason: "Istio iptables-legacy chains already exist",
-                },
-                Some(_) => Decision {
-                    backend: Backend::Nftables,
-                    reason: "nf_tables answers",
-                },
-                None => Decision {
-                    backend: Backend::IptablesLegacy,
-                    reason: "nf_tables does not answer",
-                },
+            let probe = NfSocket::open().ok().and_then(|mut sock| {
+                existing_ours(&mut sock)
+                    .ok()
+                    .map(|existing| NftProbe { sock, existing })
+            });
+            let decision = |backend, reason| Decision { backend, reason };
+            match probe {
+                Some(p) if !p.existing.is_empty() => (
+                    decision(Backend::Nftables, "Istio nftables tables already exist"),
+                    Some(p),
+                ),
+                _ if legacy_has_ours() => (
+                    decision(
+                        Backend::IptablesLegacy,
+                        "Istio iptables-legacy chains already exist",
+                    ),
+                    None,
+                ),
+                Some(p) => (decision(Backend::Nftables, "nf_tables answers"), Some(p)),
+                None => (
+                    decision(Backend::IptablesLegacy, "nf_tables does not answer"),
+                    None,
+                ),
             }
         }
     }
@@ -171,7 +185,7 @@ pub fn apply(
 ) -> Result<ApplyReport, EngineError> {
     ns.run(|| {
         let start = Instant::now();
-        let decision = decide(choice);
+        let (decision, probe) = decide(choice);
         let plan = plan(cfg, decision.backend);
         let wanted = routes::wanted(
             cfg.needs_tproxy_routes(),
@@ -202,7 +216,7 @@ pub fn apply(
             }
         }
         let result = match decision.backend {
-            Backend::Nftables => apply_nft(&plan, fault).map(|(o, m, r)| (o, m, r, 0)),
+            Backend::Nftables => apply_nft(&plan, fault, probe).map(|(o, m, r)| (o, m, r, 0)),
             Backend::IptablesLegacy => xt::apply::apply(&plan, fault)
                 .map(|r| (r.rules, r.tables_written, r.replaced, r.retries))
                 .map_err(EngineError::from),
@@ -228,9 +242,19 @@ pub fn apply(
 }
 
 /// One batch: create-only on a fresh namespace, replace when our tables exist.
-fn apply_nft(plan: &Plan, fault: FaultInjection) -> Result<(usize, usize, bool), EngineError> {
-    let mut sock = NfSocket::open().map_err(NetlinkError::Io)?;
-    let existing = existing_ours(&mut sock)?;
+fn apply_nft(
+    plan: &Plan,
+    fault: FaultInjection,
+    probe: Option<NftProbe>,
+) -> Result<(usize, usize, bool), EngineError> {
+    let (mut sock, existing) = match probe {
+        Some(p) => (p.sock, p.existing),
+        None => {
+            let mut sock = NfSocket::open().map_err(NetlinkError::Io)?;
+            let existing = existing_ours(&mut sock)?;
+            (sock, existing)
+        }
+    };
     let mut shape = if existing.is_empty() {
         Shape::Create
     } else {
@@ -273,7 +297,7 @@ pub fn verify(
     choice: BackendChoice,
 ) -> Result<(Decision, Vec<String>), EngineError> {
     ns.run(|| {
-        let decision = decide(choice);
+        let (decision, _) = decide(choice);
         let plan = plan(cfg, decision.backend);
         let differences = match decision.backend {
             Backend::Nftables => {

@@ -6,8 +6,10 @@
 //! our tables exist, a **replace** batch that first re-declares and deletes each of the
 //! three tables (`add table; delete table`, which works whether or not it exists) and then
 //! builds them anew. Rules are written in their final order with `NLM_F_APPEND`
-//! ([`Plan::resolve_inet`]); every message asks for an ACK so that each reply can be tied to
-//! the object it concerns.
+//! ([`Plan::resolve_inet`]). Only `BATCH_END` asks for an ACK (kernels ≥ 6.10 send it after
+//! the commit): the kernel handles the batch inside `sendmsg` and reports every error, each
+//! tied to its message by sequence number, so the absence of errors is the commit, and we
+//! spare the kernel (and us) one reply per message.
 
 use super::abi::*;
 use super::expr::{lower, CmpOp, Expr, Verdict};
@@ -37,14 +39,6 @@ impl Batch {
     /// The message a reply's sequence number refers to.
     pub fn message(&self, seq: u32) -> Option<&MessageInfo> {
         self.messages.iter().find(|m| m.seq == seq)
-    }
-
-    /// Every sequence number that asked for an ACK.
-    pub fn acked_seqs(&self) -> impl Iterator<Item = u32> + '_ {
-        self.messages
-            .iter()
-            .filter(|m| m.object != "batch begin" && m.object != "batch end")
-            .map(|m| m.seq)
     }
 }
 
@@ -118,7 +112,7 @@ impl Builder {
     fn nft(&mut self, msg: u16, flags: u16, object: String, body: impl FnOnce(&mut MessageWriter)) {
         self.message(
             NFT_TYPE(msg),
-            NLM_F_REQUEST | NLM_F_ACK | flags,
+            NLM_F_REQUEST | flags,
             NFPROTO_INET,
             0,
             object,
@@ -238,7 +232,7 @@ pub fn encode(plan: &Plan, shape: Shape, first_seq: u32, fault: FaultInjection) 
 
     b.message(
         NFNL_MSG_BATCH_END,
-        NLM_F_REQUEST,
+        NLM_F_REQUEST | NLM_F_ACK,
         0,
         NFNL_SUBSYS_NFTABLES,
         "batch end".into(),
@@ -454,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn a_create_batch_only_creates_and_asks_for_every_ack() {
+    fn a_create_batch_only_creates_and_asks_only_for_the_commit_ack() {
         let b = encode(&plan(&[]), Shape::Create, 100, FaultInjection::default());
         let t = types(&b);
         assert_eq!(t.first().unwrap().0, NFNL_MSG_BATCH_BEGIN);
@@ -462,7 +456,12 @@ mod tests {
         let body = &t[1..t.len() - 1];
         assert!(body
             .iter()
-            .all(|(ty, flags)| ty & 0xff != NFT_MSG_DELTABLE && flags & NLM_F_ACK != 0));
+            .all(|(ty, flags)| ty & 0xff != NFT_MSG_DELTABLE && flags & NLM_F_ACK == 0));
+        assert_ne!(
+            t.last().unwrap().1 & NLM_F_ACK,
+            0,
+            "BATCH_END asks for the commit's ACK"
+        );
         let table = body
             .iter()
             .find(|(ty, _)| ty & 0xff == NFT_MSG_NEWTABLE)

@@ -2,8 +2,9 @@
 //!
 //! nfnetlink processes a batch synchronously inside `sendmsg`, so when `send` returns every
 //! reply is already queued; we drain them without blocking (kernel-notes §2). A batch is
-//! committed only if **no** reply carries an error: the kernel ACKs the messages it parsed
-//! even when it then aborts the transaction.
+//! committed only if **no** reply carries an error (the kernel reports every error even for
+//! messages that asked for no ACK, and ACKs the messages it parsed even when it then aborts
+//! the transaction, so ACKs prove nothing).
 
 use super::abi::*;
 use super::batch::Batch;
@@ -43,8 +44,6 @@ pub enum NetlinkError {
     Io(#[from] io::Error),
     #[error("the kernel rejected the batch, nothing was changed: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Rejected(Vec<KernelError>),
-    #[error("the kernel answered {answered} of {expected} messages; the batch state is unknown")]
-    Incomplete { answered: usize, expected: usize },
     #[error("dump failed: {0}")]
     Dump(io::Error),
 }
@@ -152,14 +151,13 @@ impl NfSocket {
         if !errors.is_empty() {
             return Err(NetlinkError::Rejected(errors));
         }
-        let expected: Vec<u32> = batch.acked_seqs().collect();
-        let answered = expected.iter().filter(|s| acked.contains(s)).count();
-        if answered != expected.len() {
-            return Err(NetlinkError::Incomplete {
-                answered,
-                expected: expected.len(),
-            });
-        }
+        // No error is the commit. Kernels ≥ 6.10 also ACK BATCH_END once committed; older
+        // ones ignore the flag, so its absence proves nothing and is not waited for.
+        let end = batch.messages.last().map(|m| m.seq);
+        tracing::trace!(
+            commit_acked = end.map(|s| acked.contains(&s)).unwrap_or(false),
+            "batch committed"
+        );
         Ok(())
     }
 
