@@ -241,37 +241,49 @@ fn concurrent_pods(pods: usize, rounds: usize) {
 fn rule_count_sweep(runs: usize) {
     let mut specs = vec![Spec::default_ipv6()];
     specs.extend([10, 100, 500, 1000].map(Spec::large));
-    println!("\nmesh-redirect apply (nftables) against rule count: whole process, fresh namespace per run, {runs} runs each\n");
-    println!("| configuration | rules | netlink messages | batch bytes | median | p95 |");
-    println!("|---|---|---|---|---|---|");
-    for spec in specs {
-        let cfg = spec.config();
-        let plan = engine::plan(&cfg, Backend::Nftables);
-        let batch = encode(&plan, Shape::Create, 1, FaultInjection::default());
-        let args = spec.args();
-        let mut times = Vec::new();
-        for _ in 0..runs + 3 {
-            let ns = ScratchNetns::new();
-            let mut cmd = Command::new(BIN);
-            cmd.arg("apply").arg("--netns").arg(ns.path()).args(&args);
-            let start = Instant::now();
-            let status = quiet(&mut cmd).status().expect("run");
-            times.push(start.elapsed());
-            assert!(status.success(), "{}: apply failed", spec.name);
-            drop(ns);
+    println!("\nmesh-redirect apply against rule count, both backends: whole process, fresh namespace per run, {runs} runs each\n");
+    println!("| backend | configuration | rules | netlink messages | batch bytes | median | p95 |");
+    println!("|---|---|---|---|---|---|---|");
+    for backend in ["nftables", "iptables-legacy"] {
+        for spec in &specs {
+            let cfg = spec.config();
+            let plan = engine::plan(&cfg, Backend::Nftables);
+            let batch = encode(&plan, Shape::Create, 1, FaultInjection::default());
+            let args = spec.args();
+            let mut times = Vec::new();
+            for _ in 0..runs + 3 {
+                let ns = ScratchNetns::new();
+                let mut cmd = Command::new(BIN);
+                cmd.arg("apply")
+                    .arg("--netns")
+                    .arg(ns.path())
+                    .args(["--backend", backend])
+                    .args(&args);
+                let start = Instant::now();
+                let status = quiet(&mut cmd).status().expect("run");
+                times.push(start.elapsed());
+                assert!(status.success(), "{} {backend}: apply failed", spec.name);
+                drop(ns);
+            }
+            // The first three are warm-up.
+            let mut times = times.split_off(3);
+            times.sort();
+            let (messages, bytes) = if backend == "nftables" {
+                (
+                    batch.messages.len().to_string(),
+                    batch.bytes.len().to_string(),
+                )
+            } else {
+                ("—".to_string(), "—".to_string())
+            };
+            println!(
+                "| {backend} | {} | {} | {messages} | {bytes} | {} | {} |",
+                spec.name,
+                plan.rule_count(),
+                ms(pct(&times, 0.5)),
+                ms(pct(&times, 0.95))
+            );
         }
-        // The first three are warm-up.
-        let mut times = times.split_off(3);
-        times.sort();
-        println!(
-            "| {} | {} | {} | {} | {} | {} |",
-            spec.name,
-            plan.rule_count(),
-            batch.messages.len(),
-            batch.bytes.len(),
-            ms(pct(&times, 0.5)),
-            ms(pct(&times, 0.95))
-        );
     }
 }
 
