@@ -249,3 +249,48 @@ fn remove_on_a_namespace_without_our_tables_succeeds() {
     assert_eq!(ns.ruleset(), "");
     assert_no_forwarding();
 }
+
+#[test]
+fn verify_checks_the_tproxy_policy_routing_too() {
+    for backend in ["nftables", "iptables-legacy"] {
+        let ns = TestNetns::new("vr");
+        let args = strings(&["--backend", backend, "-m", "TPROXY", "--ipv6"]);
+        ns.mesh_ok("apply", &args, &[]);
+        assert!(
+            ns.mesh("verify", &args, &[]).status.success(),
+            "{backend}: verify passes after apply"
+        );
+        ns.exec_ok(&["ip", "-6", "rule", "del", "fwmark", "1337", "lookup", "133"]);
+        ns.exec_ok(&[
+            "ip",
+            "route",
+            "del",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            "133",
+        ]);
+        let out = ns.mesh("verify", &args, &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{backend}: routing drift is drift"
+        );
+        let diff = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            diff.contains("missing ip -6 rule fwmark 1337 lookup 133"),
+            "{backend}: {diff}"
+        );
+        assert!(
+            diff.contains("missing ip route local 0.0.0.0/0 dev lo table 133"),
+            "{backend}: {diff}"
+        );
+        ns.mesh_ok("apply", &args, &[]);
+        assert!(
+            ns.mesh("verify", &args, &[]).status.success(),
+            "{backend}: re-apply repairs the routing"
+        );
+    }
+}

@@ -299,7 +299,7 @@ pub fn verify(
     ns.run(|| {
         let (decision, _) = decide(choice);
         let plan = plan(cfg, decision.backend);
-        let differences = match decision.backend {
+        let mut differences: Vec<String> = match decision.backend {
             Backend::Nftables => {
                 let mut sock = NfSocket::open().map_err(NetlinkError::Io)?;
                 let kernel = readback::read_tables(&mut sock, &our_table_names())?;
@@ -310,6 +310,27 @@ pub fn verify(
                 .map(|d| d.to_string())
                 .collect(),
         };
+        // The policy routing and the passthrough address belong to the redirect too.
+        let wanted = routes::wanted(
+            cfg.needs_tproxy_routes(),
+            cfg.enable_ipv6,
+            cfg.tproxy_mark,
+            cfg.tproxy_route_table,
+        );
+        if !wanted.is_empty() {
+            let mut rs = RouteSocket::open().map_err(|source| EngineError::Route {
+                object: "rtnetlink socket".into(),
+                source,
+            })?;
+            for obj in wanted {
+                if !rs.present(obj).map_err(|source| EngineError::Route {
+                    object: obj.to_string(),
+                    source,
+                })? {
+                    differences.push(format!("missing {obj}"));
+                }
+            }
+        }
         Ok((decision, differences))
     })?
 }

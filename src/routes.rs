@@ -177,17 +177,66 @@ impl RouteSocket {
 
     fn has_fwmark_rule(&mut self, family: u8, mark: u32, table: u32) -> io::Result<bool> {
         const RTM_GETRULE: u16 = 34;
+        self.dump_any(
+            RTM_GETRULE,
+            &[family, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            12,
+            |_, attrs| {
+                u32_attr(attrs, FRA_FWMARK) == Some(mark)
+                    && u32_attr(attrs, FRA_TABLE) == Some(table)
+            },
+        )
+    }
+
+    /// Whether `obj` is in the namespace (for `verify` and CNI CHECK).
+    pub fn present(&mut self, obj: RouteObject) -> io::Result<bool> {
+        const RTM_GETROUTE: u16 = 26;
+        const RTM_GETADDR: u16 = 22;
+        match obj {
+            RouteObject::FwmarkRule {
+                family,
+                mark,
+                table,
+            } => self.has_fwmark_rule(family, mark, table),
+            RouteObject::LocalDefault { family, table } => self.dump_any(
+                RTM_GETROUTE,
+                &[family, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                12,
+                |hdr, attrs| {
+                    let in_table = u32_attr(attrs, RTA_TABLE).unwrap_or(hdr[4] as u32) == table;
+                    hdr[1] == 0 && hdr[7] == RTN_LOCAL && in_table
+                },
+            ),
+            RouteObject::PassthroughV6 => {
+                let six = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6).octets();
+                self.dump_any(
+                    RTM_GETADDR,
+                    &[AF_INET6, 0, 0, 0, 0, 0, 0, 0],
+                    8,
+                    |_, attrs| {
+                        crate::nft::wire::attrs(attrs)
+                            .any(|a| a.ty == IFA_ADDRESS && a.value == six)
+                    },
+                )
+            }
+        }
+    }
+
+    /// A dump of `msg_type`: whether any answer (family header of `header_len` bytes, then
+    /// attributes) satisfies `matches`.
+    fn dump_any(
+        &mut self,
+        msg_type: u16,
+        header: &[u8],
+        header_len: usize,
+        matches: impl Fn(&[u8], &[u8]) -> bool,
+    ) -> io::Result<bool> {
         const NLM_F_DUMP: u16 = 0x300;
         const NLMSG_DONE: u16 = 3;
         self.seq += 1;
         let seq = self.seq;
         let mut w = MessageWriter::default();
-        let start = w.begin_plain(
-            RTM_GETRULE,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
-            &[family, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        );
+        let start = w.begin_plain(msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, header);
         w.end_message(start);
         self.sock.send(&w.buf, 0)?;
         let mut found = false;
@@ -197,31 +246,22 @@ impl RouteSocket {
                 if m.seq != seq {
                     continue;
                 }
-                if m.msg_type == NLMSG_DONE {
-                    return Ok(found);
-                }
-                if m.msg_type == NLMSG_ERROR {
-                    let errno = i32::from_ne_bytes(m.payload[0..4].try_into().expect("4 bytes"));
-                    return if errno == 0 {
-                        Ok(found)
-                    } else {
-                        Err(io::Error::from_raw_os_error(-errno))
-                    };
-                }
-                let attrs = crate::nft::wire::attrs(m.payload.get(12..).unwrap_or_default());
-                let (mut m_mark, mut m_table) = (None, None);
-                for a in attrs {
-                    let v = a
-                        .value
-                        .get(..4)
-                        .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
-                    match a.ty {
-                        FRA_FWMARK => m_mark = v,
-                        FRA_TABLE => m_table = v,
-                        _ => {}
+                match m.msg_type {
+                    NLMSG_DONE => return Ok(found),
+                    NLMSG_ERROR => {
+                        let errno =
+                            i32::from_ne_bytes(m.payload[0..4].try_into().expect("4 bytes"));
+                        return if errno == 0 {
+                            Ok(found)
+                        } else {
+                            Err(io::Error::from_raw_os_error(-errno))
+                        };
                     }
+                    _ if m.payload.len() >= header_len => {
+                        found |= matches(&m.payload[..header_len], &m.payload[header_len..])
+                    }
+                    _ => {}
                 }
-                found |= m_mark == Some(mark) && m_table == Some(table);
             }
         }
     }
@@ -307,6 +347,13 @@ impl RouteSocket {
             }
         }
     }
+}
+
+fn u32_attr(attrs: &[u8], ty: u16) -> Option<u32> {
+    crate::nft::wire::attrs(attrs)
+        .find(|a| a.ty == ty)
+        .and_then(|a| a.value.get(..4))
+        .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
 }
 
 /// `lo`'s index in the calling thread's namespace.
