@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{raw_config, specs};
+use common::specs;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mesh_redirect::config::GroupFile;
 use mesh_redirect::model::{build, Family, Flavor};
@@ -13,7 +13,7 @@ use std::hint::black_box;
 
 fn model(c: &mut Criterion) {
     for spec in specs() {
-        let raw = raw_config(&spec.flags);
+        let raw = spec.raw();
         let cfg = spec.config();
         let rules = build(&cfg, Flavor::Nftables).rule_count();
         let mut g = c.benchmark_group(format!("model/{}", spec.name));

@@ -31,21 +31,7 @@ fn every_cni_case_maps_to_istios_effective_config() {
         let ours = raw.validate(&GroupFile::default()).unwrap();
 
         // Istio's effective config, through our command-line flags.
-        use clap::Parser;
-        let mut argv = vec!["mesh-redirect".to_string(), "render".to_string()];
-        argv.extend(case.args.iter().cloned());
-        let mesh_redirect::cli::Command::Render { redirect, .. } =
-            mesh_redirect::cli::Cli::try_parse_from(argv)
-                .unwrap()
-                .command
-        else {
-            unreachable!()
-        };
-        let env = env_map(&case.env);
-        let istio = redirect
-            .to_raw(&|k| env.get(k).cloned())
-            .validate(&GroupFile::default())
-            .unwrap();
+        let istio = case.raw().validate(&GroupFile::default()).unwrap();
         assert_eq!(ours, istio, "{}", case.name);
     }
 }

@@ -37,8 +37,6 @@
 
 mod support;
 
-use clap::Parser;
-use mesh_redirect::cli::{Cli, Command};
 use mesh_redirect::config::{Config, GroupFile, RawConfig};
 use mesh_redirect::model::{build, Action, CtState, Family, Flavor, Match, Position, Step};
 use mesh_redirect::nft::batch::{encode, FaultInjection, Shape};
@@ -562,19 +560,8 @@ fn cases() -> Vec<OracleCase> {
         let Some(golden) = &case.nft_golden else {
             continue;
         };
-        let mut argv = vec!["mesh-redirect".to_string(), "render".to_string()];
-        argv.extend(case.args.iter().cloned());
-        let Command::Render { redirect, .. } =
-            Cli::try_parse_from(argv).expect("case flags parse").command
-        else {
-            panic!(
-                "{}: `render` did not parse as the render command",
-                case.name
-            )
-        };
-        let env = env_map(&case.env);
-        let config = redirect
-            .to_raw(&|k| env.get(k).cloned())
+        let config = case
+            .raw()
             .validate(&groups)
             .unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let text = std::fs::read_to_string(golden).unwrap();

@@ -5,8 +5,6 @@
 
 mod support;
 
-use clap::Parser;
-use mesh_redirect::cli::{Cli, Command};
 use mesh_redirect::config::GroupFile;
 use mesh_redirect::model::{build, Flavor};
 use mesh_redirect::nft::render::render;
@@ -14,16 +12,7 @@ use std::path::Path;
 use support::*;
 
 fn config_of(case: &Case) -> mesh_redirect::config::Config {
-    let mut argv = vec!["mesh-redirect".to_string(), "render".to_string()];
-    argv.extend(case.args.iter().cloned());
-    let Command::Render { redirect, .. } =
-        Cli::try_parse_from(argv).expect("case flags parse").command
-    else {
-        unreachable!()
-    };
-    let env = env_map(&case.env);
-    redirect
-        .to_raw(&|k| env.get(k).cloned())
+    case.raw()
         .validate(&GroupFile::parse(TEST_GROUP_FILE))
         .unwrap_or_else(|e| panic!("{}: {e}", case.name))
 }

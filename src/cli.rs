@@ -385,6 +385,22 @@ impl RedirectArgs {
     }
 }
 
+/// The raw configuration for redirect flags (as `render` takes them) and an environment:
+/// the command line's own mapping, for tests and benchmarks that start from flags.
+pub fn raw_config<S: AsRef<str>>(
+    flags: &[S],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RawConfig, clap::Error> {
+    let argv = ["mesh-redirect", "render"]
+        .into_iter()
+        .map(str::to_string)
+        .chain(flags.iter().map(|f| f.as_ref().to_string()));
+    match Cli::try_parse_from(argv)?.command {
+        Command::Render { redirect, .. } => Ok(redirect.to_raw(env)),
+        _ => unreachable!("render was parsed"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 //! can be left behind; nothing is connected to the host and forwarding is never touched.
 #![allow(dead_code)]
 
-use mesh_redirect::config::{Config, GroupFile, RawConfig, Setting};
+use mesh_redirect::config::{Config, GroupFile, RawConfig};
 use mesh_redirect::netns::Netns;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -59,9 +59,14 @@ impl Spec {
 
     /// The validated configuration (no group names are used, so no group file is read).
     pub fn config(&self) -> Config {
-        raw_config(&self.flags)
+        self.raw()
             .validate(&GroupFile::default())
             .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+
+    /// The raw configuration the command line builds from these flags.
+    pub fn raw(&self) -> RawConfig {
+        mesh_redirect::cli::raw_config(&self.args(), &|_| None).expect("the bench flags parse")
     }
 
     /// The same configuration as command-line arguments of `mesh-redirect apply`.
@@ -92,23 +97,6 @@ fn cidr_list(n: usize, base: usize) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// The flags as the raw configuration the command line would build (flag names as origins).
-pub fn raw_config(flags: &[(&'static str, String)]) -> RawConfig {
-    let mut raw = RawConfig::default();
-    for (flag, value) in flags {
-        let s = Some(Setting::new(*flag, value.clone()));
-        match *flag {
-            "--ipv6" => raw.enable_ipv6 = s,
-            "-i" => raw.outbound_ip_ranges_include = s,
-            "-x" => raw.outbound_ip_ranges_exclude = s,
-            "-b" => raw.inbound_ports_include = s,
-            "-u" => raw.proxy_uid = s,
-            other => panic!("no RawConfig field for {other}"),
-        }
-    }
-    raw
 }
 
 /// The two configurations every stage is measured with.

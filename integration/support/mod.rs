@@ -46,6 +46,15 @@ pub struct Case {
     pub pod: Value,
 }
 
+impl Case {
+    /// The raw configuration our command line builds from the case's flags and environment.
+    pub fn raw(&self) -> mesh_redirect::config::RawConfig {
+        let env = env_map(&self.env);
+        mesh_redirect::cli::raw_config(&self.args, &|k| env.get(k).cloned())
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+}
+
 /// Istio's `config.Config` field names → our flags (env-only knobs → their variables).
 pub fn args_for(config: &Value) -> (Vec<String>, Vec<(String, String)>) {
     let s = |k: &str| {

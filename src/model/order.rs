@@ -64,22 +64,11 @@ impl Plan {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Cidr, GroupFile, RawConfig, Setting};
+    use crate::config::{Cidr, GroupFile};
     use crate::model::*;
 
-    fn plan(flavor: Flavor, settings: &[(&str, &str)]) -> Plan {
-        let mut raw = RawConfig::default();
-        for (k, v) in settings {
-            let s = Some(Setting::new(*k, *v));
-            match *k {
-                "-m" => raw.inbound_interception_mode = s,
-                "--ipv6" => raw.enable_ipv6 = s,
-                "--drop-invalid" => raw.drop_invalid = s,
-                "--redirect-dns" => raw.redirect_dns = s,
-                "--dns-servers-v4" => raw.dns_servers_v4 = s,
-                _ => unreachable!(),
-            }
-        }
+    fn plan(flavor: Flavor, flags: &[&str]) -> Plan {
+        let raw = crate::cli::raw_config(flags, &|_| None).unwrap();
         build(&raw.validate(&GroupFile::default()).unwrap(), flavor)
     }
 
@@ -105,7 +94,7 @@ mod tests {
 
     #[test]
     fn tproxy_inserts_resolve_like_nft_in_one_inet_chain() {
-        let p = plan(Flavor::Nftables, &[("-m", "TPROXY"), ("--ipv6", "true")]);
+        let p = plan(Flavor::Nftables, &["-m", "TPROXY", "--ipv6=true"]);
         let chains = p.resolve_inet();
         let inbound = chains
             .iter()
@@ -131,7 +120,7 @@ mod tests {
 
     #[test]
     fn tproxy_inserts_resolve_per_family_for_iptables() {
-        let p = plan(Flavor::Iptables, &[("-m", "TPROXY"), ("--ipv6", "true")]);
+        let p = plan(Flavor::Iptables, &["-m", "TPROXY", "--ipv6=true"]);
         let v4 = p.resolve_family(Family::V4);
         let inbound = v4
             .iter()
@@ -172,8 +161,8 @@ mod tests {
 
     #[test]
     fn flavors_differ_where_istios_generators_differ() {
-        let nft = plan(Flavor::Nftables, &[("--drop-invalid", "true")]);
-        let ipt = plan(Flavor::Iptables, &[("--drop-invalid", "true")]);
+        let nft = plan(Flavor::Nftables, &["--drop-invalid=true"]);
+        let ipt = plan(Flavor::Iptables, &["--drop-invalid=true"]);
         let drop_rule = |p: &Plan| {
             p.steps
                 .iter()
@@ -190,9 +179,9 @@ mod tests {
         assert_eq!(drop_rule(&ipt), vec![Match::CtState(CtState::Invalid)]);
 
         let dns = [
-            ("--ipv6", "true"),
-            ("--redirect-dns", "true"),
-            ("--dns-servers-v4", "10.0.0.10"),
+            "--ipv6=true",
+            "--redirect-dns=true",
+            "--dns-servers-v4=10.0.0.10",
         ];
         let jumps = |p: &Plan| {
             p.steps
@@ -211,7 +200,7 @@ mod tests {
     fn ipv6_rules_exist_only_when_enabled() {
         let p = plan(Flavor::Nftables, &[]);
         assert!(p.steps.iter().all(|s| s.rule.family != Family::V6));
-        let p = plan(Flavor::Nftables, &[("--ipv6", "true")]);
+        let p = plan(Flavor::Nftables, &["--ipv6=true"]);
         let six = Cidr::host("::6".parse().unwrap());
         assert!(p
             .steps

@@ -417,24 +417,13 @@ fn encode_expr(w: &mut MessageWriter, e: &Expr, sets: &mut impl Iterator<Item = 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{GroupFile, RawConfig, Setting};
+    use crate::config::GroupFile;
     use crate::model::{build, Flavor};
     use crate::nft::readback::decode_batch_rules;
     use crate::nft::wire::messages;
 
-    fn plan(settings: &[(&str, &str)]) -> Plan {
-        let mut raw = RawConfig::default();
-        for (k, v) in settings {
-            let s = Some(Setting::new(*k, *v));
-            match *k {
-                "-m" => raw.inbound_interception_mode = s,
-                "--ipv6" => raw.enable_ipv6 = s,
-                "--redirect-dns" => raw.redirect_dns = s,
-                "--capture-all-dns" => raw.capture_all_dns = s,
-                "-i" => raw.outbound_ip_ranges_include = s,
-                _ => unreachable!(),
-            }
-        }
+    fn plan(flags: &[&str]) -> Plan {
+        let raw = crate::cli::raw_config(flags, &|_| None).unwrap();
         build(
             &raw.validate(&GroupFile::default()).unwrap(),
             Flavor::Nftables,
@@ -505,14 +494,16 @@ mod tests {
         for settings in [
             vec![],
             vec![
-                ("-m", "TPROXY"),
-                ("--ipv6", "true"),
-                ("--redirect-dns", "true"),
-                ("--capture-all-dns", "true"),
+                "-m",
+                "TPROXY",
+                "--ipv6=true",
+                "--redirect-dns=true",
+                "--capture-all-dns=true",
             ],
             vec![
-                ("-i", "10.0.0.0/8,10.128.0.0/9,fd00::/7,0.0.0.0/0"),
-                ("--ipv6", "true"),
+                "-i",
+                "10.0.0.0/8,10.128.0.0/9,fd00::/7,0.0.0.0/0",
+                "--ipv6=true",
             ],
         ] {
             let p = plan(&settings);

@@ -14,9 +14,7 @@
 //! Only text: `apply` never produces or parses it. The argument order is Istio's: in nat and
 //! raw `iface, ! addr, -p/ports, addr, -m …`; in mangle `! addr, -p/ports, addr, iface, -m …`.
 
-use crate::model::{
-    Action, Chain, CtState, Family, Match, Plan, Position, Proto, Rule, Step, Table,
-};
+use crate::model::{Action, CtState, Family, Match, Plan, Position, Proto, Rule, Step, Table};
 
 fn is_builtin_target(name: &str) -> bool {
     matches!(
@@ -186,29 +184,6 @@ pub fn render(plan: &Plan) -> String {
     out += "iptables-save\n";
     if plan.enable_ipv6 {
         out += "ip6tables-save\n";
-    }
-    out
-}
-
-/// Chains a family's payload declares (for tests and verify messages).
-pub fn declared_chains(plan: &Plan, table: Table) -> Vec<Chain> {
-    let mut out: Vec<Chain> = Vec::new();
-    for s in plan.steps.iter().filter(|s| s.table == table) {
-        for c in [
-            Some(s.chain),
-            if let Action::Jump(c) = s.rule.action {
-                Some(c)
-            } else {
-                None
-            },
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if !c.is_builtin() && !out.contains(&c) {
-                out.push(c);
-            }
-        }
     }
     out
 }

@@ -313,6 +313,26 @@ pub struct Encoded {
     pub counters: Vec<Counters>,
 }
 
+impl Encoded {
+    /// Appends one entry, remembering where its counters come from.
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        l: Layout,
+        ip: &[u8],
+        nfcache: u32,
+        matches: &[Extension],
+        target: &Extension,
+        old: Option<usize>,
+        counters: Counters,
+    ) {
+        write_entry(&mut self.blob, l, ip, nfcache, matches, target);
+        self.num_entries += 1;
+        self.old_index.push(old);
+        self.counters.push(counters);
+    }
+}
+
 fn empty_ip(l: Layout) -> Vec<u8> {
     vec![0; l.ip_size]
 }
@@ -415,12 +435,19 @@ impl Table {
                 Target::Jump(c) => verdict_target(start_of(c)? as i32),
                 Target::Extension(e) => e.clone(),
             };
-            write_entry(&mut enc.blob, l, &r.ip, r.nfcache, &r.matches, &target);
-            enc.num_entries += 1;
-            enc.old_index.push(r.old_index);
-            enc.counters.push(r.counters);
+            enc.push(
+                l,
+                &r.ip,
+                r.nfcache,
+                &r.matches,
+                &target,
+                r.old_index,
+                r.counters,
+            );
             Ok(())
         };
+        // Policies, chain heads and tails: unconditional entries without matches.
+        let empty = empty_ip(l);
         for c in &builtins {
             let hook = c.hook.expect("built-in");
             enc.hook_entry[hook] = enc.blob.len() as u32;
@@ -431,56 +458,40 @@ impl Table {
             let (verdict, counters, old) =
                 c.policy
                     .unwrap_or((VERDICT_ACCEPT, Counters::default(), None));
-            write_entry(
-                &mut enc.blob,
-                l,
-                &empty_ip(l),
-                0,
-                &[],
-                &verdict_target(verdict),
-            );
-            enc.num_entries += 1;
-            enc.old_index.push(old);
-            enc.counters.push(counters);
+            enc.push(l, &empty, 0, &[], &verdict_target(verdict), old, counters);
         }
         for c in &users {
-            write_entry(
-                &mut enc.blob,
+            enc.push(
                 l,
-                &empty_ip(l),
+                &empty,
                 0,
                 &[],
                 &error_target(&c.name),
+                None,
+                Counters::default(),
             );
-            enc.num_entries += 1;
-            enc.old_index.push(None);
-            enc.counters.push(Counters::default());
             for r in &c.rules {
                 rule(&mut enc, r)?;
             }
-            write_entry(
-                &mut enc.blob,
+            enc.push(
                 l,
-                &empty_ip(l),
+                &empty,
                 0,
                 &[],
                 &verdict_target(VERDICT_RETURN),
+                None,
+                Counters::default(),
             );
-            enc.num_entries += 1;
-            enc.old_index.push(None);
-            enc.counters.push(Counters::default());
         }
-        write_entry(
-            &mut enc.blob,
+        enc.push(
             l,
-            &empty_ip(l),
+            &empty,
             0,
             &[],
             &error_target("ERROR"),
+            None,
+            Counters::default(),
         );
-        enc.num_entries += 1;
-        enc.old_index.push(None);
-        enc.counters.push(Counters::default());
         Ok(enc)
     }
 }
