@@ -25,8 +25,9 @@ use common::{kernel_criterion, require_root, specs, ScratchNetns, Spec};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
 use mesh_redirect::config::Config;
 use mesh_redirect::engine::{self, Backend, BackendChoice};
+use mesh_redirect::kernel::{NfTables, RouteOps};
 use mesh_redirect::model::{build, Flavor};
-use mesh_redirect::nft::batch::{encode, FaultInjection, Shape};
+use mesh_redirect::nft::batch::{encode, Shape};
 use mesh_redirect::nft::readback;
 use mesh_redirect::nft::socket::NfSocket;
 use mesh_redirect::routes::{self, RouteSocket};
@@ -87,13 +88,7 @@ fn create_paths(g: &mut Group, cfg: &Config) {
                 iters,
                 |ns| ns.netns(),
                 |_, netns| {
-                    engine::apply(
-                        &netns,
-                        cfg,
-                        BackendChoice::Nftables,
-                        FaultInjection::default(),
-                    )
-                    .expect("apply");
+                    engine::apply(&netns, cfg, BackendChoice::Nftables).expect("apply");
                 },
             )
         })
@@ -109,12 +104,7 @@ fn create_paths(g: &mut Group, cfg: &Config) {
                         .run(NfSocket::open)
                         .expect("namespace thread")
                         .expect("socket");
-                    let batch = encode(
-                        &plan,
-                        Shape::Create,
-                        sock.reserve_seqs(1 << 20),
-                        FaultInjection::default(),
-                    );
+                    let batch = encode(&plan, Shape::Create, sock.reserve_seqs(1 << 20));
                     (sock, batch)
                 },
                 |_, (mut sock, batch)| {
@@ -131,13 +121,7 @@ fn create_paths(g: &mut Group, cfg: &Config) {
                     iters,
                     |ns| ns.netns(),
                     |_, netns| {
-                        engine::apply(
-                            &netns,
-                            cfg,
-                            BackendChoice::IptablesLegacy,
-                            FaultInjection::default(),
-                        )
-                        .expect("apply");
+                        engine::apply(&netns, cfg, BackendChoice::IptablesLegacy).expect("apply");
                     },
                 )
             })
@@ -148,13 +132,7 @@ fn create_paths(g: &mut Group, cfg: &Config) {
 fn replace_paths(g: &mut Group, cfg: &Config) {
     let ns = ScratchNetns::new();
     let netns = ns.netns();
-    engine::apply(
-        &netns,
-        cfg,
-        BackendChoice::Nftables,
-        FaultInjection::default(),
-    )
-    .expect("first apply");
+    engine::apply(&netns, cfg, BackendChoice::Nftables).expect("first apply");
     // Alternating between two configurations, every apply really replaces our tables.
     let mut other = cfg.clone();
     other.outbound_ports_exclude.push(15999);
@@ -163,35 +141,17 @@ fn replace_paths(g: &mut Group, cfg: &Config) {
         b.iter(|| {
             flip.set(!flip.get());
             let c = if flip.get() { &other } else { cfg };
-            let report = engine::apply(
-                &netns,
-                c,
-                BackendChoice::Nftables,
-                FaultInjection::default(),
-            )
-            .expect("apply");
+            let report = engine::apply(&netns, c, BackendChoice::Nftables).expect("apply");
             assert!(report.replaced);
         })
     });
     // The same configuration again: the tables already match, nothing is sent.
-    engine::apply(
-        &netns,
-        cfg,
-        BackendChoice::Nftables,
-        FaultInjection::default(),
-    )
-    .expect("apply");
+    engine::apply(&netns, cfg, BackendChoice::Nftables).expect("apply");
     g.bench_function(
         "re-apply unchanged: engine::apply, tables already match",
         |b| {
             b.iter(|| {
-                let report = engine::apply(
-                    &netns,
-                    cfg,
-                    BackendChoice::Nftables,
-                    FaultInjection::default(),
-                )
-                .expect("apply");
+                let report = engine::apply(&netns, cfg, BackendChoice::Nftables).expect("apply");
                 assert!(!report.replaced && report.messages == 0);
             })
         },
@@ -207,12 +167,7 @@ fn replace_paths(g: &mut Group, cfg: &Config) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let batch = encode(
-                        &plan,
-                        Shape::Replace,
-                        sock.reserve_seqs(1 << 20),
-                        FaultInjection::default(),
-                    );
+                    let batch = encode(&plan, Shape::Replace, sock.reserve_seqs(1 << 20));
                     let start = Instant::now();
                     sock.send_batch(&batch).expect("replace batch");
                     total += start.elapsed();
@@ -223,15 +178,8 @@ fn replace_paths(g: &mut Group, cfg: &Config) {
     );
     let legacy = ScratchNetns::new();
     let legacy_netns = legacy.netns();
-    let apply_legacy = || {
-        engine::apply(
-            &legacy_netns,
-            cfg,
-            BackendChoice::IptablesLegacy,
-            FaultInjection::default(),
-        )
-        .expect("apply")
-    };
+    let apply_legacy =
+        || engine::apply(&legacy_netns, cfg, BackendChoice::IptablesLegacy).expect("apply");
     apply_legacy();
     g.bench_function(
         "re-apply: engine::apply iptables-legacy over our chains",
@@ -249,7 +197,7 @@ fn parts(c: &mut Criterion) {
     });
     let plan = engine::plan(&cfg, Backend::Nftables);
     g.bench_function("encode (create batch)", |b| {
-        b.iter(|| encode(&plan, Shape::Create, 1, FaultInjection::default()))
+        b.iter(|| encode(&plan, Shape::Create, 1))
     });
     let ns = ScratchNetns::new();
     let netns = ns.netns();

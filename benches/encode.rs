@@ -15,8 +15,8 @@ mod nftnl_ref;
 use common::specs;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mesh_redirect::model::{build, Family, Flavor, Table};
-use mesh_redirect::nft::batch::{encode, FaultInjection, Shape};
-use mesh_redirect::nft::wire::messages;
+use mesh_redirect::netlink::wire::messages;
+use mesh_redirect::nft::batch::{encode, Shape};
 use mesh_redirect::xt::abi::Layout;
 use mesh_redirect::xt::apply::layouts;
 use mesh_redirect::xt::merge::merge;
@@ -104,7 +104,7 @@ fn fresh_xt_tables(spec: &common::Spec) -> Option<Vec<(Layout, Table, XtTable)>>
 fn encoders(c: &mut Criterion) {
     for spec in specs() {
         let plan = build(&spec.config(), Flavor::Nftables);
-        let ours = encode(&plan, Shape::Create, 1, FaultInjection::default());
+        let ours = encode(&plan, Shape::Create, 1);
         let reference = nftnl_ref::bytes(&nftnl_ref::encode(&plan));
         // libnftnl also asks for ACKs on batch begin/end on kernels >= 6.10; compare the rest.
         assert_eq!(
@@ -126,27 +126,13 @@ fn encoders(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("encode/{}", spec.name));
         g.throughput(Throughput::Elements(plan.rule_count() as u64));
         g.bench_function("ours (nft::batch::encode)", |b| {
-            b.iter(|| {
-                encode(
-                    black_box(&plan),
-                    Shape::Create,
-                    1,
-                    FaultInjection::default(),
-                )
-            })
+            b.iter(|| encode(black_box(&plan), Shape::Create, 1))
         });
         g.bench_function("libnftnl (nftnl crate)", |b| {
             b.iter(|| nftnl_ref::encode(black_box(&plan)))
         });
         g.bench_function("ours, replace shape", |b| {
-            b.iter(|| {
-                encode(
-                    black_box(&plan),
-                    Shape::Replace,
-                    1,
-                    FaultInjection::default(),
-                )
-            })
+            b.iter(|| encode(black_box(&plan), Shape::Replace, 1))
         });
         if let Some(fresh) = fresh_xt_tables(&spec) {
             let plan = build(&spec.config(), Flavor::Iptables);

@@ -10,7 +10,6 @@ use common::{kernel_criterion, require_root, specs, ScratchNetns};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mesh_redirect::engine::{self, Backend, BackendChoice};
 use mesh_redirect::model::Table;
-use mesh_redirect::nft::batch::FaultInjection;
 use mesh_redirect::nft::readback::read_tables;
 use mesh_redirect::nft::socket::NfSocket;
 use mesh_redirect::nft::verify::diff;
@@ -23,13 +22,7 @@ fn readback(c: &mut Criterion) {
         let plan = engine::plan(&cfg, Backend::Nftables);
         let ns = ScratchNetns::new();
         let netns = ns.netns();
-        engine::apply(
-            &netns,
-            &cfg,
-            BackendChoice::Nftables,
-            FaultInjection::default(),
-        )
-        .expect("apply");
+        engine::apply(&netns, &cfg, BackendChoice::Nftables).expect("apply");
         let mut sock = netns
             .run(NfSocket::open)
             .expect("namespace thread")
@@ -47,25 +40,23 @@ fn readback(c: &mut Criterion) {
         });
         g.bench_function("engine::verify (thread, socket, read-back, diff)", |b| {
             b.iter(|| {
-                let (_, d) = engine::verify(&netns, &cfg, BackendChoice::Nftables).expect("verify");
+                let d = engine::verify(&netns, &cfg, BackendChoice::Nftables)
+                    .expect("verify")
+                    .differences;
                 assert!(d.is_empty());
             })
         });
         let legacy = ScratchNetns::new();
         let legacy_netns = legacy.netns();
-        engine::apply(
-            &legacy_netns,
-            &cfg,
-            BackendChoice::IptablesLegacy,
-            FaultInjection::default(),
-        )
-        .expect("apply iptables-legacy");
+        engine::apply(&legacy_netns, &cfg, BackendChoice::IptablesLegacy)
+            .expect("apply iptables-legacy");
         g.bench_function(
             "engine::verify iptables-legacy (thread, read-back, diff)",
             |b| {
                 b.iter(|| {
-                    let (_, d) = engine::verify(&legacy_netns, &cfg, BackendChoice::IptablesLegacy)
-                        .expect("verify");
+                    let d = engine::verify(&legacy_netns, &cfg, BackendChoice::IptablesLegacy)
+                        .expect("verify")
+                        .differences;
                     assert!(d.is_empty());
                 })
             },

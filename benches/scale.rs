@@ -19,7 +19,7 @@ mod common;
 
 use common::{bench_mode, require_root, ScratchNetns, Spec};
 use mesh_redirect::engine::{self, Backend, BackendChoice};
-use mesh_redirect::nft::batch::{encode, FaultInjection, Shape};
+use mesh_redirect::nft::batch::{encode, Shape};
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -167,8 +167,9 @@ fn round(contender: Contender, pods: usize, cni_conf: &std::path::Path) -> Round
     if contender == Contender::OursNftables {
         let cfg = Spec::default_ipv6().config();
         for ns in &spaces {
-            let (_, drift) =
-                engine::verify(&ns.netns(), &cfg, BackendChoice::Nftables).expect("verify");
+            let drift = engine::verify(&ns.netns(), &cfg, BackendChoice::Nftables)
+                .expect("verify")
+                .differences;
             assert!(
                 drift.is_empty(),
                 "drift after a concurrent apply: {drift:?}"
@@ -248,7 +249,7 @@ fn rule_count_sweep(runs: usize) {
         for spec in &specs {
             let cfg = spec.config();
             let plan = engine::plan(&cfg, Backend::Nftables);
-            let batch = encode(&plan, Shape::Create, 1, FaultInjection::default());
+            let batch = encode(&plan, Shape::Create, 1);
             let args = spec.args();
             let mut times = Vec::new();
             for _ in 0..runs + 3 {

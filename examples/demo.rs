@@ -12,7 +12,6 @@
 use mesh_redirect::config::{GroupFile, RawConfig};
 use mesh_redirect::engine::{self, BackendChoice};
 use mesh_redirect::netns::Netns;
-use mesh_redirect::nft::batch::FaultInjection;
 use mesh_redirect::probe::original_dst;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -87,13 +86,7 @@ fn main() {
         .validate(&GroupFile::default())
         .expect("defaults are valid");
     let ns = Netns::open(&pod).expect("pod namespace");
-    let report = engine::apply(
-        &ns,
-        &cfg,
-        BackendChoice::Nftables,
-        FaultInjection::default(),
-    )
-    .expect("apply");
+    let report = engine::apply(&ns, &cfg, BackendChoice::Nftables).expect("apply");
     println!(
         "applied {} objects in one batch of {} netlink messages, {} µs\n",
         report.objects,

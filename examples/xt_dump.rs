@@ -59,7 +59,9 @@ fn main() {
             {
                 out.extend(v.to_ne_bytes());
             }
-            out.extend(s.raw_entries(&table, info.size).expect("entries"));
+            out.extend(
+                mesh_redirect::kernel::XtTables::entries(&s, &table, info.size).expect("entries"),
+            );
             std::fs::write(file, out).expect("write fixture");
         }
         println!(

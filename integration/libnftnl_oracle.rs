@@ -39,7 +39,7 @@ mod support;
 
 use mesh_redirect::config::{Config, GroupFile, RawConfig};
 use mesh_redirect::model::{build, Action, CtState, Family, Flavor, Match, Position, Step};
-use mesh_redirect::nft::batch::{encode, FaultInjection, Shape};
+use mesh_redirect::nft::batch::{encode, Shape};
 use mesh_redirect::nft::render::rule_text;
 use nftnl::expr::{
     Bitwise, Cmp, CmpOp, Conntrack, Counter, Immediate, Meta, Register, States, Verdict,
@@ -593,7 +593,7 @@ fn every_rule_decodes_to_what_libnftnl_builds_from_the_model() {
     let mut mismatches = Vec::new();
     for case in cases() {
         let plan = build(&case.config, Flavor::Nftables);
-        let batch = encode(&plan, Shape::Create, 1, FaultInjection::default());
+        let batch = encode(&plan, Shape::Create, 1);
         let ours = match our_rules(&batch.bytes) {
             Ok(rules) => rules,
             Err(e) => {

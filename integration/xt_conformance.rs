@@ -145,6 +145,7 @@ fn apply_produces_the_kernel_state_of_istios_iptables_goldens() {
 /// entries as iptables did.
 #[test]
 fn tables_written_by_iptables_restore_reencode_byte_identically() {
+    use mesh_redirect::kernel::XtTables;
     use mesh_redirect::netns::Netns;
     use mesh_redirect::xt::abi::{IPV4, IPV6};
     use mesh_redirect::xt::socket::XtSocket;
@@ -204,7 +205,7 @@ fn tables_written_by_iptables_restore_reencode_byte_identically() {
 
 /// `IPT_SO_GET_ENTRIES` straight from the socket.
 fn raw_entries(s: &mesh_redirect::xt::socket::XtSocket, table: &str, size: u32) -> Vec<u8> {
-    s.raw_entries(table, size).unwrap()
+    mesh_redirect::kernel::XtTables::entries(s, table, size).unwrap()
 }
 
 /// Counters and `comefrom` are the kernel's bookkeeping (it resets them on replace).

@@ -1,79 +1,73 @@
 //! The operations the command line (and the CNI plugin) performs on a namespace: apply,
-//! verify, remove, with either backend. Each runs all of its kernel I/O on one namespace
-//! thread ([`Netns::run`]).
+//! verify, remove. Each runs all of its kernel I/O on one namespace thread
+//! ([`Netns::run`]) through the kernel seam ([`crate::kernel`]); the `*_in` forms take any
+//! [`Kernel`], so every decision here is unit-tested on the in-memory fake.
 //!
 //! Backend selection (`auto`) decides from facts and writes nothing to find out: the backend
 //! whose Istio rules already exist in the namespace wins (so a re-run never programs both);
-//! otherwise nftables when nf_tables answers; otherwise iptables-legacy.
+//! otherwise nftables when nf_tables answers; otherwise iptables-legacy. A state that cannot
+//! be read (no permission, a failed dump) is an error, never "nothing there".
 
+use crate::backend::iptables::IptablesLegacy;
+use crate::backend::nftables::Nftables;
+use crate::backend::{BackendError, RedirectBackend};
 use crate::config::Config;
-use crate::model::{self, Flavor, Plan, Table};
+use crate::kernel::{Kernel, RouteOps, System};
+use crate::model::{self, Plan};
 use crate::netns::{Netns, NetnsError};
-use crate::nft::batch::{encode, FaultInjection, Shape};
-use crate::nft::readback;
-use crate::nft::socket::{NetlinkError, NfSocket};
-use crate::nft::verify::diff;
-use crate::routes::{self, RouteObject, RouteSocket};
-use crate::xt;
+use crate::routes::{self, RouteObject};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+pub use crate::backend::{Backend, BackendChoice};
+
+/// The routing step that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOp {
+    /// Opening the rtnetlink socket.
+    Open,
+    /// Adding an object.
+    Add,
+    /// Deleting an object.
+    Delete,
+    /// Looking for an object.
+    Read,
+}
+
+/// What an engine operation can fail with.
 #[derive(Debug, Error)]
 pub enum EngineError {
+    /// The namespace could not be entered.
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    /// A backend could not read or write its rules.
     #[error(transparent)]
-    Netlink(#[from] NetlinkError),
-    #[error(transparent)]
-    Xtables(#[from] xt::apply::XtError),
+    Backend(#[from] BackendError),
+    /// The policy routing could not be read or written.
     #[error("{object}: {source}")]
     Route {
+        /// The object (`ip rule fwmark 1337 lookup 133`) or `rtnetlink socket`.
         object: String,
+        /// The step that failed.
+        op: RouteOp,
+        /// The kernel's answer.
         source: std::io::Error,
     },
-}
-
-/// A concrete backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Nftables,
-    IptablesLegacy,
-}
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Nftables => "nftables",
-            Backend::IptablesLegacy => "iptables-legacy",
-        }
-    }
-
-    pub fn flavor(self) -> Flavor {
-        match self {
-            Backend::Nftables => Flavor::Nftables,
-            Backend::IptablesLegacy => Flavor::Iptables,
-        }
-    }
-}
-
-/// What the user asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BackendChoice {
-    Nftables,
-    IptablesLegacy,
-    #[default]
-    Auto,
 }
 
 /// The backend used and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
+    /// The backend.
     pub backend: Backend,
+    /// Why (`requested`, `Istio nftables tables already exist`, …).
     pub reason: &'static str,
 }
 
+/// What `apply` did.
 #[derive(Debug, Clone)]
 pub struct ApplyReport {
+    /// The backend and why.
     pub decision: Decision,
     /// Tables, chains, sets and rules created (nftables) or rules written (iptables-legacy).
     pub objects: usize,
@@ -81,22 +75,30 @@ pub struct ApplyReport {
     pub messages: usize,
     /// Whether existing tables of ours were replaced (rather than created fresh).
     pub replaced: bool,
+    /// Routing objects added (and so ours to take back).
     pub routes_added: Vec<RouteObject>,
     /// iptables-legacy: table writes retried because another writer changed the table.
     pub retries: usize,
+    /// Wall time on the namespace thread.
     pub elapsed: Duration,
 }
 
-fn our_table_names() -> Vec<&'static str> {
-    Table::ALL.iter().map(|t| t.nft_name()).collect()
+/// What `verify` found.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// The backend and why.
+    pub decision: Decision,
+    /// One readable line per difference; empty when the kernel matches.
+    pub differences: Vec<String>,
 }
 
-fn existing_ours(sock: &mut NfSocket) -> Result<Vec<String>, NetlinkError> {
-    let names = our_table_names();
-    Ok(readback::inet_tables(sock)?
-        .into_iter()
-        .filter(|t| names.contains(&t.as_str()))
-        .collect())
+/// What `remove` deleted.
+#[derive(Debug, Clone)]
+pub struct RemoveReport {
+    /// Tables deleted or cleaned, both backends.
+    pub tables_removed: Vec<String>,
+    /// Routing objects deleted.
+    pub routes_removed: Vec<RouteObject>,
 }
 
 /// The plan for a configuration and backend.
@@ -104,188 +106,157 @@ pub fn plan(cfg: &Config, backend: Backend) -> Plan {
     model::build(cfg, backend.flavor())
 }
 
-/// Whether any loaded legacy table of either family holds Istio chains (reads only tables
-/// the kernel already has, so nothing is instantiated).
-fn legacy_has_ours() -> bool {
-    use xt::abi::{IPV4, IPV6};
-    [IPV4, IPV6].into_iter().any(|l| {
-        let loaded = xt::apply::loaded_tables(l);
-        let Ok(s) = xt::socket::XtSocket::open(l) else {
-            return false;
-        };
-        Table::ALL
-            .iter()
-            .filter(|t| loaded.iter().any(|n| n == t.iptables_name()))
-            .any(|t| {
-                s.read(t.iptables_name())
-                    .map(|(_, table)| xt::merge::has_ours(&table))
-                    .unwrap_or(false)
-            })
-    })
+fn route_error(object: impl ToString, op: RouteOp) -> impl FnOnce(std::io::Error) -> EngineError {
+    move |source| EngineError::Route {
+        object: object.to_string(),
+        op,
+        source,
+    }
 }
 
-/// Resolves `auto` inside the namespace (call on the namespace thread).
-/// What `auto` learnt of nf_tables: the socket it opened and our tables it found, reused by
-/// the apply (one socket, one dump).
-struct NftProbe {
-    sock: NfSocket,
-    existing: Vec<String>,
+fn permission_denied(e: &crate::nft::socket::NetlinkError) -> bool {
+    matches!(e.errno(), Some(libc::EPERM) | Some(libc::EACCES))
 }
 
-/// Resolves `auto` inside the namespace (call on the namespace thread).
-fn decide(choice: BackendChoice) -> (Decision, Option<NftProbe>) {
-    let requested = |backend| {
-        (
-            Decision {
-                backend,
-                reason: "requested",
-            },
-            None,
-        )
+/// Resolves `auto` inside the namespace (call on the namespace thread) and opens the chosen
+/// backend; the nf_tables socket `auto` probed with is reused by the operation.
+pub fn select<'k, K: Kernel>(
+    k: &'k K,
+    choice: BackendChoice,
+) -> Result<(Decision, Box<dyn RedirectBackend + 'k>), EngineError> {
+    let decision = |backend, reason| Decision { backend, reason };
+    let open_nft = || -> Result<Box<dyn RedirectBackend + 'k>, EngineError> {
+        let sock = k
+            .nftables()
+            .map_err(|e| BackendError::from(crate::nft::socket::NetlinkError::Io(e)))?;
+        Ok(Box::new(Nftables::new(sock)))
     };
     match choice {
-        BackendChoice::Nftables => requested(Backend::Nftables),
-        BackendChoice::IptablesLegacy => requested(Backend::IptablesLegacy),
+        BackendChoice::Nftables => Ok((decision(Backend::Nftables, "requested"), open_nft()?)),
+        BackendChoice::IptablesLegacy => Ok((
+            decision(Backend::IptablesLegacy, "requested"),
+            Box::new(IptablesLegacy::new(k)),
+        )),
         BackendChoice::Auto => {
-            let probe = NfSocket::open().ok().and_then(|mut sock| {
-                existing_ours(&mut sock)
-                    .ok()
-                    .map(|existing| NftProbe { sock, existing })
-            });
-            let decision = |backend, reason| Decision { backend, reason };
-            match probe {
-                Some(p) if !p.existing.is_empty() => (
-                    decision(Backend::Nftables, "Istio nftables tables already exist"),
-                    Some(p),
+            let probe = k
+                .nftables()
+                .map_err(crate::nft::socket::NetlinkError::Io)
+                .and_then(|sock| {
+                    let mut nft = Nftables::new(sock);
+                    let exists = nft.existing().map(|e| !e.is_empty())?;
+                    Ok((nft, exists))
+                });
+            let probe = match probe {
+                Ok(p) => Some(p),
+                // Not allowed to look is not the same as nf_tables being absent.
+                Err(e) if permission_denied(&e) => return Err(BackendError::from(e).into()),
+                Err(_) => None,
+            };
+            if let Some((nft, true)) = probe {
+                let d = decision(Backend::Nftables, "Istio nftables tables already exist");
+                return Ok((d, Box::new(nft)));
+            }
+            let mut legacy = IptablesLegacy::new(k);
+            if legacy.exists()? {
+                let d = decision(
+                    Backend::IptablesLegacy,
+                    "Istio iptables-legacy chains already exist",
+                );
+                return Ok((d, Box::new(legacy)));
+            }
+            Ok(match probe {
+                Some((nft, _)) => (
+                    decision(Backend::Nftables, "nf_tables answers"),
+                    Box::new(nft),
                 ),
-                _ if legacy_has_ours() => (
-                    decision(
-                        Backend::IptablesLegacy,
-                        "Istio iptables-legacy chains already exist",
-                    ),
-                    None,
-                ),
-                Some(p) => (decision(Backend::Nftables, "nf_tables answers"), Some(p)),
                 None => (
                     decision(Backend::IptablesLegacy, "nf_tables does not answer"),
-                    None,
+                    Box::new(legacy),
                 ),
+            })
+        }
+    }
+}
+
+/// The routing objects a configuration needs (TPROXY's policy routing, `::6` with IPv6).
+fn wanted_routes(cfg: &Config) -> Vec<RouteObject> {
+    routes::wanted(
+        cfg.needs_tproxy_routes(),
+        cfg.enable_ipv6,
+        cfg.tproxy_mark,
+        cfg.tproxy_route_table,
+    )
+}
+
+/// Adds the routing objects; on failure takes back what it added and returns the error.
+fn add_routes<R: RouteOps>(
+    rs: &mut R,
+    wanted: &[RouteObject],
+) -> Result<Vec<RouteObject>, EngineError> {
+    let mut added = Vec::new();
+    for &obj in wanted {
+        match rs.add(obj) {
+            Ok(true) => added.push(obj),
+            Ok(false) => {}
+            Err(e) => {
+                undo_routes(rs, &added);
+                return Err(route_error(obj, RouteOp::Add)(e));
             }
+        }
+    }
+    Ok(added)
+}
+
+fn undo_routes<R: RouteOps>(rs: &mut R, added: &[RouteObject]) {
+    for obj in added.iter().rev() {
+        if let Err(e) = rs.delete(*obj) {
+            tracing::warn!(object = %obj, error = %e, "could not take back a routing object");
         }
     }
 }
 
 /// Programs `cfg` into the namespace: routes, then the rules; routes are taken back if the
 /// rules are refused.
-pub fn apply(
-    ns: &Netns,
+pub fn apply(ns: &Netns, cfg: &Config, choice: BackendChoice) -> Result<ApplyReport, EngineError> {
+    ns.run(|| apply_in(&System, cfg, choice))?
+}
+
+/// [`apply`] in the caller's namespace, through `k`.
+pub fn apply_in<K: Kernel>(
+    k: &K,
     cfg: &Config,
     choice: BackendChoice,
-    fault: FaultInjection,
 ) -> Result<ApplyReport, EngineError> {
-    ns.run(|| {
-        let start = Instant::now();
-        let (decision, probe) = decide(choice);
-        let plan = plan(cfg, decision.backend);
-        let wanted = routes::wanted(
-            cfg.needs_tproxy_routes(),
-            cfg.enable_ipv6,
-            cfg.tproxy_mark,
-            cfg.tproxy_route_table,
-        );
-        let mut added = Vec::new();
-        let mut rsock = None;
-        for obj in wanted {
-            let rs = match &mut rsock {
-                Some(rs) => rs,
-                None => rsock.insert(RouteSocket::open().map_err(|source| EngineError::Route {
-                    object: "rtnetlink socket".into(),
-                    source,
-                })?),
-            };
-            match rs.add(obj) {
-                Ok(true) => added.push(obj),
-                Ok(false) => {}
-                Err(source) => {
-                    undo(rs, &added);
-                    return Err(EngineError::Route {
-                        object: obj.to_string(),
-                        source,
-                    });
-                }
-            }
-        }
-        let result = match decision.backend {
-            Backend::Nftables => apply_nft(&plan, fault, probe).map(|(o, m, r)| (o, m, r, 0)),
-            Backend::IptablesLegacy => xt::apply::apply(&plan, fault)
-                .map(|r| (r.rules, r.tables_written, r.replaced, r.retries))
-                .map_err(EngineError::from),
-        };
-        match result {
-            Ok((objects, messages, replaced, retries)) => Ok(ApplyReport {
-                decision,
-                objects,
-                messages,
-                replaced,
-                routes_added: added,
-                retries,
-                elapsed: start.elapsed(),
-            }),
-            Err(e) => {
-                if let Some(rs) = &mut rsock {
-                    undo(rs, &added);
-                }
-                Err(e)
-            }
-        }
-    })?
-}
-
-/// One batch: create-only on a fresh namespace, replace when our tables exist.
-fn apply_nft(
-    plan: &Plan,
-    fault: FaultInjection,
-    probe: Option<NftProbe>,
-) -> Result<(usize, usize, bool), EngineError> {
-    let (mut sock, existing) = match probe {
-        Some(p) => (p.sock, p.existing),
-        None => {
-            let mut sock = NfSocket::open().map_err(NetlinkError::Io)?;
-            let existing = existing_ours(&mut sock)?;
-            (sock, existing)
-        }
+    let start = Instant::now();
+    let (decision, mut backend) = select(k, choice)?;
+    let plan = plan(cfg, decision.backend);
+    let wanted = wanted_routes(cfg);
+    let mut rsock = match wanted.is_empty() {
+        true => None,
+        false => Some(
+            k.routes()
+                .map_err(route_error("rtnetlink socket", RouteOp::Open))?,
+        ),
     };
-    let mut shape = if existing.is_empty() {
-        Shape::Create
-    } else {
-        Shape::Replace
+    let added = match &mut rsock {
+        Some(rs) => add_routes(rs, &wanted)?,
+        None => Vec::new(),
     };
-    // Our tables are there already: when they hold exactly the plan, leave them (and their
-    // counters) alone. A replace deletes, and a deleting batch makes the socket's close wait
-    // for an RCU grace period (≈ 15 ms, kernel-notes §1.5); a no-op costs one read-back.
-    if shape == Shape::Replace && !fault.fail_last_message {
-        let kernel = readback::read_tables(&mut sock, &our_table_names())?;
-        if diff(plan, &kernel).is_empty() {
-            return Ok((0, 0, false));
-        }
-    }
-    loop {
-        let batch = encode(plan, shape, sock.reserve_seqs(1 << 20), fault);
-        match sock.send_batch(&batch) {
-            Ok(()) => return Ok((batch.objects, batch.messages.len(), shape == Shape::Replace)),
-            // Someone created one of our tables between our look and our batch.
-            Err(e) if shape == Shape::Create && e.errnos().contains(&libc::EEXIST) => {
-                shape = Shape::Replace
+    match backend.apply(&plan) {
+        Ok(a) => Ok(ApplyReport {
+            decision,
+            objects: a.objects,
+            messages: a.messages,
+            replaced: a.replaced,
+            routes_added: added,
+            retries: a.retries,
+            elapsed: start.elapsed(),
+        }),
+        Err(e) => {
+            if let Some(rs) = &mut rsock {
+                undo_routes(rs, &added);
             }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-fn undo(rs: &mut RouteSocket, added: &[RouteObject]) {
-    for obj in added.iter().rev() {
-        if let Err(e) = rs.delete(*obj) {
-            tracing::warn!(object = %obj, error = %e, "could not take back a routing object");
+            Err(e.into())
         }
     }
 }
@@ -295,92 +266,67 @@ pub fn verify(
     ns: &Netns,
     cfg: &Config,
     choice: BackendChoice,
-) -> Result<(Decision, Vec<String>), EngineError> {
-    ns.run(|| {
-        let (decision, _) = decide(choice);
-        let plan = plan(cfg, decision.backend);
-        let mut differences: Vec<String> = match decision.backend {
-            Backend::Nftables => {
-                let mut sock = NfSocket::open().map_err(NetlinkError::Io)?;
-                let kernel = readback::read_tables(&mut sock, &our_table_names())?;
-                diff(&plan, &kernel).iter().map(|d| d.to_string()).collect()
-            }
-            Backend::IptablesLegacy => xt::apply::verify(&plan)?
-                .iter()
-                .map(|d| d.to_string())
-                .collect(),
-        };
-        // The policy routing and the passthrough address belong to the redirect too.
-        let wanted = routes::wanted(
-            cfg.needs_tproxy_routes(),
-            cfg.enable_ipv6,
-            cfg.tproxy_mark,
-            cfg.tproxy_route_table,
-        );
-        if !wanted.is_empty() {
-            let mut rs = RouteSocket::open().map_err(|source| EngineError::Route {
-                object: "rtnetlink socket".into(),
-                source,
-            })?;
-            for obj in wanted {
-                if !rs.present(obj).map_err(|source| EngineError::Route {
-                    object: obj.to_string(),
-                    source,
-                })? {
-                    differences.push(format!("missing {obj}"));
-                }
-            }
-        }
-        Ok((decision, differences))
-    })?
+) -> Result<VerifyReport, EngineError> {
+    ns.run(|| verify_in(&System, cfg, choice))?
 }
 
-#[derive(Debug, Clone)]
-pub struct RemoveReport {
-    pub tables_removed: Vec<String>,
-    pub routes_removed: Vec<RouteObject>,
+/// [`verify`] in the caller's namespace, through `k`.
+pub fn verify_in<K: Kernel>(
+    k: &K,
+    cfg: &Config,
+    choice: BackendChoice,
+) -> Result<VerifyReport, EngineError> {
+    let (decision, mut backend) = select(k, choice)?;
+    let plan = plan(cfg, decision.backend);
+    let mut differences = backend.verify(&plan)?;
+    // The policy routing and the passthrough address belong to the redirect too.
+    let wanted = wanted_routes(cfg);
+    if !wanted.is_empty() {
+        let mut rs = k
+            .routes()
+            .map_err(route_error("rtnetlink socket", RouteOp::Open))?;
+        for obj in wanted {
+            if !rs.present(obj).map_err(route_error(obj, RouteOp::Read))? {
+                differences.push(format!("missing {obj}"));
+            }
+        }
+    }
+    Ok(VerifyReport {
+        decision,
+        differences,
+    })
 }
 
 /// Deletes our tables, chains and policy routing, from both backends; nothing else.
 /// Succeeds when there is nothing to do.
 pub fn remove(ns: &Netns, cfg: &Config) -> Result<RemoveReport, EngineError> {
-    ns.run(|| {
-        let mut tables_removed = Vec::new();
-        if let Ok(mut sock) = NfSocket::open() {
-            let existing = existing_ours(&mut sock)?;
-            if !existing.is_empty() {
-                let batch = encode(
-                    &plan(cfg, Backend::Nftables),
-                    Shape::Delete,
-                    sock.reserve_seqs(1 << 20),
-                    FaultInjection::default(),
-                );
-                sock.send_batch(&batch)?;
-                tables_removed.extend(existing.into_iter().map(|t| format!("inet {t}")));
-            }
+    ns.run(|| remove_in(&System, cfg))?
+}
+
+/// [`remove`] in the caller's namespace, through `k`.
+pub fn remove_in<K: Kernel>(k: &K, cfg: &Config) -> Result<RemoveReport, EngineError> {
+    let mut tables_removed = Vec::new();
+    // A namespace without nf_tables holds no nf_tables rules of ours.
+    if let Ok(sock) = k.nftables() {
+        let removed = Nftables::new(sock).remove(&plan(cfg, Backend::Nftables))?;
+        tables_removed.extend(removed.tables);
+    }
+    let legacy = IptablesLegacy::new(k).remove(&plan(cfg, Backend::IptablesLegacy))?;
+    tables_removed.extend(legacy.tables);
+    let mut rs = k
+        .routes()
+        .map_err(route_error("rtnetlink socket", RouteOp::Open))?;
+    let mut routes_removed = Vec::new();
+    for obj in routes::removable(cfg.tproxy_mark, cfg.tproxy_route_table) {
+        if rs
+            .delete_all(obj)
+            .map_err(route_error(obj, RouteOp::Delete))?
+        {
+            routes_removed.push(obj);
         }
-        let legacy = xt::apply::remove(&plan(cfg, Backend::IptablesLegacy))?;
-        tables_removed.extend((0..legacy).map(|_| "legacy table".to_string()));
-        let mut rs = RouteSocket::open().map_err(|source| EngineError::Route {
-            object: "rtnetlink socket".into(),
-            source,
-        })?;
-        let mut routes_removed = Vec::new();
-        for obj in routes::removable(cfg.tproxy_mark, cfg.tproxy_route_table) {
-            match rs.delete_all(obj) {
-                Ok(true) => routes_removed.push(obj),
-                Ok(false) => {}
-                Err(source) => {
-                    return Err(EngineError::Route {
-                        object: obj.to_string(),
-                        source,
-                    })
-                }
-            }
-        }
-        Ok(RemoveReport {
-            tables_removed,
-            routes_removed,
-        })
-    })?
+    }
+    Ok(RemoveReport {
+        tables_removed,
+        routes_removed,
+    })
 }

@@ -1,38 +1,59 @@
-//! `mesh-redirect`: apply, render, verify and remove Istio's sidecar redirect rules.
-//!
-//! Exit codes: 0 success; 1 `verify` found differences; 2 invalid input (nothing touched);
-//! 3 the namespace could not be entered; 4 the kernel refused (nothing changed); 5 the node
-//! installer could not configure the node; 126 `validate` found the redirect not working.
+//! `mesh-redirect`: apply, render, verify and remove Istio's sidecar redirect rules; validate
+//! a pod; install the CNI plugin on a node. One function per subcommand; every failure is an
+//! [`Error`] that knows its exit code (`mesh_redirect::error` lists them all).
 
 use clap::Parser;
-use mesh_redirect::cli::{Backend, Cli, Command, RedirectArgs};
-use mesh_redirect::config::{Config, ConfigError, HostGroups};
-use mesh_redirect::engine::{self, EngineError};
+use mesh_redirect::cli::{Backend, Cli, Command, NodeArgs, RedirectArgs, Target};
+use mesh_redirect::config::{parse, Config, ConfigError, HostGroups};
+use mesh_redirect::engine;
+use mesh_redirect::error::{Error, Operation};
 use mesh_redirect::netns::Netns;
-use mesh_redirect::nft::batch::FaultInjection;
 use mesh_redirect::nft::render::render;
 use mesh_redirect::xt::render::render as render_iptables;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn config(args: &RedirectArgs) -> Result<Config, ConfigError> {
+fn input(e: ConfigError) -> Error {
+    Error::Input(e.to_string())
+}
+
+fn config(args: &RedirectArgs) -> Result<Config, Error> {
     // A value that is not UTF-8 is kept (lossily) so that validation rejects it naming the
     // variable, instead of silently falling back to the default.
     let raw = args.to_raw(&|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()));
-    raw.validate(&HostGroups::default())
+    raw.validate(&HostGroups::default()).map_err(input)
+}
+
+/// The validated configuration and the opened namespace of a namespace command.
+fn target(target: &Target, redirect: &RedirectArgs) -> Result<(Config, Netns), Error> {
+    let cfg = config(redirect)?;
+    let ns = Netns::open(&target.netns)?;
+    Ok((cfg, ns))
+}
+
+fn engine_error(
+    operation: Operation,
+    ns: &Netns,
+) -> impl FnOnce(engine::EngineError) -> Error + '_ {
+    move |source| Error::Engine {
+        operation,
+        netns: ns.path().to_string(),
+        source,
+    }
 }
 
 /// The installer's options from flags and environment; plugin settings are checked by the
 /// installer itself before anything is written.
 fn install_options(
     node: &mesh_redirect::cli::NodeArgs,
-) -> Result<mesh_redirect::install::InstallOptions, Failure> {
+) -> Result<mesh_redirect::install::InstallOptions, Error> {
     use serde_json::Value;
     let mut plugin = match node.plugin_config.as_deref() {
         None | Some("") => serde_json::Map::new(),
         Some(text) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(m)) => m,
             _ => {
-                return Err(Failure::Input(format!(
+                return Err(Error::Input(format!(
                     "invalid value {text:?} for --plugin-config: expected a JSON object"
                 )))
             }
@@ -94,98 +115,172 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn fault_injection() -> FaultInjection {
-    #[cfg(feature = "fault-injection")]
-    {
-        // MESH_REDIRECT_FAULT=last-message,race (test builds only)
-        let fault = std::env::var("MESH_REDIRECT_FAULT").unwrap_or_default();
-        FaultInjection {
-            fail_last_message: fault.split(',').any(|f| f == "last-message"),
-            race_first_write: fault.split(',').any(|f| f == "race"),
+fn cmd_render(redirect: &RedirectArgs, backend: Backend) -> Result<(), Error> {
+    let cfg = config(redirect)?;
+    match backend {
+        Backend::IptablesLegacy => print!(
+            "{}",
+            render_iptables(&engine::plan(&cfg, engine::Backend::IptablesLegacy))
+        ),
+        Backend::Nftables | Backend::Auto => {
+            print!("{}", render(&engine::plan(&cfg, engine::Backend::Nftables)))
         }
     }
-    #[cfg(not(feature = "fault-injection"))]
-    FaultInjection::default()
+    Ok(())
 }
 
-enum Failure {
-    /// install/uninstall could not configure the node.
-    Node(String),
-    /// The redirect does not work (validate): Istio's exit code 126.
-    NotRedirected(String),
-    Input(String),
-    Netns(String),
-    Kernel(String),
-    Drift,
+fn cmd_apply(t: &Target, redirect: &RedirectArgs) -> Result<(), Error> {
+    let (cfg, ns) = target(t, redirect)?;
+    let report = engine::apply(&ns, &cfg, t.backend.choice())
+        .map_err(engine_error(Operation::Apply, &ns))?;
+    tracing::info!(
+        netns = ns.path(),
+        backend = report.decision.backend.name(),
+        because = report.decision.reason,
+        objects = report.objects,
+        messages = report.messages,
+        replaced = report.replaced,
+        routes = report.routes_added.len(),
+        retries = report.retries,
+        apply_us = report.elapsed.as_micros() as u64,
+        "applied"
+    );
+    Ok(())
 }
 
-fn engine_failure(e: EngineError) -> Failure {
-    match e {
-        EngineError::Netns(e) => Failure::Netns(e.to_string()),
-        other => Failure::Kernel(other.to_string()),
+fn cmd_verify(t: &Target, redirect: &RedirectArgs) -> Result<(), Error> {
+    let (cfg, ns) = target(t, redirect)?;
+    let report = engine::verify(&ns, &cfg, t.backend.choice())
+        .map_err(engine_error(Operation::Verify, &ns))?;
+    let backend = report.decision.backend.name();
+    if report.differences.is_empty() {
+        tracing::info!(
+            netns = ns.path(),
+            backend,
+            because = report.decision.reason,
+            "the kernel matches the expected rules"
+        );
+        return Ok(());
+    }
+    for d in &report.differences {
+        println!("{d}");
+    }
+    tracing::warn!(
+        netns = ns.path(),
+        backend,
+        differences = report.differences.len(),
+        "drift"
+    );
+    Err(Error::Drift(report.differences.len()))
+}
+
+fn cmd_remove(t: &Target, redirect: &RedirectArgs) -> Result<(), Error> {
+    let (cfg, ns) = target(t, redirect)?;
+    let report = engine::remove(&ns, &cfg).map_err(engine_error(Operation::Remove, &ns))?;
+    tracing::info!(
+        netns = ns.path(),
+        tables = report.tables_removed.len(),
+        routes = report.routes_removed.len(),
+        "removed"
+    );
+    Ok(())
+}
+
+/// `validate`'s flags, as the command line gives them.
+struct ValidateArgs {
+    netns: Option<String>,
+    probe_port: String,
+    inbound_capture_port: String,
+    proxy_port: String,
+    uid: String,
+    gid: Option<String>,
+    ipv6: bool,
+    timeout: String,
+}
+
+fn validate_options(a: &ValidateArgs) -> Result<mesh_redirect::validate::ValidateOptions, Error> {
+    let uid = parse::number_u32("--proxy-uid", &a.uid, "uid").map_err(input)?;
+    let timeout = mesh_redirect::cni::netconf::duration(
+        "--probe-timeout",
+        &serde_json::Value::String(a.timeout.clone()),
+    )
+    .map_err(|_| {
+        Error::Input(format!(
+            "invalid value {:?} for --probe-timeout: expected a duration such as 5s",
+            a.timeout
+        ))
+    })?;
+    Ok(mesh_redirect::validate::ValidateOptions {
+        probe_port: parse::port("--iptables-probe-port", &a.probe_port).map_err(input)?,
+        inbound_capture_port: parse::port("--inbound-capture-port", &a.inbound_capture_port)
+            .map_err(input)?,
+        proxy_port: parse::port("--envoy-port", &a.proxy_port).map_err(input)?,
+        uid,
+        gid: match &a.gid {
+            Some(g) => parse::number_u32("--proxy-gid", g, "gid").map_err(input)?,
+            None => uid,
+        },
+        ipv6: a.ipv6,
+        timeout,
+    })
+}
+
+fn cmd_validate(a: ValidateArgs) -> Result<(), Error> {
+    use mesh_redirect::validate::{validate, ValidateError};
+    let opts = validate_options(&a)?;
+    let result = match &a.netns {
+        Some(n) => Netns::open(n)?.run(|| validate(&opts))?,
+        None => validate(&opts),
+    };
+    match result {
+        Ok(v) => {
+            println!(
+                "redirect validated: a connection to {} as uid {} landed on {} (original destination {})",
+                v.probe, opts.uid, v.landed_on, v.original_destination
+            );
+            Ok(())
+        }
+        Err(e @ ValidateError::Listen { .. }) => Err(Error::Input(e.to_string())),
+        Err(e) => Err(Error::NotRedirected(e.to_string())),
     }
 }
 
-fn run(cli: Cli) -> Result<(), Failure> {
+fn cmd_install(
+    node: &NodeArgs,
+    once: bool,
+    ready_file: Option<PathBuf>,
+    cleanup_on_exit: Option<&str>,
+) -> Result<(), Error> {
+    let mut opts = install_options(node)?;
+    opts.once = once;
+    opts.ready_file = ready_file;
+    opts.cleanup_on_exit = match cleanup_on_exit {
+        None => false,
+        Some(v) => parse::boolean("--cleanup-on-exit", v).map_err(input)?,
+    };
+    mesh_redirect::install::run(&opts).map_err(|e| Error::Node(e.to_string()))
+}
+
+fn cmd_uninstall(node: &NodeArgs) -> Result<(), Error> {
+    let opts = install_options(node)?;
+    let report =
+        mesh_redirect::install::uninstall(&opts).map_err(|e| Error::Node(e.to_string()))?;
+    tracing::info!(
+        conflists_updated = report.conflists_updated.len(),
+        conflists_deleted = report.conflists_deleted.len(),
+        kubeconfig_removed = report.kubeconfig_removed,
+        binary_removed = report.binary_removed,
+        "uninstalled"
+    );
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
-        Command::Render { redirect, backend } => {
-            let cfg = config(&redirect).map_err(|e| Failure::Input(e.to_string()))?;
-            match backend {
-                Backend::IptablesLegacy => print!(
-                    "{}",
-                    render_iptables(&engine::plan(&cfg, engine::Backend::IptablesLegacy))
-                ),
-                Backend::Nftables | Backend::Auto => {
-                    print!("{}", render(&engine::plan(&cfg, engine::Backend::Nftables)))
-                }
-            }
-            Ok(())
-        }
-        Command::Apply { target, redirect } => {
-            let cfg = config(&redirect).map_err(|e| Failure::Input(e.to_string()))?;
-            let ns = Netns::open(&target.netns).map_err(|e| Failure::Netns(e.to_string()))?;
-            let report = engine::apply(&ns, &cfg, target.backend.choice(), fault_injection())
-                .map_err(engine_failure)?;
-            tracing::info!(
-                netns = ns.path(),
-                backend = report.decision.backend.name(),
-                because = report.decision.reason,
-                objects = report.objects,
-                messages = report.messages,
-                replaced = report.replaced,
-                routes = report.routes_added.len(),
-                retries = report.retries,
-                apply_us = report.elapsed.as_micros() as u64,
-                "applied"
-            );
-            Ok(())
-        }
-        Command::Verify { target, redirect } => {
-            let cfg = config(&redirect).map_err(|e| Failure::Input(e.to_string()))?;
-            let ns = Netns::open(&target.netns).map_err(|e| Failure::Netns(e.to_string()))?;
-            let (decision, differences) =
-                engine::verify(&ns, &cfg, target.backend.choice()).map_err(engine_failure)?;
-            let backend = decision.backend.name();
-            if differences.is_empty() {
-                tracing::info!(
-                    netns = ns.path(),
-                    backend,
-                    because = decision.reason,
-                    "the kernel matches the expected rules"
-                );
-                return Ok(());
-            }
-            for d in &differences {
-                println!("{d}");
-            }
-            tracing::warn!(
-                netns = ns.path(),
-                backend,
-                differences = differences.len(),
-                "drift"
-            );
-            Err(Failure::Drift)
-        }
+        Command::Render { redirect, backend } => cmd_render(&redirect, backend),
+        Command::Apply { target, redirect } => cmd_apply(&target, &redirect),
+        Command::Verify { target, redirect } => cmd_verify(&target, &redirect),
+        Command::Remove { target, redirect } => cmd_remove(&target, &redirect),
         Command::Validate {
             netns,
             probe_port,
@@ -195,93 +290,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
             gid,
             ipv6,
             timeout,
-        } => {
-            use mesh_redirect::config::parse;
-            let input = |e: ConfigError| Failure::Input(e.to_string());
-            let uid = parse::number_u32("--proxy-uid", &uid, "uid").map_err(input)?;
-            let opts = mesh_redirect::validate::ValidateOptions {
-                probe_port: parse::port("--iptables-probe-port", &probe_port).map_err(input)?,
-                inbound_capture_port: parse::port("--inbound-capture-port", &inbound_capture_port).map_err(input)?,
-                proxy_port: parse::port("--envoy-port", &proxy_port).map_err(input)?,
-                uid,
-                gid: match gid {
-                    Some(g) => parse::number_u32("--proxy-gid", &g, "gid").map_err(input)?,
-                    None => uid,
-                },
-                ipv6,
-                timeout: mesh_redirect::cni::netconf::duration("--probe-timeout", &serde_json::Value::String(timeout.clone()))
-                    .map_err(|_| Failure::Input(format!("invalid value {timeout:?} for --probe-timeout: expected a duration such as 5s")))?,
-            };
-            let result = match netns {
-                Some(n) => {
-                    let ns = Netns::open(&n).map_err(|e| Failure::Netns(e.to_string()))?;
-                    ns.run(|| mesh_redirect::validate::validate(&opts))
-                        .map_err(|e| Failure::Netns(e.to_string()))?
-                }
-                None => mesh_redirect::validate::validate(&opts),
-            };
-            match result {
-                Ok(v) => {
-                    println!(
-                        "redirect validated: a connection to {} as uid {} landed on {} (original destination {})",
-                        v.probe, opts.uid, v.landed_on, v.original_destination
-                    );
-                    Ok(())
-                }
-                Err(e @ mesh_redirect::validate::ValidateError::Listen { .. }) => {
-                    Err(Failure::Input(e.to_string()))
-                }
-                Err(e) => Err(Failure::NotRedirected(e.to_string())),
-            }
-        }
+        } => cmd_validate(ValidateArgs {
+            netns,
+            probe_port,
+            inbound_capture_port,
+            proxy_port,
+            uid,
+            gid,
+            ipv6,
+            timeout,
+        }),
         Command::Install {
             node,
             once,
             ready_file,
             cleanup_on_exit,
-        } => {
-            let mut opts = install_options(&node)?;
-            opts.once = once;
-            opts.ready_file = ready_file;
-            opts.cleanup_on_exit = match cleanup_on_exit.as_deref() {
-                None => false,
-                Some(v) => mesh_redirect::config::parse::boolean("--cleanup-on-exit", v)
-                    .map_err(|e| Failure::Input(e.to_string()))?,
-            };
-            mesh_redirect::install::run(&opts).map_err(|e| Failure::Node(e.to_string()))
-        }
-        Command::Uninstall { node } => {
-            let opts = install_options(&node)?;
-            let report = mesh_redirect::install::uninstall(&opts)
-                .map_err(|e| Failure::Node(e.to_string()))?;
-            tracing::info!(
-                conflists_updated = report.conflists_updated.len(),
-                conflists_deleted = report.conflists_deleted.len(),
-                kubeconfig_removed = report.kubeconfig_removed,
-                binary_removed = report.binary_removed,
-                "uninstalled"
-            );
-            Ok(())
-        }
-        Command::Remove { target, redirect } => {
-            let cfg = config(&redirect).map_err(|e| Failure::Input(e.to_string()))?;
-            let ns = Netns::open(&target.netns).map_err(|e| Failure::Netns(e.to_string()))?;
-            let report = engine::remove(&ns, &cfg).map_err(engine_failure)?;
-            tracing::info!(
-                netns = ns.path(),
-                tables = report.tables_removed.len(),
-                routes = report.routes_removed.len(),
-                "removed"
-            );
-            Ok(())
-        }
+        } => cmd_install(&node, once, ready_file, cleanup_on_exit.as_deref()),
+        Command::Uninstall { node } => cmd_uninstall(&node),
     }
 }
 
 fn main() -> ExitCode {
     // Run by a container runtime as a CNI plugin.
     if std::env::var_os("CNI_COMMAND").is_some() {
-        return mesh_redirect::cni::main(fault_injection());
+        return mesh_redirect::cni::main();
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -294,26 +326,12 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Drift) => ExitCode::from(1),
-        Err(Failure::Node(m)) => {
-            tracing::error!("{m}");
-            ExitCode::from(5)
-        }
-        Err(Failure::NotRedirected(m)) => {
-            tracing::error!("{m}");
-            ExitCode::from(126)
-        }
-        Err(Failure::Input(m)) => {
-            tracing::error!("{m}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Netns(m)) => {
-            tracing::error!("{m}");
-            ExitCode::from(3)
-        }
-        Err(Failure::Kernel(m)) => {
-            tracing::error!("{m}");
-            ExitCode::from(4)
+        Err(e) => {
+            // Drift was printed line by line on stdout already.
+            if !matches!(e, Error::Drift(_)) {
+                tracing::error!("{e}");
+            }
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -8,34 +8,21 @@
 //!
 //! Every object we add is remembered so that a failed nf_tables batch can take it back.
 
-use crate::nft::abi::{NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
-use crate::nft::wire::{messages, MessageWriter};
-use netlink_sys::{Socket, SocketAddr};
+use crate::kernel::RouteOps;
+use crate::netlink::consts::{
+    NETLINK_ROUTE, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+};
+use crate::netlink::route::*;
+use crate::netlink::socket::NetlinkSocket;
+use crate::netlink::wire::{attrs, MessageWriter};
 use std::io;
 use std::net::Ipv6Addr;
 
-const NETLINK_ROUTE: isize = 0;
-const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
-const RTM_NEWRULE: u16 = 32;
-const RTM_DELRULE: u16 = 33;
-const FRA_FWMARK: u16 = 10;
-const FRA_TABLE: u16 = 15;
-const RTA_OIF: u16 = 4;
-const RTA_TABLE: u16 = 15;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const FR_ACT_TO_TBL: u8 = 1;
-const RTPROT_BOOT: u8 = 3;
-const RT_SCOPE_HOST: u8 = 254;
-const RTN_LOCAL: u8 = 2;
 const AF_INET: u8 = libc::AF_INET as u8;
 const AF_INET6: u8 = libc::AF_INET6 as u8;
 
 /// One routing object we manage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteObject {
     /// `ip rule add fwmark MARK lookup TABLE` for a family.
     FwmarkRule { family: u8, mark: u32, table: u32 },
@@ -108,26 +95,124 @@ pub fn removable(mark: u32, table: u32) -> Vec<RouteObject> {
     out
 }
 
+/// An rtnetlink socket in the namespace of the thread that opened it.
 pub struct RouteSocket {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    sock: NetlinkSocket,
 }
+
+fn u32_attr(payload: &[u8], ty: u16) -> Option<u32> {
+    attrs(payload)
+        .find(|a| a.ty == ty)
+        .and_then(|a| a.value.get(..4))
+        .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+}
+
+const PASSTHROUGH_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
 
 impl RouteSocket {
     /// Opens an rtnetlink socket in the calling thread's namespace.
     pub fn open() -> io::Result<RouteSocket> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind(&SocketAddr::new(0, 0))?;
         Ok(RouteSocket {
-            sock,
-            seq: 1,
-            buf: vec![0; 8192],
+            sock: NetlinkSocket::open(NETLINK_ROUTE, 8192)?,
         })
     }
 
-    /// Adds `obj`; `Ok(false)` when it already existed (and so is not ours to undo).
-    pub fn add(&mut self, obj: RouteObject) -> io::Result<bool> {
+    /// A dump of `msg_type` with `header`: whether any answer's header and attributes
+    /// satisfy `matches`.
+    fn dump_any(
+        &mut self,
+        msg_type: u16,
+        header: &[u8],
+        matches: impl Fn(&[u8], &[u8]) -> bool,
+    ) -> io::Result<bool> {
+        let seq = self.sock.reserve_seqs(1);
+        let mut w = MessageWriter::default();
+        let start = w.begin_plain(msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, header);
+        w.end_message(start);
+        self.sock.send(&w.buf)?;
+        let mut found = false;
+        let len = header.len();
+        self.sock.dump(seq, |payload| {
+            if payload.len() >= len {
+                found |= matches(&payload[..len], &payload[len..]);
+            }
+        })?;
+        Ok(found)
+    }
+
+    fn has_fwmark_rule(&mut self, family: u8, mark: u32, table: u32) -> io::Result<bool> {
+        let hdr = FibRuleHdr {
+            family,
+            ..Default::default()
+        };
+        self.dump_any(RTM_GETRULE, &hdr.to_bytes(), |_, a| {
+            u32_attr(a, FRA_FWMARK) == Some(mark) && u32_attr(a, FRA_TABLE) == Some(table)
+        })
+    }
+
+    /// One add or delete request, answered by an ACK.
+    fn request(&mut self, obj: RouteObject, add: bool) -> io::Result<()> {
+        let lo = loopback_index()?;
+        let mut w = MessageWriter::default();
+        let flags = NLM_F_REQUEST | NLM_F_ACK | if add { NLM_F_CREATE | NLM_F_EXCL } else { 0 };
+        let seq = self.sock.reserve_seqs(1);
+        // Tables above 255 travel in the 32-bit attribute only.
+        let short_table = |table: u32| if table < 256 { table as u8 } else { 0 };
+        let start = match obj {
+            RouteObject::FwmarkRule {
+                family,
+                mark,
+                table,
+            } => {
+                let hdr = FibRuleHdr {
+                    family,
+                    table: short_table(table),
+                    action: FR_ACT_TO_TBL,
+                    ..Default::default()
+                };
+                let ty = if add { RTM_NEWRULE } else { RTM_DELRULE };
+                let s = w.begin_plain(ty, flags, seq, &hdr.to_bytes());
+                w.attr(FRA_FWMARK, &mark.to_ne_bytes());
+                w.attr(FRA_TABLE, &table.to_ne_bytes());
+                s
+            }
+            RouteObject::LocalDefault { family, table } => {
+                let hdr = RtMsg {
+                    family,
+                    table: short_table(table),
+                    protocol: RTPROT_BOOT,
+                    scope: RT_SCOPE_HOST,
+                    kind: RTN_LOCAL,
+                    ..Default::default()
+                };
+                let ty = if add { RTM_NEWROUTE } else { RTM_DELROUTE };
+                let s = w.begin_plain(ty, flags, seq, &hdr.to_bytes());
+                w.attr(RTA_OIF, &lo.to_ne_bytes());
+                w.attr(RTA_TABLE, &table.to_ne_bytes());
+                s
+            }
+            RouteObject::PassthroughV6 => {
+                let hdr = IfAddrMsg {
+                    family: AF_INET6,
+                    prefix_len: 128,
+                    index: lo,
+                    ..Default::default()
+                };
+                let ty = if add { RTM_NEWADDR } else { RTM_DELADDR };
+                let s = w.begin_plain(ty, flags, seq, &hdr.to_bytes());
+                w.attr(IFA_LOCAL, &PASSTHROUGH_V6.octets());
+                w.attr(IFA_ADDRESS, &PASSTHROUGH_V6.octets());
+                s
+            }
+        };
+        w.end_message(start);
+        self.sock.send(&w.buf)?;
+        self.sock.ack(seq)
+    }
+}
+
+impl RouteOps for RouteSocket {
+    fn add(&mut self, obj: RouteObject) -> io::Result<bool> {
         // A rule without an explicit priority gets a fresh one each time, so the kernel's
         // NLM_F_EXCL check never fires for it: look for an equal rule first.
         if let RouteObject::FwmarkRule {
@@ -147,8 +232,7 @@ impl RouteSocket {
         }
     }
 
-    /// Deletes `obj`; `Ok(false)` when it was not there.
-    pub fn delete(&mut self, obj: RouteObject) -> io::Result<bool> {
+    fn delete(&mut self, obj: RouteObject) -> io::Result<bool> {
         match self.request(obj, false) {
             Ok(()) => Ok(true),
             Err(e)
@@ -163,197 +247,37 @@ impl RouteSocket {
         }
     }
 
-    /// Deletes every copy of `obj` (earlier tools may have added a rule more than once).
-    pub fn delete_all(&mut self, obj: RouteObject) -> io::Result<bool> {
-        let mut any = false;
-        for _ in 0..64 {
-            if !self.delete(obj)? {
-                break;
-            }
-            any = true;
-        }
-        Ok(any)
-    }
-
-    fn has_fwmark_rule(&mut self, family: u8, mark: u32, table: u32) -> io::Result<bool> {
-        const RTM_GETRULE: u16 = 34;
-        self.dump_any(
-            RTM_GETRULE,
-            &[family, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            12,
-            |_, attrs| {
-                u32_attr(attrs, FRA_FWMARK) == Some(mark)
-                    && u32_attr(attrs, FRA_TABLE) == Some(table)
-            },
-        )
-    }
-
-    /// Whether `obj` is in the namespace (for `verify` and CNI CHECK).
-    pub fn present(&mut self, obj: RouteObject) -> io::Result<bool> {
-        const RTM_GETROUTE: u16 = 26;
-        const RTM_GETADDR: u16 = 22;
+    fn present(&mut self, obj: RouteObject) -> io::Result<bool> {
         match obj {
             RouteObject::FwmarkRule {
                 family,
                 mark,
                 table,
             } => self.has_fwmark_rule(family, mark, table),
-            RouteObject::LocalDefault { family, table } => self.dump_any(
-                RTM_GETROUTE,
-                &[family, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                12,
-                |hdr, attrs| {
-                    let in_table = u32_attr(attrs, RTA_TABLE).unwrap_or(hdr[4] as u32) == table;
-                    hdr[1] == 0 && hdr[7] == RTN_LOCAL && in_table
-                },
-            ),
-            RouteObject::PassthroughV6 => {
-                let six = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6).octets();
-                self.dump_any(
-                    RTM_GETADDR,
-                    &[AF_INET6, 0, 0, 0, 0, 0, 0, 0],
-                    8,
-                    |_, attrs| {
-                        crate::nft::wire::attrs(attrs)
-                            .any(|a| a.ty == IFA_ADDRESS && a.value == six)
-                    },
-                )
-            }
-        }
-    }
-
-    /// A dump of `msg_type`: whether any answer (family header of `header_len` bytes, then
-    /// attributes) satisfies `matches`.
-    fn dump_any(
-        &mut self,
-        msg_type: u16,
-        header: &[u8],
-        header_len: usize,
-        matches: impl Fn(&[u8], &[u8]) -> bool,
-    ) -> io::Result<bool> {
-        const NLM_F_DUMP: u16 = 0x300;
-        const NLMSG_DONE: u16 = 3;
-        self.seq += 1;
-        let seq = self.seq;
-        let mut w = MessageWriter::default();
-        let start = w.begin_plain(msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, header);
-        w.end_message(start);
-        self.sock.send(&w.buf, 0)?;
-        let mut found = false;
-        loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            for m in messages(&self.buf[..n]) {
-                if m.seq != seq {
-                    continue;
-                }
-                match m.msg_type {
-                    NLMSG_DONE => return Ok(found),
-                    NLMSG_ERROR => {
-                        let errno =
-                            i32::from_ne_bytes(m.payload[0..4].try_into().expect("4 bytes"));
-                        return if errno == 0 {
-                            Ok(found)
-                        } else {
-                            Err(io::Error::from_raw_os_error(-errno))
-                        };
-                    }
-                    _ if m.payload.len() >= header_len => {
-                        found |= matches(&m.payload[..header_len], &m.payload[header_len..])
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    fn request(&mut self, obj: RouteObject, add: bool) -> io::Result<()> {
-        let lo = loopback_index()?;
-        let mut w = MessageWriter::default();
-        let flags = NLM_F_REQUEST | NLM_F_ACK | if add { NLM_F_CREATE | NLM_F_EXCL } else { 0 };
-        self.seq += 1;
-        let seq = self.seq;
-        let start = match obj {
-            RouteObject::FwmarkRule {
-                family,
-                mark,
-                table,
-            } => {
-                let t = if table < 256 { table as u8 } else { 0 };
-                let hdr = [family, 0, 0, 0, t, 0, 0, FR_ACT_TO_TBL, 0, 0, 0, 0];
-                let s = w.begin_plain(
-                    if add { RTM_NEWRULE } else { RTM_DELRULE },
-                    flags,
-                    seq,
-                    &hdr,
-                );
-                w.attr(FRA_FWMARK, &mark.to_ne_bytes());
-                w.attr(FRA_TABLE, &table.to_ne_bytes());
-                s
-            }
             RouteObject::LocalDefault { family, table } => {
-                let t = if table < 256 { table as u8 } else { 0 };
-                let hdr = [
+                let hdr = RtMsg {
                     family,
-                    0,
-                    0,
-                    0,
-                    t,
-                    RTPROT_BOOT,
-                    RT_SCOPE_HOST,
-                    RTN_LOCAL,
-                    0,
-                    0,
-                    0,
-                    0,
-                ];
-                let s = w.begin_plain(
-                    if add { RTM_NEWROUTE } else { RTM_DELROUTE },
-                    flags,
-                    seq,
-                    &hdr,
-                );
-                w.attr(RTA_OIF, &lo.to_ne_bytes());
-                w.attr(RTA_TABLE, &table.to_ne_bytes());
-                s
+                    ..Default::default()
+                };
+                self.dump_any(RTM_GETROUTE, &hdr.to_bytes(), |h, a| {
+                    let Some(h) = RtMsg::parse(h) else {
+                        return false;
+                    };
+                    let in_table = u32_attr(a, RTA_TABLE).unwrap_or(h.table as u32) == table;
+                    h.dst_len == 0 && h.kind == RTN_LOCAL && in_table
+                })
             }
             RouteObject::PassthroughV6 => {
-                let mut hdr = vec![AF_INET6, 128, 0, 0];
-                hdr.extend_from_slice(&lo.to_ne_bytes());
-                let s = w.begin_plain(
-                    if add { RTM_NEWADDR } else { RTM_DELADDR },
-                    flags,
-                    seq,
-                    &hdr,
-                );
-                let six = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6).octets();
-                w.attr(IFA_LOCAL, &six);
-                w.attr(IFA_ADDRESS, &six);
-                s
-            }
-        };
-        w.end_message(start);
-        self.sock.send(&w.buf, 0)?;
-        loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            for m in messages(&self.buf[..n]) {
-                if m.msg_type == NLMSG_ERROR && m.seq == seq {
-                    let errno = i32::from_ne_bytes(m.payload[0..4].try_into().expect("4 bytes"));
-                    return if errno == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-errno))
-                    };
-                }
+                let hdr = IfAddrMsg {
+                    family: AF_INET6,
+                    ..Default::default()
+                };
+                self.dump_any(RTM_GETADDR, &hdr.to_bytes(), |_, a| {
+                    attrs(a).any(|x| x.ty == IFA_ADDRESS && x.value == PASSTHROUGH_V6.octets())
+                })
             }
         }
     }
-}
-
-fn u32_attr(attrs: &[u8], ty: u16) -> Option<u32> {
-    crate::nft::wire::attrs(attrs)
-        .find(|a| a.ty == ty)
-        .and_then(|a| a.value.get(..4))
-        .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
 }
 
 /// `lo`'s index in the calling thread's namespace.

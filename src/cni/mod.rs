@@ -20,8 +20,8 @@ pub mod protocol;
 
 use crate::config::{Config, HostGroups, Setting};
 use crate::engine::{self, EngineError};
-use crate::netns::{Netns, NetnsError};
-use crate::nft::batch::FaultInjection;
+use crate::error::Outcome;
+use crate::netns::Netns;
 use netconf::{LogLevel, Mode, NetConf};
 use pod::PodInfo;
 use protocol::{CniError, Code, Command, Environment, K8sArgs, LATEST};
@@ -32,11 +32,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 /// Runs one CNI invocation: environment, stdin, stdout, exit code.
-pub fn main(fault: FaultInjection) -> ExitCode {
+pub fn main() -> ExitCode {
     let env = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
-    let (out, ok) = match invoke(&env, &stdin, fault) {
+    let (out, ok) = match invoke(&env, &stdin) {
         Ok(out) => (out, true),
         Err((e, version)) => {
             tracing::error!("{e}");
@@ -61,7 +61,6 @@ type Failure = (CniError, String);
 pub fn invoke(
     env: &dyn Fn(&str) -> Option<String>,
     stdin: &[u8],
-    fault: FaultInjection,
 ) -> Result<Option<Value>, Failure> {
     let cni_env = Environment::from(env).map_err(|e| (e, LATEST.to_string()))?;
     if cni_env.command == Command::Version {
@@ -87,7 +86,7 @@ pub fn invoke(
     };
     match cni_env.command {
         Command::Version => unreachable!("answered above"),
-        Command::Add => add(&cni_env, &conf, fault).map_err(fail),
+        Command::Add => add(&cni_env, &conf).map_err(fail),
         Command::Del => del(&cni_env, &conf).map(|()| None).map_err(fail),
         Command::Check => {
             needs("0.4.0", "CHECK")?;
@@ -355,31 +354,33 @@ fn expected(env: &Environment, conf: &NetConf) -> Result<Expected, CniError> {
 }
 
 fn engine_error(e: EngineError, what: &str) -> CniError {
-    match e {
-        EngineError::Netns(NetnsError::NotFound { .. })
-        | EngineError::Netns(NetnsError::Enter { .. }) => CniError::new(
+    let (code, msg) = match e.outcome() {
+        Outcome::Namespace => (
             Code::UnknownContainer,
             format!("cannot enter the network namespace to {what}"),
-            e.to_string(),
         ),
-        other => CniError::new(
+        Outcome::PermissionDenied => (
+            Code::PermissionDenied,
+            format!("not permitted to {what} (a capability is missing)"),
+        ),
+        Outcome::KernelIo => (
+            Code::KernelIo,
+            format!("cannot read the namespace's state to {what}"),
+        ),
+        _ => (
             Code::RulesRefused,
             format!("the kernel refused to {what}; nothing was changed"),
-            other.to_string(),
         ),
-    }
+    };
+    CniError::new(code, msg, e.to_string())
 }
 
-fn add(
-    env: &Environment,
-    conf: &NetConf,
-    fault: FaultInjection,
-) -> Result<Option<Value>, CniError> {
+fn add(env: &Environment, conf: &NetConf) -> Result<Option<Value>, CniError> {
     match expected(env, conf)? {
         Expected::Skip(why) => tracing::info!(container = %env.container_id, "no redirect: {why}"),
         Expected::Redirect { cfg, pod } => {
             let ns = open_netns(env.netns.as_deref().unwrap_or_default())?;
-            let report = engine::apply(&ns, &cfg, conf.backend, fault)
+            let report = engine::apply(&ns, &cfg, conf.backend)
                 .map_err(|e| engine_error(e, "program the redirect"))?;
             tracing::info!(
                 pod = %pod,
@@ -437,7 +438,10 @@ fn check(env: &Environment, conf: &NetConf) -> Result<(), CniError> {
         }
         Expected::Redirect { cfg, pod } => {
             let ns = open_netns(env.netns.as_deref().unwrap_or_default())?;
-            let (decision, differences) = engine::verify(&ns, &cfg, conf.backend)
+            let engine::VerifyReport {
+                decision,
+                differences,
+            } = engine::verify(&ns, &cfg, conf.backend)
                 .map_err(|e| engine_error(e, "read the rules back"))?;
             if differences.is_empty() {
                 tracing::info!(pod = %pod, backend = decision.backend.name(), "CHECK: the redirect is in place");

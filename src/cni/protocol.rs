@@ -37,6 +37,10 @@ pub enum Code {
     ApiInvalidResponse = 102,
     /// CHECK: the namespace does not hold the expected rules.
     Drift = 103,
+    /// Not permitted to read or change the namespace's state (a missing capability).
+    PermissionDenied = 104,
+    /// The kernel's state could not be read (a failed socket or dump).
+    KernelIo = 105,
 }
 
 /// An error as the spec's JSON document.

@@ -1,30 +1,12 @@
 //! nf_tables netlink ABI numbers (`include/uapi/linux/netfilter/nf_tables.h`,
 //! `linux/netfilter/nfnetlink.h`, `linux/netlink.h`), only those we send or read.
 
-pub const NETLINK_NETFILTER: i32 = 12;
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
 pub const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 pub const NFNL_MSG_BATCH_END: u16 = 0x11;
 
-pub const NLM_F_REQUEST: u16 = 0x1;
-pub const NLM_F_MULTI: u16 = 0x2;
-pub const NLM_F_ACK: u16 = 0x4;
-pub const NLM_F_DUMP: u16 = 0x300;
-pub const NLM_F_CREATE: u16 = 0x400;
-pub const NLM_F_EXCL: u16 = 0x200;
-pub const NLM_F_APPEND: u16 = 0x800;
-/// In an error reply: the echoed request was cut to its header.
-pub const NLM_F_CAPPED: u16 = 0x100;
-/// In an error reply: extended-ack TLVs follow.
-pub const NLM_F_ACK_TLVS: u16 = 0x200;
-
-pub const NLMSG_ERROR: u16 = 0x2;
-pub const NLMSG_DONE: u16 = 0x3;
-pub const NLMSGERR_ATTR_MSG: u16 = 1;
-pub const NLMSGERR_ATTR_OFFS: u16 = 2;
-
-pub const NLA_F_NESTED: u16 = 1 << 15;
-pub const NLA_TYPE_MASK: u16 = !(1 << 15 | 1 << 14);
+// Generic netlink numbers live in `crate::netlink::consts`; re-exported for the nf_tables code.
+pub use crate::netlink::consts::*;
 
 pub const NFPROTO_INET: u8 = 1;
 pub const NFPROTO_IPV4: u8 = 2;

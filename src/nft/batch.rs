@@ -14,8 +14,8 @@
 use super::abi::*;
 use super::expr::{lower, CmpOp, Expr, Verdict};
 use super::render;
-use super::wire::MessageWriter;
 use crate::model::{Plan, Table};
+use crate::netlink::wire::MessageWriter;
 
 /// What a message of the batch creates, for error reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,16 +50,6 @@ pub enum Shape {
     Replace,
     /// Delete our tables (`remove`): the given ones are known to exist.
     Delete,
-}
-
-/// Test-only: make the last message of the batch fail (a jump to a chain that does not
-/// exist), to prove that a rejected batch changes nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct FaultInjection {
-    pub fail_last_message: bool,
-    /// iptables-legacy: another writer changes each table between our read and our write,
-    /// once, so the `EAGAIN` retry path runs.
-    pub race_first_write: bool,
 }
 
 struct Builder {
@@ -141,7 +131,13 @@ impl Builder {
 
 /// Encodes `plan` (an nftables-flavoured plan) as one batch. `first_seq` keeps sequence
 /// numbers unique on a socket that sends several batches.
-pub fn encode(plan: &Plan, shape: Shape, first_seq: u32, fault: FaultInjection) -> Batch {
+pub fn encode(plan: &Plan, shape: Shape, first_seq: u32) -> Batch {
+    let poisoned = crate::fault::active(crate::fault::Fault::LastMessage);
+    encode_batch(plan, shape, first_seq, poisoned)
+}
+
+/// [`encode`], with the test-only failing last rule when `_poisoned` (fault injection).
+fn encode_batch(plan: &Plan, shape: Shape, first_seq: u32, _poisoned: bool) -> Batch {
     let mut b = Builder::new(first_seq);
     b.message(
         NFNL_MSG_BATCH_BEGIN,
@@ -213,17 +209,15 @@ pub fn encode(plan: &Plan, shape: Shape, first_seq: u32, fault: FaultInjection) 
                 }
             }
         }
-        if fault.fail_last_message {
+        #[cfg(feature = "fault-injection")]
+        if _poisoned {
             if let Some(table) = plan.tables().first() {
                 let chain = plan.chains(*table)[0];
-                let broken = vec![Expr::Verdict(Verdict::Jump(
-                    "mesh-redirect-no-such-chain".into(),
-                ))];
                 rule_message(
                     &mut b,
                     table.nft_name(),
                     chain.nft_name(),
-                    &broken,
+                    &crate::fault::nft_broken_rule(),
                     "fault injection: jump to a missing chain".into(),
                 );
             }
@@ -243,6 +237,13 @@ pub fn encode(plan: &Plan, shape: Shape, first_seq: u32, fault: FaultInjection) 
         messages: b.messages,
         objects: b.objects,
     }
+}
+
+/// `NFTA_DATA_VALUE` wrapped in the given attribute (cmp data, immediate data, set keys).
+fn data_value(w: &mut MessageWriter, ty: u16, value: &[u8]) {
+    let n = w.nest_begin(ty);
+    w.attr(NFTA_DATA_VALUE, value);
+    w.nest_end(n);
 }
 
 /// An anonymous constant set per lookup (a set can be bound to one rule only, kernel-notes
@@ -283,7 +284,7 @@ fn rule_message(b: &mut Builder, table: &str, chain: &str, exprs: &[Expr], what:
                     let list = w.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
                     for e in elements {
                         let elem = w.nest_begin(NFTA_LIST_ELEM);
-                        w.data_value(NFTA_SET_ELEM_KEY, e);
+                        data_value(w, NFTA_SET_ELEM_KEY, e);
                         w.nest_end(elem);
                     }
                     w.nest_end(list);
@@ -344,7 +345,7 @@ fn encode_expr(w: &mut MessageWriter, e: &Expr, sets: &mut impl Iterator<Item = 
                     NFT_CMP_NEQ
                 },
             );
-            w.data_value(NFTA_CMP_DATA, data);
+            data_value(w, NFTA_CMP_DATA, data);
         }
         Expr::Payload { base, offset, len } => {
             w.attr_u32(NFTA_PAYLOAD_DREG, NFT_REG_1);
@@ -356,8 +357,8 @@ fn encode_expr(w: &mut MessageWriter, e: &Expr, sets: &mut impl Iterator<Item = 
             w.attr_u32(NFTA_BITWISE_SREG, NFT_REG_1);
             w.attr_u32(NFTA_BITWISE_DREG, NFT_REG_1);
             w.attr_u32(NFTA_BITWISE_LEN, mask.len() as u32);
-            w.data_value(NFTA_BITWISE_MASK, mask);
-            w.data_value(NFTA_BITWISE_XOR, xor);
+            data_value(w, NFTA_BITWISE_MASK, mask);
+            data_value(w, NFTA_BITWISE_XOR, xor);
         }
         Expr::Lookup { invert, .. } => {
             let id = sets.next().expect("a set was created for every lookup");
@@ -372,7 +373,7 @@ fn encode_expr(w: &mut MessageWriter, e: &Expr, sets: &mut impl Iterator<Item = 
         Expr::Counter => {}
         Expr::Immediate(value) => {
             w.attr_u32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
-            w.data_value(NFTA_IMMEDIATE_DATA, value);
+            data_value(w, NFTA_IMMEDIATE_DATA, value);
         }
         Expr::Verdict(v) => {
             w.attr_u32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
@@ -419,8 +420,8 @@ mod tests {
     use super::*;
     use crate::config::GroupFile;
     use crate::model::{build, Flavor};
+    use crate::netlink::wire::messages;
     use crate::nft::readback::decode_batch_rules;
-    use crate::nft::wire::messages;
 
     fn plan(flags: &[&str]) -> Plan {
         let raw = crate::cli::raw_config(flags, &|_| None).unwrap();
@@ -438,7 +439,7 @@ mod tests {
 
     #[test]
     fn a_create_batch_only_creates_and_asks_only_for_the_commit_ack() {
-        let b = encode(&plan(&[]), Shape::Create, 100, FaultInjection::default());
+        let b = encode(&plan(&[]), Shape::Create, 100);
         let t = types(&b);
         assert_eq!(t.first().unwrap().0, NFNL_MSG_BATCH_BEGIN);
         assert_eq!(t.last().unwrap().0, NFNL_MSG_BATCH_END);
@@ -471,7 +472,7 @@ mod tests {
 
     #[test]
     fn a_replace_batch_drops_all_three_tables_first() {
-        let b = encode(&plan(&[]), Shape::Replace, 1, FaultInjection::default());
+        let b = encode(&plan(&[]), Shape::Replace, 1);
         let t = types(&b);
         let deletes = t
             .iter()
@@ -507,7 +508,7 @@ mod tests {
             ],
         ] {
             let p = plan(&settings);
-            let b = encode(&p, Shape::Create, 1, FaultInjection::default());
+            let b = encode(&p, Shape::Create, 1);
             let decoded = decode_batch_rules(&b.bytes);
             let expected: Vec<(String, Vec<Expr>)> = p
                 .resolve_inet()
@@ -529,17 +530,10 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "fault-injection")]
     #[test]
     fn fault_injection_adds_one_failing_rule_at_the_end() {
-        let b = encode(
-            &plan(&[]),
-            Shape::Create,
-            1,
-            FaultInjection {
-                fail_last_message: true,
-                ..Default::default()
-            },
-        );
+        let b = encode_batch(&plan(&[]), Shape::Create, 1, true);
         let last = &b.messages[b.messages.len() - 2];
         assert!(last.object.contains("fault injection"));
     }

@@ -8,4 +8,3 @@ pub mod readback;
 pub mod render;
 pub mod socket;
 pub mod verify;
-pub mod wire;

@@ -3,8 +3,9 @@
 
 use super::abi::*;
 use super::expr::{CmpOp, Expr, MetaKey, Verdict};
-use super::socket::{NetlinkError, NfSocket};
-use super::wire::{attrs, find_attr, Attr};
+use super::socket::NetlinkError;
+use crate::kernel::{NfDump, NfTables};
+use crate::netlink::wire::{attrs, find_attr, Attr};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +29,8 @@ pub struct KernelTable {
 }
 
 /// Names of the `inet` tables that exist in the socket's namespace.
-pub fn inet_tables(sock: &mut NfSocket) -> Result<Vec<String>, NetlinkError> {
-    let replies = sock.dump(NFT_MSG_GETTABLE, NFPROTO_INET, |_| {})?;
+pub fn inet_tables(sock: &mut impl NfTables) -> Result<Vec<String>, NetlinkError> {
+    let replies = sock.dump(NfDump::Tables)?;
     Ok(replies
         .iter()
         .filter_map(|r| {
@@ -41,7 +42,10 @@ pub fn inet_tables(sock: &mut NfSocket) -> Result<Vec<String>, NetlinkError> {
 }
 
 /// Reads the named `inet` tables (those that exist) with all their chains and rules.
-pub fn read_tables(sock: &mut NfSocket, wanted: &[&str]) -> Result<Vec<KernelTable>, NetlinkError> {
+pub fn read_tables(
+    sock: &mut impl NfTables,
+    wanted: &[&str],
+) -> Result<Vec<KernelTable>, NetlinkError> {
     let existing = inet_tables(sock)?;
     let names: Vec<&str> = wanted
         .iter()
@@ -51,67 +55,17 @@ pub fn read_tables(sock: &mut NfSocket, wanted: &[&str]) -> Result<Vec<KernelTab
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let chain_replies = sock.dump(NFT_MSG_GETCHAIN, NFPROTO_INET, |_| {})?;
-    let set_replies = sock.dump(NFT_MSG_GETSET, NFPROTO_INET, |_| {})?;
+    let chain_replies = sock.dump(NfDump::Chains)?;
+    let set_replies = sock.dump(NfDump::Sets)?;
     let mut tables = Vec::new();
     for table in names {
-        // Elements of every set of this table, by the set's (kernel-assigned) name.
-        let mut sets: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
-        for s in &set_replies {
-            if find_attr(s, NFTA_SET_TABLE).and_then(|a| a.str()) != Some(table) {
-                continue;
-            }
-            let Some(set) = find_attr(s, NFTA_SET_NAME).and_then(|a| a.str()) else {
-                continue;
-            };
-            let elems = sock.dump(NFT_MSG_GETSETELEM, NFPROTO_INET, |w| {
-                w.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
-                w.attr_str(NFTA_SET_ELEM_LIST_SET, set);
-            })?;
-            let mut keys = Vec::new();
-            for e in &elems {
-                if let Some(list) = find_attr(e, NFTA_SET_ELEM_LIST_ELEMENTS) {
-                    for elem in list.nested() {
-                        if let Some(v) = elem
-                            .find(NFTA_SET_ELEM_KEY)
-                            .and_then(|k| k.find(NFTA_DATA_VALUE))
-                        {
-                            keys.push(v.value.to_vec());
-                        }
-                    }
-                }
-            }
-            sets.insert(set.to_string(), keys);
-        }
+        let sets = set_elements(sock, table, &set_replies)?;
         let mut chains: Vec<KernelChain> = chain_replies
             .iter()
             .filter(|c| find_attr(c, NFTA_CHAIN_TABLE).and_then(|a| a.str()) == Some(table))
-            .map(|c| KernelChain {
-                name: find_attr(c, NFTA_CHAIN_NAME)
-                    .and_then(|a| a.str())
-                    .unwrap_or_default()
-                    .to_string(),
-                base: find_attr(c, NFTA_CHAIN_HOOK).map(|h| BaseSpec {
-                    hook: h
-                        .find(NFTA_HOOK_HOOKNUM)
-                        .and_then(|a| a.u32_be())
-                        .unwrap_or(u32::MAX),
-                    priority: h
-                        .find(NFTA_HOOK_PRIORITY)
-                        .and_then(|a| a.u32_be())
-                        .unwrap_or(0) as i32,
-                    kind: find_attr(c, NFTA_CHAIN_TYPE)
-                        .and_then(|a| a.str())
-                        .unwrap_or_default()
-                        .to_string(),
-                }),
-                rules: Vec::new(),
-            })
+            .map(|c| decode_chain(c))
             .collect();
-        let rules = sock.dump(NFT_MSG_GETRULE, NFPROTO_INET, |w| {
-            w.attr_str(NFTA_RULE_TABLE, table)
-        })?;
-        for r in &rules {
+        for r in &sock.dump(NfDump::Rules { table })? {
             if find_attr(r, NFTA_RULE_TABLE).and_then(|a| a.str()) != Some(table) {
                 continue;
             }
@@ -131,6 +85,60 @@ pub fn read_tables(sock: &mut NfSocket, wanted: &[&str]) -> Result<Vec<KernelTab
         });
     }
     Ok(tables)
+}
+
+/// Elements of every set of `table`, by the set's (kernel-assigned) name.
+fn set_elements(
+    sock: &mut impl NfTables,
+    table: &str,
+    set_replies: &[Vec<u8>],
+) -> Result<HashMap<String, Vec<Vec<u8>>>, NetlinkError> {
+    let mut sets = HashMap::new();
+    for s in set_replies {
+        if find_attr(s, NFTA_SET_TABLE).and_then(|a| a.str()) != Some(table) {
+            continue;
+        }
+        let Some(set) = find_attr(s, NFTA_SET_NAME).and_then(|a| a.str()) else {
+            continue;
+        };
+        let mut keys = Vec::new();
+        for e in &sock.dump(NfDump::SetElements { table, set })? {
+            if let Some(list) = find_attr(e, NFTA_SET_ELEM_LIST_ELEMENTS) {
+                keys.extend(list.nested().filter_map(|elem| {
+                    elem.find(NFTA_SET_ELEM_KEY)
+                        .and_then(|k| k.find(NFTA_DATA_VALUE))
+                        .map(|v| v.value.to_vec())
+                }));
+            }
+        }
+        sets.insert(set.to_string(), keys);
+    }
+    Ok(sets)
+}
+
+/// A `GETCHAIN` reply: name, and hook, priority and type for a base chain.
+fn decode_chain(c: &[u8]) -> KernelChain {
+    KernelChain {
+        name: find_attr(c, NFTA_CHAIN_NAME)
+            .and_then(|a| a.str())
+            .unwrap_or_default()
+            .to_string(),
+        base: find_attr(c, NFTA_CHAIN_HOOK).map(|h| BaseSpec {
+            hook: h
+                .find(NFTA_HOOK_HOOKNUM)
+                .and_then(|a| a.u32_be())
+                .unwrap_or(u32::MAX),
+            priority: h
+                .find(NFTA_HOOK_PRIORITY)
+                .and_then(|a| a.u32_be())
+                .unwrap_or(0) as i32,
+            kind: find_attr(c, NFTA_CHAIN_TYPE)
+                .and_then(|a| a.str())
+                .unwrap_or_default()
+                .to_string(),
+        }),
+        rules: Vec::new(),
+    }
 }
 
 fn reg_u32(a: &Attr<'_>, ty: u16) -> Option<u32> {
@@ -251,10 +259,10 @@ pub fn decode_expr(elem: Attr<'_>, sets: &HashMap<String, Vec<Vec<u8>>>) -> Expr
 pub fn decode_batch_rules(batch: &[u8]) -> Vec<(String, Vec<Expr>)> {
     let mut sets: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
     let mut out = Vec::new();
-    for m in super::wire::messages(batch) {
+    for m in crate::netlink::wire::messages(batch) {
         let body = m
             .payload
-            .get(super::wire::NFGENMSG_LEN..)
+            .get(crate::netlink::wire::NFGENMSG_LEN..)
             .unwrap_or_default();
         match m.msg_type & 0xff {
             t if t == NFT_MSG_NEWSETELEM && m.msg_type >> 8 == NFNL_SUBSYS_NFTABLES => {

@@ -8,16 +8,19 @@
 
 use super::abi::*;
 use super::batch::Batch;
-use super::wire::{self, messages, NFGENMSG_LEN, NLMSG_HDRLEN};
-use netlink_sys::{Socket, SocketAddr};
+use crate::kernel::{NfDump, NfTables};
+use crate::netlink::error::ErrorReply;
+use crate::netlink::socket::NetlinkSocket;
+use crate::netlink::wire::{MessageWriter, NFGENMSG_LEN, NLMSG_HDRLEN};
 use std::io;
-use std::os::fd::AsRawFd;
 use thiserror::Error;
 
 /// One error reply, tied to the object of the message it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelError {
+    /// What the refused message creates or deletes (`rule 3 of inet istio-proxy-nat …`).
     pub object: String,
+    /// The errno the kernel answered.
     pub errno: i32,
     /// The kernel's extended-ack text, when it sent one.
     pub message: Option<String>,
@@ -38,21 +41,34 @@ impl std::fmt::Display for KernelError {
     }
 }
 
+/// What can go wrong talking nf_tables.
 #[derive(Debug, Error)]
 pub enum NetlinkError {
+    /// The socket could not be opened, or a send or receive failed.
     #[error("netlink socket: {0}")]
     Io(#[from] io::Error),
+    /// The kernel refused the batch (and so committed none of it).
     #[error("the kernel rejected the batch, nothing was changed: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Rejected(Vec<KernelError>),
-    #[error("dump failed: {0}")]
+    /// A dump could not be read: the state is unknown, not empty.
+    #[error("could not read the nf_tables state (dump failed): {0}")]
     Dump(io::Error),
 }
 
 impl NetlinkError {
+    /// The errnos of a refused batch (empty for other errors).
     pub fn errnos(&self) -> Vec<i32> {
         match self {
             NetlinkError::Rejected(e) => e.iter().map(|e| e.errno).collect(),
             _ => vec![],
+        }
+    }
+
+    /// The errno behind the error, when there is one (the first, for a refused batch).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Io(e) | NetlinkError::Dump(e) => e.raw_os_error(),
+            NetlinkError::Rejected(e) => e.first().map(|e| e.errno),
         }
     }
 }
@@ -60,192 +76,106 @@ impl NetlinkError {
 /// Receive buffers large enough for one ACK per message of a big batch.
 const SOCKET_BUFFER: usize = 16 << 20;
 
+/// An nf_tables socket in the namespace of the thread that opened it.
 pub struct NfSocket {
-    sock: Socket,
-    next_seq: u32,
-    buf: Vec<u8>,
+    sock: NetlinkSocket,
 }
 
 impl NfSocket {
     /// Opens the socket in the calling thread's network namespace; it stays bound to that
     /// namespace for its whole life.
     pub fn open() -> io::Result<NfSocket> {
-        let mut sock = Socket::new(NETLINK_NETFILTER as isize)?;
-        sock.bind(&SocketAddr::new(0, 0))?;
-        sock.set_ext_ack(true)?;
-        sock.set_cap_ack(true)?;
-        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-            let size = SOCKET_BUFFER as libc::c_int;
-            // SAFETY: a valid socket descriptor and a c_int option value of the stated size.
-            unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    &size as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(1);
-        Ok(NfSocket {
-            sock,
-            next_seq: seed | 1,
-            buf: vec![0; 1 << 16],
-        })
+        let mut sock = NetlinkSocket::open(NETLINK_NETFILTER as isize, 1 << 16)?;
+        sock.extended_acks()?;
+        sock.force_buffers(SOCKET_BUFFER);
+        Ok(NfSocket { sock })
     }
+}
 
-    /// Sequence numbers for the next batch; the caller encodes with this as `first_seq`.
-    pub fn reserve_seqs(&mut self, count: usize) -> u32 {
-        let first = self.next_seq;
-        self.next_seq = self.next_seq.wrapping_add(count as u32 + 1);
-        first
+impl NfTables for NfSocket {
+    fn reserve_seqs(&mut self, count: usize) -> u32 {
+        self.sock.reserve_seqs(count)
     }
 
     /// Sends the batch in one `send` and checks every reply.
-    pub fn send_batch(&mut self, batch: &Batch) -> Result<(), NetlinkError> {
-        let sent = self.sock.send(&batch.bytes, 0)?;
-        if sent != batch.bytes.len() {
-            return Err(NetlinkError::Io(io::Error::other(
-                "short send of the batch",
-            )));
-        }
+    fn send_batch(&mut self, batch: &Batch) -> Result<(), NetlinkError> {
+        self.sock.send(&batch.bytes)?;
         let mut errors = Vec::new();
-        let mut acked = std::collections::HashSet::new();
-        loop {
-            let n = match self.sock.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e.into()),
-            };
-            for msg in messages(&self.buf[..n]) {
-                if msg.msg_type != NLMSG_ERROR {
-                    continue;
-                }
-                let (errno, echoed_seq, ext) = parse_error(msg);
-                if errno == 0 {
-                    acked.insert(echoed_seq);
-                    continue;
-                }
-                let object = batch
-                    .message(echoed_seq)
-                    .map(|m| m.object.clone())
-                    .unwrap_or_else(|| "the transaction".to_string());
-                // The extended ack points at the offending attribute inside the message.
-                let object = match ext.offset {
-                    Some(off) if off as usize >= NLMSG_HDRLEN + NFGENMSG_LEN => {
-                        format!("{object} (attribute at byte {off} of the message)")
-                    }
-                    _ => object,
-                };
-                errors.push(KernelError {
-                    object,
-                    errno: -errno,
-                    message: ext.message,
-                });
+        let mut committed_ack = false;
+        let end = batch.messages.last().map(|m| m.seq);
+        self.sock.drain(|msg| {
+            if msg.msg_type != NLMSG_ERROR {
+                return;
             }
-        }
+            let reply = ErrorReply::parse(&msg);
+            if reply.errno == 0 {
+                committed_ack |= Some(reply.seq) == end;
+                return;
+            }
+            errors.push(refusal(batch, reply));
+        })?;
         if !errors.is_empty() {
             return Err(NetlinkError::Rejected(errors));
         }
         // No error is the commit. Kernels ≥ 6.10 also ACK BATCH_END once committed; older
         // ones ignore the flag, so its absence proves nothing and is not waited for.
-        let end = batch.messages.last().map(|m| m.seq);
-        tracing::trace!(
-            commit_acked = end.map(|s| acked.contains(&s)).unwrap_or(false),
-            "batch committed"
-        );
+        tracing::trace!(commit_acked = committed_ack, "batch committed");
         Ok(())
     }
 
-    /// A `GET…` dump: returns the attribute area of every reply message.
-    pub fn dump(
-        &mut self,
-        msg: u16,
-        family: u8,
-        attrs: impl FnOnce(&mut wire::MessageWriter),
-    ) -> Result<Vec<Vec<u8>>, NetlinkError> {
-        let seq = self.reserve_seqs(1);
-        let mut w = wire::MessageWriter::default();
+    fn dump(&mut self, request: NfDump<'_>) -> Result<Vec<Vec<u8>>, NetlinkError> {
+        let seq = self.sock.reserve_seqs(1);
+        let mut w = MessageWriter::default();
+        let msg = match request {
+            NfDump::Tables => NFT_MSG_GETTABLE,
+            NfDump::Chains => NFT_MSG_GETCHAIN,
+            NfDump::Sets => NFT_MSG_GETSET,
+            NfDump::SetElements { .. } => NFT_MSG_GETSETELEM,
+            NfDump::Rules { .. } => NFT_MSG_GETRULE,
+        };
         let start = w.begin_message(
             (NFNL_SUBSYS_NFTABLES << 8) | msg,
             NLM_F_REQUEST | NLM_F_DUMP,
             seq,
-            family,
+            NFPROTO_INET,
             0,
         );
-        attrs(&mut w);
+        match request {
+            NfDump::SetElements { table, set } => {
+                w.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+                w.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+            }
+            NfDump::Rules { table } => w.attr_str(NFTA_RULE_TABLE, table),
+            _ => {}
+        }
         w.end_message(start);
-        self.sock.send(&w.buf, 0).map_err(NetlinkError::Dump)?;
+        self.sock.send(&w.buf).map_err(NetlinkError::Dump)?;
         let mut out = Vec::new();
-        loop {
-            let n = self
-                .sock
-                .recv(&mut &mut self.buf[..], 0)
-                .map_err(NetlinkError::Dump)?;
-            for m in messages(&self.buf[..n]) {
-                if m.seq != seq {
-                    continue;
-                }
-                match m.msg_type {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let (errno, _, _) = parse_error(m);
-                        if errno == 0 {
-                            return Ok(out);
-                        }
-                        return Err(NetlinkError::Dump(io::Error::from_raw_os_error(-errno)));
-                    }
-                    _ => out.push(m.payload.get(NFGENMSG_LEN..).unwrap_or_default().to_vec()),
-                }
-                if m.flags & NLM_F_MULTI == 0 {
-                    return Ok(out);
-                }
-            }
-        }
+        self.sock
+            .dump(seq, |payload| {
+                out.push(payload.get(NFGENMSG_LEN..).unwrap_or_default().to_vec())
+            })
+            .map_err(NetlinkError::Dump)?;
+        Ok(out)
     }
 }
 
-#[derive(Default)]
-struct ExtAck {
-    message: Option<String>,
-    offset: Option<u32>,
-}
-
-/// `struct nlmsgerr`: the errno, the echoed request header (and payload unless capped), then
-/// extended-ack attributes.
-fn parse_error(msg: wire::Message<'_>) -> (i32, u32, ExtAck) {
-    let p = msg.payload;
-    if p.len() < 4 + NLMSG_HDRLEN {
-        return (-libc::EPROTO, 0, ExtAck::default());
-    }
-    let errno = i32::from_ne_bytes(p[0..4].try_into().expect("4 bytes"));
-    let echoed_len = u32::from_ne_bytes(p[4..8].try_into().expect("4 bytes")) as usize;
-    let echoed_seq = u32::from_ne_bytes(p[12..16].try_into().expect("4 bytes"));
-    let mut ext = ExtAck::default();
-    if msg.flags & NLM_F_ACK_TLVS != 0 {
-        let skip = if msg.flags & NLM_F_CAPPED != 0 {
-            NLMSG_HDRLEN
-        } else {
-            wire::align4(echoed_len)
-        };
-        if let Some(tlvs) = p.get(4 + skip..) {
-            for a in wire::attrs(tlvs) {
-                match a.ty {
-                    NLMSGERR_ATTR_MSG => ext.message = a.str().map(str::to_string),
-                    NLMSGERR_ATTR_OFFS => {
-                        ext.offset = a
-                            .value
-                            .get(..4)
-                            .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
-                    }
-                    _ => {}
-                }
-            }
+/// An error reply as a refusal of the object its message stands for.
+fn refusal(batch: &Batch, reply: ErrorReply) -> KernelError {
+    let object = batch
+        .message(reply.seq)
+        .map(|m| m.object.clone())
+        .unwrap_or_else(|| "the transaction".to_string());
+    // The extended ack points at the offending attribute inside the message.
+    let object = match reply.ext.offset {
+        Some(off) if off as usize >= NLMSG_HDRLEN + NFGENMSG_LEN => {
+            format!("{object} (attribute at byte {off} of the message)")
         }
+        _ => object,
+    };
+    KernelError {
+        object,
+        errno: reply.errno,
+        message: reply.ext.message,
     }
-    (errno, echoed_seq, ext)
 }

@@ -9,27 +9,75 @@
 
 use super::abi::{Layout, IPV4, IPV6};
 use super::merge::{has_ours, lowered_steps, merge, our_part, same_rule, strip};
-use super::socket::XtSocket;
-use super::table::{Counters, Extension, Rule as XtRule, Table as XtTable, Target};
+use super::socket::read_table;
+use super::table::{Counters, Rule as XtRule, Table as XtTable};
+use crate::kernel::{Kernel, XtTables};
 use crate::model::{Family, Plan, Table};
-use crate::nft::batch::FaultInjection;
 use std::io;
 use thiserror::Error;
 
+/// What went wrong with one table of one family.
 #[derive(Debug, Error)]
 pub enum XtError {
-    #[error("{family} table {table}: {source}")]
+    /// A call into the kernel failed.
+    #[error("{family} table {table}: {op}: {source}")]
     Kernel {
+        /// `IPv4` or `IPv6`.
         family: &'static str,
+        /// The table (`nat`, `mangle`, `raw`).
         table: &'static str,
+        /// What we were doing.
+        op: XtOp,
+        /// The kernel's answer.
         source: io::Error,
     },
+    /// The new table could not be encoded (a bug, or a foreign rule we cannot re-encode).
     #[error("{family} table {table}: cannot encode: {reason}")]
     Encode {
+        /// `IPv4` or `IPv6`.
         family: &'static str,
+        /// The table.
         table: &'static str,
+        /// Why.
         reason: String,
     },
+}
+
+/// The step of a table write that failed: reads learn the state, writes change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XtOp {
+    /// Opening the family's raw socket.
+    Open,
+    /// Listing the tables the kernel has instantiated.
+    ListTables,
+    /// Reading a table (`GET_INFO`, `GET_ENTRIES`).
+    Read,
+    /// Swapping a table (`SET_REPLACE`).
+    Replace,
+    /// Carrying counters over (`SET_ADD_COUNTERS`).
+    AddCounters,
+}
+
+impl std::fmt::Display for XtOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XtOp::Open => "cannot open the xtables socket",
+            XtOp::ListTables => "cannot list the loaded tables",
+            XtOp::Read => "cannot read the table",
+            XtOp::Replace => "the kernel refused the new table",
+            XtOp::AddCounters => "cannot carry the counters over",
+        })
+    }
+}
+
+impl XtError {
+    /// The failed step and the errno, when the kernel answered one.
+    pub fn op_errno(&self) -> Option<(XtOp, Option<i32>)> {
+        match self {
+            XtError::Kernel { op, source, .. } => Some((*op, source.raw_os_error())),
+            XtError::Encode { .. } => None,
+        }
+    }
 }
 
 const RETRIES: usize = 32;
@@ -53,33 +101,6 @@ fn family_of(l: Layout) -> Family {
     }
 }
 
-/// Tables the kernel has instantiated in the calling thread's namespace. Reading a table
-/// instantiates it, so we look here first and never create a table we do not write.
-pub fn loaded_tables(l: Layout) -> Vec<String> {
-    let file = if l.ipv6 {
-        "/proc/thread-self/net/ip6_tables_names"
-    } else {
-        "/proc/thread-self/net/ip_tables_names"
-    };
-    std::fs::read_to_string(file)
-        .map(|s| s.lines().map(str::to_string).collect())
-        .unwrap_or_default()
-}
-
-/// Test-only: an extension the kernel does not know, to make the last table write fail.
-fn poison(t: &mut XtTable, l: Layout) {
-    if let Some(c) = t.chains.iter_mut().find(|c| c.hook.is_some()) {
-        c.rules.push(XtRule {
-            ip: vec![0; l.ip_size],
-            nfcache: 0,
-            matches: vec![],
-            target: Target::Extension(Extension::new("MESHFAULT", 0, vec![0; 8])),
-            counters: Counters::default(),
-            old_index: None,
-        });
-    }
-}
-
 /// One table write that can be undone.
 struct Written {
     layout: Layout,
@@ -87,33 +108,23 @@ struct Written {
     before: XtTable,
 }
 
-fn err(l: Layout, table: &'static str, source: io::Error) -> XtError {
-    XtError::Kernel {
+/// Ties a kernel error to the family, table and step it happened in.
+pub(crate) fn err(l: Layout, table: &'static str, op: XtOp) -> impl FnOnce(io::Error) -> XtError {
+    move |source| XtError::Kernel {
         family: family_name(l),
         table,
+        op,
         source,
     }
 }
 
-/// Test-only: what another writer does between our read and our write (one foreign rule
-/// appended to the first built-in chain), so that the kernel answers `EAGAIN`.
-fn race(s: &XtSocket, name: &'static str) {
-    if let Ok((info, mut t)) = s.read(name) {
-        let n = t.num_entries;
-        if let Some(c) = t.chains.iter_mut().find(|c| c.hook.is_some()) {
-            c.rules.push(XtRule {
-                ip: vec![0; s.layout.ip_size],
-                nfcache: 0,
-                matches: vec![],
-                target: Target::Verdict(super::abi::VERDICT_RETURN),
-                counters: Counters::default(),
-                old_index: None,
-            });
-        }
-        if let Ok(enc) = t.encode(s.layout) {
-            let _ = s.replace(name, info.valid_hooks, n, &enc);
-        }
-    }
+/// Tables the kernel has instantiated for the family of `l`.
+fn loaded<K: Kernel>(k: &K, l: Layout) -> Result<Vec<String>, XtError> {
+    k.xt_loaded_tables(l).map_err(err(l, "*", XtOp::ListTables))
+}
+
+fn open<K: Kernel>(k: &K, l: Layout, table: &'static str) -> Result<K::Xt, XtError> {
+    k.xtables(l).map_err(err(l, table, XtOp::Open))
 }
 
 fn same_part(a: &[(String, Vec<XtRule>)], b: &[(String, Vec<XtRule>)]) -> bool {
@@ -135,15 +146,14 @@ fn unchanged(new: &XtTable, current: &XtTable) -> bool {
 /// Replaces `name` with `make(current)`, retrying on `EAGAIN`. Returns the table as it was
 /// (`None` when nothing needed writing) and how many attempts met `EAGAIN`.
 fn replace_with(
-    s: &XtSocket,
+    s: &impl XtTables,
     name: &'static str,
     make: &dyn Fn(&XtTable) -> Option<XtTable>,
-    race_once: bool,
 ) -> Result<(Option<XtTable>, usize), XtError> {
-    let l = s.layout;
+    let l = s.layout();
     let mut retries = 0;
-    for attempt in 0..RETRIES {
-        let (info, current) = s.read(name).map_err(|e| err(l, name, e))?;
+    for _attempt in 0..RETRIES {
+        let (info, current) = read_table(s, name).map_err(err(l, name, XtOp::Read))?;
         let Some(new) = make(&current) else {
             return Ok((None, retries));
         };
@@ -155,8 +165,9 @@ fn replace_with(
             table: name,
             reason: e.to_string(),
         })?;
-        if race_once && attempt == 0 {
-            race(s, name);
+        #[cfg(feature = "fault-injection")]
+        if _attempt == 0 && crate::fault::active(crate::fault::Fault::Race) {
+            crate::fault::xt_race(s, name);
         }
         match s.replace(name, info.valid_hooks, current.num_entries, &enc) {
             Ok(old) => {
@@ -168,7 +179,7 @@ fn replace_with(
                     .collect();
                 if carried.iter().any(|c| c.packets != 0 || c.bytes != 0) {
                     s.add_counters(name, &carried)
-                        .map_err(|e| err(l, name, e))?;
+                        .map_err(err(l, name, XtOp::AddCounters))?;
                 }
                 return Ok((Some(current), retries));
             }
@@ -180,10 +191,12 @@ fn replace_with(
                     "the table changed underneath (EAGAIN); reading it again"
                 );
             }
-            Err(e) => return Err(err(l, name, e)),
+            Err(e) => return Err(err(l, name, XtOp::Replace)(e)),
         }
     }
-    Err(err(l, name, io::Error::from_raw_os_error(libc::EAGAIN)))
+    Err(err(l, name, XtOp::Replace)(io::Error::from_raw_os_error(
+        libc::EAGAIN,
+    )))
 }
 
 fn table_name(t: Table) -> &'static str {
@@ -199,63 +212,83 @@ pub fn layouts(plan: &Plan) -> Vec<Layout> {
     }
 }
 
+/// What an apply did.
 #[derive(Debug, Clone, Default)]
 pub struct XtReport {
+    /// Tables swapped.
     pub tables_written: usize,
+    /// Rules of ours in the kernel afterwards.
     pub rules: usize,
     /// Whether any table held rules of ours before.
     pub replaced: bool,
+    /// Table writes retried because another writer changed the table (`EAGAIN`).
     pub retries: usize,
 }
 
-/// Writes the plan (an iptables-flavoured plan) into every table it needs, both families;
-/// everything written is undone if any write fails.
-pub fn apply(plan: &Plan, fault: FaultInjection) -> Result<XtReport, XtError> {
-    let mut written: Vec<Written> = Vec::new();
-    let mut report = XtReport::default();
-    let mut work: Vec<(Layout, Table)> = Vec::new();
+/// Whether the plan writes anything into `t` for the family of `l`.
+fn needs(plan: &Plan, t: Table, l: Layout) -> bool {
+    plan.steps
+        .iter()
+        .any(|s| s.table == t && (s.rule.family == Family::Any || s.rule.family == family_of(l)))
+}
+
+/// The (family, table) pairs an apply reads: the ones the plan needs, and loaded ones that
+/// may hold rules of ours from an earlier configuration. iptables-restore's order: tables
+/// are instantiated in this order, and the kernel lists them (iptables-save's order) newest
+/// first.
+fn apply_work<K: Kernel>(k: &K, plan: &Plan) -> Result<Vec<(Layout, Table)>, XtError> {
+    let mut work = Vec::new();
     for l in layouts(plan) {
-        let loaded = loaded_tables(l);
-        // iptables-restore's order: tables are instantiated in this order, and the kernel
-        // lists them (iptables-save's order) newest first.
+        let loaded = loaded(k, l)?;
         for t in RESTORE_ORDER {
-            let needed = plan.steps.iter().any(|s| {
-                s.table == t && (s.rule.family == Family::Any || s.rule.family == family_of(l))
-            });
-            if needed || loaded.iter().any(|n| n == table_name(t)) {
+            if needs(plan, t, l) || loaded.iter().any(|n| n == table_name(t)) {
                 work.push((l, t));
             }
         }
     }
+    Ok(work)
+}
+
+/// The new content of one table, or `None` when it is already right.
+fn planned_table(
+    plan: &Plan,
+    t: Table,
+    l: Layout,
+    current: &XtTable,
+    poisoned: bool,
+) -> Option<XtTable> {
+    if !needs(plan, t, l) && !has_ours(current) {
+        return None;
+    }
+    #[allow(unused_mut)]
+    let mut new = merge(current, plan, t, family_of(l), l);
+    // Ours already intact and in order: leave the table alone, so rules other tools
+    // appended after ours stay after them (Istio writes nothing then).
+    let planned = lowered_steps(plan, t, family_of(l), l);
+    if !poisoned && same_part(&our_part(&new, &planned), &our_part(current, &planned)) {
+        return None;
+    }
+    #[cfg(feature = "fault-injection")]
+    if poisoned {
+        crate::fault::xt_poison(&mut new, l);
+    }
+    Some(new)
+}
+
+/// Writes the plan (an iptables-flavoured plan) into every table it needs, both families;
+/// everything written is undone if any write fails.
+pub fn apply<K: Kernel>(k: &K, plan: &Plan) -> Result<XtReport, XtError> {
+    let mut written: Vec<Written> = Vec::new();
+    let mut report = XtReport::default();
+    let work = apply_work(k, plan)?;
     let last = work.len().saturating_sub(1);
     for (i, (l, t)) in work.iter().copied().enumerate() {
-        let s = XtSocket::open(l).map_err(|e| err(l, table_name(t), e))?;
-        let poisoned = fault.fail_last_message && i == last;
-        let result = replace_with(
-            &s,
-            table_name(t),
-            &|current| {
-                let needed = plan.steps.iter().any(|st| {
-                    st.table == t
-                        && (st.rule.family == Family::Any || st.rule.family == family_of(l))
-                });
-                if !needed && !has_ours(current) {
-                    return None;
-                }
-                let mut new = merge(current, plan, t, family_of(l), l);
-                // Ours already intact and in order: leave the table alone, so rules other
-                // tools appended after ours stay after them (Istio writes nothing then).
-                let planned = lowered_steps(plan, t, family_of(l), l);
-                if !poisoned && same_part(&our_part(&new, &planned), &our_part(current, &planned)) {
-                    return None;
-                }
-                if poisoned {
-                    poison(&mut new, l);
-                }
-                Some(new)
-            },
-            fault.race_first_write,
-        );
+        let poisoned = i == last && crate::fault::active(crate::fault::Fault::LastMessage);
+        let result = open(k, l, table_name(t)).and_then(|s| {
+            replace_with(&s, table_name(t), &|current| {
+                planned_table(plan, t, l, current, poisoned)
+            })
+        });
         match result {
             Ok((Some(before), retries)) => {
                 report.retries += retries;
@@ -269,74 +302,67 @@ pub fn apply(plan: &Plan, fault: FaultInjection) -> Result<XtReport, XtError> {
             }
             Ok((None, retries)) => report.retries += retries,
             Err(e) => {
-                undo(&written);
+                undo(k, &written);
                 return Err(e);
             }
         }
     }
-    report.rules = plan
-        .steps
-        .iter()
-        .filter(|s| s.rule.family == Family::Any)
-        .count()
-        * layouts(plan).len()
-        + plan
-            .steps
+    let per_family = |any: bool| {
+        plan.steps
             .iter()
-            .filter(|s| s.rule.family != Family::Any)
-            .count();
+            .filter(|s| (s.rule.family == Family::Any) == any)
+            .count()
+    };
+    report.rules = per_family(true) * layouts(plan).len() + per_family(false);
     Ok(report)
 }
 
-fn undo(written: &[Written]) {
+/// Writes back every table an apply wrote, newest first, keeping the counters of entries
+/// that still exist.
+fn undo<K: Kernel>(k: &K, written: &[Written]) {
     for w in written.iter().rev() {
-        let Ok(s) = XtSocket::open(w.layout) else {
+        let Ok(s) = k.xtables(w.layout) else {
+            tracing::error!(
+                table = w.table,
+                "could not open the xtables socket to restore a table"
+            );
             continue;
         };
-        let before = w.before.clone();
         let restore = |current: &XtTable| {
             // Entries that still exist keep their counters: map them by content.
-            let mut t = before.clone();
+            let mut t = w.before.clone();
             for c in &mut t.chains {
                 for r in &mut c.rules {
-                    r.old_index =
-                        current
-                            .chains
-                            .iter()
-                            .find(|cc| cc.name == c.name)
-                            .and_then(|cc| {
-                                cc.rules
-                                    .iter()
-                                    .find(|x| same_rule(x, r))
-                                    .and_then(|x| x.old_index)
-                            });
+                    r.old_index = current
+                        .chains
+                        .iter()
+                        .find(|cc| cc.name == c.name)
+                        .and_then(|cc| cc.rules.iter().find(|x| same_rule(x, r)))
+                        .and_then(|x| x.old_index);
                 }
             }
             Some(t)
         };
-        if let Err(e) = replace_with(&s, w.table, &restore, false) {
+        if let Err(e) = replace_with(&s, w.table, &restore) {
             tracing::error!(table = w.table, error = %e, "could not restore a table after a failed apply");
         }
     }
 }
 
 /// Removes our chains and rules from every loaded table of both families.
-pub fn remove(plan: &Plan) -> Result<usize, XtError> {
+pub fn remove<K: Kernel>(k: &K, plan: &Plan) -> Result<usize, XtError> {
     let mut removed = 0;
     for l in [IPV4, IPV6] {
-        let loaded = loaded_tables(l);
+        let loaded = loaded(k, l)?;
         for t in Table::ALL {
             if !loaded.iter().any(|n| n == table_name(t)) {
                 continue;
             }
-            let s = XtSocket::open(l).map_err(|e| err(l, table_name(t), e))?;
+            let s = open(k, l, table_name(t))?;
             let planned = lowered_steps(plan, t, family_of(l), l);
-            let (changed, _) = replace_with(
-                &s,
-                table_name(t),
-                &|current| has_ours(current).then(|| strip(current, &planned)),
-                false,
-            )?;
+            let (changed, _) = replace_with(&s, table_name(t), &|current| {
+                has_ours(current).then(|| strip(current, &planned))
+            })?;
             removed += changed.is_some() as usize;
         }
     }
@@ -346,8 +372,11 @@ pub fn remove(plan: &Plan) -> Result<usize, XtError> {
 /// One difference between the kernel and the plan, per table and chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XtDifference {
+    /// `IPv4` or `IPv6`.
     pub family: &'static str,
+    /// The table.
     pub table: &'static str,
+    /// What differs.
     pub what: String,
 }
 
@@ -358,10 +387,10 @@ impl std::fmt::Display for XtDifference {
 }
 
 /// Compares our part of every table with what the plan produces.
-pub fn verify(plan: &Plan) -> Result<Vec<XtDifference>, XtError> {
+pub fn verify<K: Kernel>(k: &K, plan: &Plan) -> Result<Vec<XtDifference>, XtError> {
     let mut out = Vec::new();
     for l in [IPV4, IPV6] {
-        let loaded = loaded_tables(l);
+        let loaded = loaded(k, l)?;
         let enabled = layouts(plan).contains(&l);
         for t in Table::ALL {
             let planned = if enabled {
@@ -369,82 +398,71 @@ pub fn verify(plan: &Plan) -> Result<Vec<XtDifference>, XtError> {
             } else {
                 Vec::new()
             };
-            let is_loaded = loaded.iter().any(|n| n == table_name(t));
-            if !is_loaded {
+            let name = table_name(t);
+            let mut differ = |what: String| {
+                out.push(XtDifference {
+                    family: family_name(l),
+                    table: name,
+                    what,
+                })
+            };
+            if !loaded.iter().any(|n| n == name) {
                 if !planned.is_empty() {
-                    out.push(XtDifference {
-                        family: family_name(l),
-                        table: table_name(t),
-                        what: "missing".into(),
-                    });
+                    differ("missing".into());
                 }
                 continue;
             }
-            let s = XtSocket::open(l).map_err(|e| err(l, table_name(t), e))?;
-            let (_, current) = s
-                .read(table_name(t))
-                .map_err(|e| err(l, table_name(t), e))?;
+            let s = open(k, l, name)?;
+            let (_, current) = read_table(&s, name).map_err(err(l, name, XtOp::Read))?;
             let expected_table = if planned.is_empty() {
                 strip(&current, &planned)
             } else {
                 merge(&strip(&current, &planned), plan, t, family_of(l), l)
             };
-            let expected = our_part(&expected_table, &planned);
-            let found = our_part(&current, &planned);
-            for (name, rules) in &expected {
-                match found.iter().find(|(n, _)| n == name) {
-                    None => out.push(XtDifference {
-                        family: family_name(l),
-                        table: table_name(t),
-                        what: format!("missing chain or rules in {name}"),
-                    }),
-                    Some((_, f)) => {
-                        let missing = rules
-                            .iter()
-                            .filter(|r| !f.iter().any(|x| same_rule(x, r)))
-                            .count();
-                        let extra = f
-                            .iter()
-                            .filter(|x| !rules.iter().any(|r| same_rule(x, r)))
-                            .count();
-                        if missing > 0 {
-                            out.push(XtDifference {
-                                family: family_name(l),
-                                table: table_name(t),
-                                what: format!("chain {name}: {missing} rule(s) missing"),
-                            });
-                        }
-                        if extra > 0 {
-                            out.push(XtDifference {
-                                family: family_name(l),
-                                table: table_name(t),
-                                what: format!("chain {name}: {extra} unexpected rule(s)"),
-                            });
-                        }
-                        if missing == 0
-                            && extra == 0
-                            && !(f.len() == rules.len()
-                                && f.iter().zip(rules).all(|(a, b)| same_rule(a, b)))
-                        {
-                            out.push(XtDifference {
-                                family: family_name(l),
-                                table: table_name(t),
-                                what: format!("chain {name}: rules out of order"),
-                            });
-                        }
-                    }
-                }
-            }
-            for (name, _) in &found {
-                if !expected.iter().any(|(n, _)| n == name) {
-                    out.push(XtDifference {
-                        family: family_name(l),
-                        table: table_name(t),
-                        what: format!("unexpected chain or rules in {name}"),
-                    });
-                }
-            }
+            compare_parts(
+                &our_part(&expected_table, &planned),
+                &our_part(&current, &planned),
+                &mut differ,
+            );
         }
     }
     Ok(out)
+}
+
+/// Our chains (and our rules in built-in chains) as expected and as found, one line per
+/// kind of difference and chain.
+fn compare_parts(
+    expected: &[(String, Vec<XtRule>)],
+    found: &[(String, Vec<XtRule>)],
+    differ: &mut impl FnMut(String),
+) {
+    for (name, rules) in expected {
+        let Some((_, f)) = found.iter().find(|(n, _)| n == name) else {
+            differ(format!("missing chain or rules in {name}"));
+            continue;
+        };
+        let missing = rules
+            .iter()
+            .filter(|r| !f.iter().any(|x| same_rule(x, r)))
+            .count();
+        let extra = f
+            .iter()
+            .filter(|x| !rules.iter().any(|r| same_rule(x, r)))
+            .count();
+        if missing > 0 {
+            differ(format!("chain {name}: {missing} rule(s) missing"));
+        }
+        if extra > 0 {
+            differ(format!("chain {name}: {extra} unexpected rule(s)"));
+        }
+        let in_order = f.len() == rules.len() && f.iter().zip(rules).all(|(a, b)| same_rule(a, b));
+        if missing == 0 && extra == 0 && !in_order {
+            differ(format!("chain {name}: rules out of order"));
+        }
+    }
+    for (name, _) in found {
+        if !expected.iter().any(|(n, _)| n == name) {
+            differ(format!("unexpected chain or rules in {name}"));
+        }
+    }
 }

@@ -5,20 +5,29 @@
 
 use super::abi::*;
 use super::table::{Counters, Encoded, Table};
+use crate::kernel::XtTables;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+/// `ipt_getinfo`: what a table looks like before its entries are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Info {
+    /// Bit mask of the hooks the table has built-in chains for.
     pub valid_hooks: u32,
+    /// Offset of each built-in chain's first entry.
     pub hook_entry: [u32; 5],
+    /// Offset of each built-in chain's policy entry.
     pub underflow: [u32; 5],
+    /// Number of entries.
     pub num_entries: u32,
+    /// Size of the entries in bytes.
     pub size: u32,
 }
 
+/// A raw socket for one family's xtables interface, in the namespace that opened it.
 pub struct XtSocket {
     fd: OwnedFd,
+    /// The family's entry layout.
     pub layout: Layout,
 }
 
@@ -93,7 +102,58 @@ impl XtSocket {
         Ok(())
     }
 
-    pub fn info(&self, table: &str) -> io::Result<Info> {
+    /// Reads and decodes a table; retries while it changes underneath.
+    pub fn read(&self, table: &str) -> io::Result<(Info, Table)> {
+        read_table(self, table)
+    }
+}
+
+/// Reads and decodes a table through any [`XtTables`]; retries while it changes underneath
+/// (`EAGAIN` between the info and the entries).
+pub fn read_table(x: &impl XtTables, table: &str) -> io::Result<(Info, Table)> {
+    for _ in 0..16 {
+        let info = x.info(table)?;
+        let blob = match x.entries(table, info.size) {
+            Ok(b) => b,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+            Err(e) => return Err(e),
+        };
+        let t = Table::decode(
+            table,
+            info.valid_hooks,
+            info.hook_entry,
+            info.underflow,
+            &blob,
+            x.layout(),
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("table {table}: {e}")))?;
+        return Ok((info, t));
+    }
+    Err(io::Error::from_raw_os_error(libc::EAGAIN))
+}
+
+/// Names of the tables the kernel has instantiated in the calling thread's namespace.
+pub fn loaded_tables(layout: Layout) -> io::Result<Vec<String>> {
+    let file = if layout.ipv6 {
+        "/proc/thread-self/net/ip6_tables_names"
+    } else {
+        "/proc/thread-self/net/ip_tables_names"
+    };
+    match std::fs::read_to_string(file) {
+        Ok(s) => Ok(s.lines().map(str::to_string).collect()),
+        // The file exists once the family's xtables module is loaded; without it no
+        // table can exist. Any other failure means we cannot see: say so.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io::Error::new(e.kind(), format!("cannot read {file}: {e}"))),
+    }
+}
+
+impl XtTables for XtSocket {
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    fn info(&self, table: &str) -> io::Result<Info> {
         let mut buf = vec![0u8; GETINFO_SIZE];
         buf[..XT_TABLE_MAXNAMELEN].copy_from_slice(&name_bytes(table));
         // The first read of a table makes the kernel instantiate it; two first readers race
@@ -117,8 +177,7 @@ impl XtSocket {
         })
     }
 
-    /// The raw entries of a table of `size` bytes (as `info` reported it).
-    pub fn raw_entries(&self, table: &str, size: u32) -> io::Result<Vec<u8>> {
+    fn entries(&self, table: &str, size: u32) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; GET_ENTRIES_HEADER + size as usize];
         buf[..XT_TABLE_MAXNAMELEN].copy_from_slice(&name_bytes(table));
         buf[32..36].copy_from_slice(&size.to_ne_bytes());
@@ -127,37 +186,7 @@ impl XtSocket {
         Ok(buf)
     }
 
-    /// Reads and decodes a table; retries while it changes underneath.
-    pub fn read(&self, table: &str) -> io::Result<(Info, Table)> {
-        for _ in 0..16 {
-            let info = self.info(table)?;
-            let mut buf = vec![0u8; GET_ENTRIES_HEADER + info.size as usize];
-            buf[..XT_TABLE_MAXNAMELEN].copy_from_slice(&name_bytes(table));
-            buf[32..36].copy_from_slice(&info.size.to_ne_bytes());
-            match self.getsockopt(IPT_SO_GET_ENTRIES, &mut buf) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-                Err(e) => return Err(e),
-            }
-            let t = Table::decode(
-                table,
-                info.valid_hooks,
-                info.hook_entry,
-                info.underflow,
-                &buf[GET_ENTRIES_HEADER..],
-                self.layout,
-            )
-            .map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("table {table}: {e}"))
-            })?;
-            return Ok((info, t));
-        }
-        Err(io::Error::from_raw_os_error(libc::EAGAIN))
-    }
-
-    /// Replaces the table; `num_counters` is the entry count of the table as read. Returns
-    /// the counters the replaced entries had at the moment of the swap.
-    pub fn replace(
+    fn replace(
         &self,
         table: &str,
         valid_hooks: u32,
@@ -188,8 +217,7 @@ impl XtSocket {
             .collect())
     }
 
-    /// Adds `counters` (one per entry of the new table) to the table's counters.
-    pub fn add_counters(&self, table: &str, counters: &[Counters]) -> io::Result<()> {
+    fn add_counters(&self, table: &str, counters: &[Counters]) -> io::Result<()> {
         let mut buf = vec![0u8; COUNTERS_INFO_HEADER];
         buf[..XT_TABLE_MAXNAMELEN].copy_from_slice(&name_bytes(table));
         buf[32..36].copy_from_slice(&(counters.len() as u32).to_ne_bytes());

@@ -1,7 +1,7 @@
 //! Netlink framing: `nlmsghdr` + `nfgenmsg` + attributes (TLVs, 4-byte aligned, nested
 //! attributes flagged `NLA_F_NESTED`). Writing and reading, nothing nf_tables-specific.
 
-use super::abi::*;
+use super::consts::*;
 
 pub const NLMSG_HDRLEN: usize = 16;
 pub const NFGENMSG_LEN: usize = 4;
@@ -88,13 +88,6 @@ impl MessageWriter {
     pub fn nest_end(&mut self, start: usize) {
         let len = (self.buf.len() - start) as u16;
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    /// `NFTA_DATA_VALUE` wrapped in the given attribute (cmp data, immediate data, set keys).
-    pub fn data_value(&mut self, ty: u16, value: &[u8]) {
-        let n = self.nest_begin(ty);
-        self.attr(NFTA_DATA_VALUE, value);
-        self.nest_end(n);
     }
 }
 
@@ -189,7 +182,7 @@ mod tests {
     #[test]
     fn writes_and_reads_back_nested_attributes() {
         let mut w = MessageWriter::default();
-        let m = w.begin_message(0x0a06, NLM_F_REQUEST, 7, NFPROTO_INET, 0);
+        let m = w.begin_message(0x0a06, NLM_F_REQUEST, 7, 1, 0);
         w.attr_str(1, "istio-proxy-nat");
         let n = w.nest_begin(4);
         w.attr_u32(2, 0xdeadbeef);
