@@ -161,7 +161,7 @@ impl NfTables for NfSocket {
 }
 
 /// An error reply as a refusal of the object its message stands for.
-fn refusal(batch: &Batch, reply: ErrorReply) -> KernelError {
+pub(crate) fn refusal(batch: &Batch, reply: ErrorReply) -> KernelError {
     let object = batch
         .message(reply.seq)
         .map(|m| m.object.clone())

@@ -330,3 +330,6 @@ pub fn remove_in<K: Kernel>(k: &K, cfg: &Config) -> Result<RemoveReport, EngineE
         routes_removed,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,381 @@
+//! nf_tables in memory. A batch is interpreted message by message on a copy of the state
+//! and committed only if no message was refused, as the kernel's transaction does; dumps
+//! answer with the attributes the kernel sends (`NFTA_TABLE_NAME`, `NFTA_CHAIN_HOOK`, the
+//! rule's expression list with lookups naming their set), so `crate::nft::readback`
+//! decodes them unchanged.
+
+use super::{Call, State};
+use crate::kernel::{NfDump, NfTables};
+use crate::netlink::error::{ErrorReply, ExtAck};
+use crate::netlink::wire::{attrs, find_attr, messages, Attr, MessageWriter, NFGENMSG_LEN};
+use crate::nft::abi::*;
+use crate::nft::batch::Batch;
+use crate::nft::socket::{refusal, NetlinkError};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A base chain's hook: number, priority, type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// `NF_INET_*` hook number.
+    pub hooknum: u32,
+    /// Priority.
+    pub priority: i32,
+    /// `nat`, `filter`, `route`.
+    pub kind: String,
+}
+
+/// One chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeChain {
+    /// Name.
+    pub name: String,
+    /// `Some` for a base chain.
+    pub hook: Option<Hook>,
+}
+
+/// One rule: its chain and its expression list as the kernel would dump it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeRule {
+    /// The chain it is in.
+    pub chain: String,
+    /// The body of `NFTA_RULE_EXPRESSIONS`.
+    pub expressions: Vec<u8>,
+}
+
+/// One `inet` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FakeTable {
+    /// Name.
+    pub name: String,
+    /// Chains in creation order.
+    pub chains: Vec<FakeChain>,
+    /// Anonymous sets by kernel-assigned name, with their keys.
+    pub sets: Vec<(String, Vec<Vec<u8>>)>,
+    /// Rules in order (all chains).
+    pub rules: Vec<FakeRule>,
+}
+
+/// The nf_tables state of a fake namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NftState {
+    /// Tables in creation order.
+    pub tables: Vec<FakeTable>,
+    /// Batches committed.
+    pub committed: usize,
+    next_set: u32,
+}
+
+impl NftState {
+    /// A table by name.
+    pub fn table(&self, name: &str) -> Option<&FakeTable> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// A table by name, to change it as another tool would.
+    pub fn table_mut(&mut self, name: &str) -> Option<&mut FakeTable> {
+        self.tables.iter_mut().find(|t| t.name == name)
+    }
+
+    /// Names of the tables, in creation order.
+    pub fn names(&self) -> Vec<String> {
+        self.tables.iter().map(|t| t.name.clone()).collect()
+    }
+}
+
+fn str_attr(body: &[u8], ty: u16) -> String {
+    find_attr(body, ty)
+        .and_then(|a| a.str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// One message of a batch applied to `state`; `Err(errno)` refuses it.
+fn apply_message(
+    state: &mut NftState,
+    msg: u16,
+    flags: u16,
+    body: &[u8],
+    set_ids: &mut HashMap<u32, String>,
+) -> Result<(), i32> {
+    match msg {
+        NFT_MSG_NEWTABLE => {
+            let name = str_attr(body, NFTA_TABLE_NAME);
+            match state.table(&name) {
+                Some(_) if flags & NLM_F_EXCL != 0 => return Err(libc::EEXIST),
+                Some(_) => {}
+                None => state.tables.push(FakeTable {
+                    name,
+                    ..FakeTable::default()
+                }),
+            }
+        }
+        NFT_MSG_DELTABLE => {
+            let name = str_attr(body, NFTA_TABLE_NAME);
+            let i = state.tables.iter().position(|t| t.name == name);
+            state.tables.remove(i.ok_or(libc::ENOENT)?);
+        }
+        NFT_MSG_NEWCHAIN => {
+            let table = state
+                .table_mut(&str_attr(body, NFTA_CHAIN_TABLE))
+                .ok_or(libc::ENOENT)?;
+            let name = str_attr(body, NFTA_CHAIN_NAME);
+            let hook = find_attr(body, NFTA_CHAIN_HOOK).map(|h| Hook {
+                hooknum: h
+                    .find(NFTA_HOOK_HOOKNUM)
+                    .and_then(|a| a.u32_be())
+                    .unwrap_or(0),
+                priority: h
+                    .find(NFTA_HOOK_PRIORITY)
+                    .and_then(|a| a.u32_be())
+                    .unwrap_or(0) as i32,
+                kind: str_attr(body, NFTA_CHAIN_TYPE),
+            });
+            if !table.chains.iter().any(|c| c.name == name) {
+                table.chains.push(FakeChain { name, hook });
+            }
+        }
+        NFT_MSG_NEWSET => {
+            let table = state
+                .tables
+                .iter()
+                .position(|t| t.name == str_attr(body, NFTA_SET_TABLE));
+            let table = table.ok_or(libc::ENOENT)?;
+            let name = format!("__set{}", state.next_set);
+            state.next_set += 1;
+            let id = find_attr(body, NFTA_SET_ID)
+                .and_then(|a| a.u32_be())
+                .unwrap_or(0);
+            set_ids.insert(id, name.clone());
+            state.tables[table].sets.push((name, Vec::new()));
+        }
+        NFT_MSG_NEWSETELEM => {
+            let id = find_attr(body, NFTA_SET_ELEM_LIST_SET_ID).and_then(|a| a.u32_be());
+            let name = id.and_then(|id| set_ids.get(&id)).ok_or(libc::ENOENT)?;
+            let table = state
+                .table_mut(&str_attr(body, NFTA_SET_ELEM_LIST_TABLE))
+                .ok_or(libc::ENOENT)?;
+            let set = table
+                .sets
+                .iter_mut()
+                .find(|s| &s.0 == name)
+                .ok_or(libc::ENOENT)?;
+            if let Some(list) = find_attr(body, NFTA_SET_ELEM_LIST_ELEMENTS) {
+                set.1.extend(list.nested().filter_map(|e| {
+                    let key = e.find(NFTA_SET_ELEM_KEY)?.find(NFTA_DATA_VALUE)?;
+                    Some(key.value.to_vec())
+                }));
+            }
+        }
+        NFT_MSG_NEWRULE => {
+            let table = state
+                .table_mut(&str_attr(body, NFTA_RULE_TABLE))
+                .ok_or(libc::ENOENT)?;
+            let chain = str_attr(body, NFTA_RULE_CHAIN);
+            if !table.chains.iter().any(|c| c.name == chain) {
+                return Err(libc::ENOENT);
+            }
+            let list = find_attr(body, NFTA_RULE_EXPRESSIONS).ok_or(libc::EINVAL)?;
+            for target in jump_targets(list) {
+                if !table.chains.iter().any(|c| c.name == target) {
+                    return Err(libc::ENOENT);
+                }
+            }
+            let expressions = name_lookup_sets(list, set_ids);
+            table.rules.push(FakeRule { chain, expressions });
+        }
+        _ => return Err(libc::EOPNOTSUPP),
+    }
+    Ok(())
+}
+
+/// Chains the rule's verdicts jump to.
+fn jump_targets(list: Attr<'_>) -> Vec<String> {
+    list.nested()
+        .filter_map(|e| {
+            let v = e
+                .find(NFTA_EXPR_DATA)?
+                .find(NFTA_IMMEDIATE_DATA)?
+                .find(NFTA_DATA_VERDICT)?;
+            Some(v.find(NFTA_VERDICT_CHAIN)?.str()?.to_string())
+        })
+        .collect()
+}
+
+/// The expression list as the kernel dumps it: lookups name their set (`__set3`) instead
+/// of the batch-local set id.
+fn name_lookup_sets(list: Attr<'_>, set_ids: &HashMap<u32, String>) -> Vec<u8> {
+    let mut w = MessageWriter::default();
+    for elem in list.nested() {
+        let is_lookup = elem.find(NFTA_EXPR_NAME).and_then(|a| a.str()) == Some("lookup");
+        let e = w.nest_begin(NFTA_LIST_ELEM);
+        match elem.find(NFTA_EXPR_DATA) {
+            Some(data) if is_lookup => {
+                w.attr_str(NFTA_EXPR_NAME, "lookup");
+                let d = w.nest_begin(NFTA_EXPR_DATA);
+                let id = data.find(NFTA_LOOKUP_SET_ID).and_then(|a| a.u32_be());
+                let name = id
+                    .and_then(|id| set_ids.get(&id))
+                    .cloned()
+                    .unwrap_or_default();
+                w.attr_str(NFTA_LOOKUP_SET, &name);
+                for a in attrs(data.value) {
+                    if a.ty != NFTA_LOOKUP_SET && a.ty != NFTA_LOOKUP_SET_ID {
+                        w.attr(a.ty, a.value);
+                    }
+                }
+                w.nest_end(d);
+            }
+            _ => w.buf.extend_from_slice(elem.value),
+        }
+        w.nest_end(e);
+    }
+    w.buf
+}
+
+/// A fake nf_tables socket.
+#[derive(Debug)]
+pub struct FakeNfSocket {
+    state: Rc<RefCell<State>>,
+    next_seq: u32,
+}
+
+impl FakeNfSocket {
+    pub(crate) fn new(state: Rc<RefCell<State>>) -> FakeNfSocket {
+        FakeNfSocket { state, next_seq: 1 }
+    }
+}
+
+fn reject(batch: &Batch, seq: u32, errno: i32) -> crate::nft::socket::KernelError {
+    refusal(
+        batch,
+        ErrorReply {
+            errno,
+            seq,
+            ext: ExtAck::default(),
+        },
+    )
+}
+
+impl NfTables for FakeNfSocket {
+    fn reserve_seqs(&mut self, count: usize) -> u32 {
+        let first = self.next_seq;
+        self.next_seq += count as u32 + 1;
+        first
+    }
+
+    fn send_batch(&mut self, batch: &Batch) -> Result<(), NetlinkError> {
+        let mut s = self.state.borrow_mut();
+        if let Err(e) = s.enter(Call::NfBatch) {
+            let seq = batch.messages.get(1).map(|m| m.seq).unwrap_or(0);
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            return Err(NetlinkError::Rejected(vec![reject(batch, seq, errno)]));
+        }
+        let mut next = s.nft.clone();
+        let mut set_ids = HashMap::new();
+        let mut errors = Vec::new();
+        for m in messages(&batch.bytes) {
+            if m.msg_type >> 8 != NFNL_SUBSYS_NFTABLES {
+                continue; // BATCH_BEGIN / BATCH_END
+            }
+            let body = m.payload.get(NFGENMSG_LEN..).unwrap_or_default();
+            if let Err(errno) =
+                apply_message(&mut next, m.msg_type & 0xff, m.flags, body, &mut set_ids)
+            {
+                errors.push(reject(batch, m.seq, errno));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(NetlinkError::Rejected(errors));
+        }
+        next.committed += 1;
+        s.nft = next;
+        Ok(())
+    }
+
+    fn dump(&mut self, request: NfDump<'_>) -> Result<Vec<Vec<u8>>, NetlinkError> {
+        let mut s = self.state.borrow_mut();
+        s.enter(Call::NfDump).map_err(NetlinkError::Dump)?;
+        let one = |f: &dyn Fn(&mut MessageWriter)| {
+            let mut w = MessageWriter::default();
+            f(&mut w);
+            w.buf
+        };
+        let tables = &s.nft.tables;
+        Ok(match request {
+            NfDump::Tables => tables
+                .iter()
+                .map(|t| {
+                    one(&|w| {
+                        w.attr_str(NFTA_TABLE_NAME, &t.name);
+                        w.attr_u32(NFTA_TABLE_FLAGS, 0);
+                    })
+                })
+                .collect(),
+            NfDump::Chains => tables
+                .iter()
+                .flat_map(|t| t.chains.iter().map(move |c| (t, c)))
+                .map(|(t, c)| one(&|w| chain_reply(w, &t.name, c)))
+                .collect(),
+            NfDump::Sets => tables
+                .iter()
+                .flat_map(|t| t.sets.iter().map(move |s| (t, s)))
+                .map(|(t, (name, _))| {
+                    one(&|w| {
+                        w.attr_str(NFTA_SET_TABLE, &t.name);
+                        w.attr_str(NFTA_SET_NAME, name);
+                    })
+                })
+                .collect(),
+            NfDump::SetElements { table, set } => {
+                let keys = tables
+                    .iter()
+                    .find(|t| t.name == table)
+                    .and_then(|t| t.sets.iter().find(|s| s.0 == set))
+                    .ok_or_else(|| {
+                        NetlinkError::Dump(std::io::Error::from_raw_os_error(libc::ENOENT))
+                    })?;
+                vec![one(&|w| {
+                    w.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+                    w.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+                    let list = w.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+                    for k in &keys.1 {
+                        let e = w.nest_begin(NFTA_LIST_ELEM);
+                        let key = w.nest_begin(NFTA_SET_ELEM_KEY);
+                        w.attr(NFTA_DATA_VALUE, k);
+                        w.nest_end(key);
+                        w.nest_end(e);
+                    }
+                    w.nest_end(list);
+                })]
+            }
+            NfDump::Rules { table } => tables
+                .iter()
+                .filter(|t| t.name == table)
+                .flat_map(|t| t.rules.iter())
+                .map(|r| {
+                    one(&|w| {
+                        w.attr_str(NFTA_RULE_TABLE, table);
+                        w.attr_str(NFTA_RULE_CHAIN, &r.chain);
+                        let list = w.nest_begin(NFTA_RULE_EXPRESSIONS);
+                        w.buf.extend_from_slice(&r.expressions);
+                        w.nest_end(list);
+                    })
+                })
+                .collect(),
+        })
+    }
+}
+
+fn chain_reply(w: &mut MessageWriter, table: &str, c: &FakeChain) {
+    w.attr_str(NFTA_CHAIN_TABLE, table);
+    w.attr_str(NFTA_CHAIN_NAME, &c.name);
+    if let Some(h) = &c.hook {
+        let n = w.nest_begin(NFTA_CHAIN_HOOK);
+        w.attr_u32(NFTA_HOOK_HOOKNUM, h.hooknum);
+        w.attr_u32(NFTA_HOOK_PRIORITY, h.priority as u32);
+        w.nest_end(n);
+        w.attr_str(NFTA_CHAIN_TYPE, &h.kind);
+    }
+}

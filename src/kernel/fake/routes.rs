@@ -1,0 +1,57 @@
+//! Routing objects in memory: a multiset, as the kernel lets a rule exist more than once.
+
+use super::{Call, State};
+use crate::kernel::RouteOps;
+use crate::routes::RouteObject;
+use std::cell::RefCell;
+use std::io;
+use std::rc::Rc;
+
+/// The routing objects of a fake namespace.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RouteState {
+    /// Every object present, duplicates included.
+    pub objects: Vec<RouteObject>,
+}
+
+/// A fake rtnetlink socket.
+#[derive(Debug)]
+pub struct FakeRouteSocket {
+    state: Rc<RefCell<State>>,
+}
+
+impl FakeRouteSocket {
+    pub(crate) fn new(state: Rc<RefCell<State>>) -> FakeRouteSocket {
+        FakeRouteSocket { state }
+    }
+}
+
+impl RouteOps for FakeRouteSocket {
+    fn add(&mut self, obj: RouteObject) -> io::Result<bool> {
+        let mut s = self.state.borrow_mut();
+        s.enter(Call::RouteAdd)?;
+        if s.routes.objects.contains(&obj) {
+            return Ok(false);
+        }
+        s.routes.objects.push(obj);
+        Ok(true)
+    }
+
+    fn delete(&mut self, obj: RouteObject) -> io::Result<bool> {
+        let mut s = self.state.borrow_mut();
+        s.enter(Call::RouteDelete)?;
+        match s.routes.objects.iter().position(|o| *o == obj) {
+            Some(i) => {
+                s.routes.objects.remove(i);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn present(&mut self, obj: RouteObject) -> io::Result<bool> {
+        let mut s = self.state.borrow_mut();
+        s.enter(Call::RoutePresent)?;
+        Ok(s.routes.objects.contains(&obj))
+    }
+}
