@@ -255,74 +255,55 @@ fn exclude_inbound(value: &str) -> String {
     seen.join(",")
 }
 
-/// The redirect settings for a pod: annotations over plugin defaults over Istio's defaults.
-pub fn redirect_settings(
-    pod: &PodInfo,
-    defaults: &Map<String, Value>,
-) -> Result<RawConfig, CniError> {
-    use annotation as a;
-    let pick = |ann: &str, key: &str, istio: &str| -> (String, String) {
-        if let Some(v) = pod.annotations.get(ann) {
+/// Where a pod's settings come from: its annotations, container and env, then the plugin
+/// configuration's `redirect` defaults.
+struct Sources<'a> {
+    pod: &'a PodInfo,
+    defaults: &'a Map<String, Value>,
+}
+
+impl Sources<'_> {
+    /// The annotation `ann`, else the plugin default `key`, else Istio's default `istio`:
+    /// (origin, value).
+    fn pick(&self, ann: &str, key: &str, istio: &str) -> (String, String) {
+        if let Some(v) = self.pod.annotations.get(ann) {
             (ann.to_string(), v.clone())
-        } else if let Some(d) = default_of(defaults, key) {
+        } else if let Some(d) = default_of(self.defaults, key) {
             d
         } else {
             (ann.to_string(), istio.to_string())
         }
-    };
-    let mut raw = RawConfig {
-        proxy_port: Some(Setting::new("CNI plugin", "15001")),
-        ..Default::default()
-    };
-
-    let (o, v) = pick(a::INTERCEPTION_MODE, "interceptionMode", "REDIRECT");
-    if v != "REDIRECT" && v != "TPROXY" {
-        return Err(invalid(&o, &v, "expected REDIRECT or TPROXY"));
     }
-    raw.inbound_interception_mode = Some(Setting::new(&o, v));
-    let (o, v) = pick(
-        a::INCLUDE_OUTBOUND_IP_RANGES,
-        "includeOutboundIPRanges",
-        "*",
-    );
-    raw.outbound_ip_ranges_include = Some(Setting::new(&o, cidrs(&o, &v, true)?));
-    let (o, v) = pick(a::EXCLUDE_OUTBOUND_IP_RANGES, "excludeOutboundIPRanges", "");
-    raw.outbound_ip_ranges_exclude = Some(Setting::new(&o, cidrs(&o, &v, false)?));
-    let (o, v) = pick(a::EXCLUDE_INBOUND_PORTS, "excludeInboundPorts", "15020");
-    raw.inbound_ports_exclude = Some(Setting::new(&o, exclude_inbound(&ports(&o, &v, false)?)));
-    let (o, v) = pick(a::INCLUDE_INBOUND_PORTS, "includeInboundPorts", "*");
-    raw.inbound_ports_include = Some(Setting::new(&o, ports(&o, &v, true)?));
-    let (o, v) = pick(a::EXCLUDE_OUTBOUND_PORTS, "excludeOutboundPorts", "15020");
-    raw.outbound_ports_exclude = Some(Setting::new(&o, ports(&o, &v, false)?));
-    let (o, v) = pick(a::INCLUDE_OUTBOUND_PORTS, "includeOutboundPorts", "");
-    raw.outbound_ports_include = Some(Setting::new(&o, ports(&o, &v, false)?));
-    let (o, v) = pick(a::EXCLUDE_INTERFACES, "excludeInterfaces", "");
-    raw.exclude_interfaces = Some(Setting::new(&o, interfaces(&o, &v)?));
-    let (o, v) = if let Some(v) = pod.annotations.get(a::REROUTE_VIRTUAL_INTERFACES) {
-        (a::REROUTE_VIRTUAL_INTERFACES.to_string(), v.clone())
-    } else {
-        pick(a::KUBEVIRT_INTERFACES, "rerouteVirtualInterfaces", "")
-    };
-    raw.reroute_virtual_interfaces = Some(Setting::new(&o, interfaces(&o, &v)?));
 
-    // The proxy's uid and gid: the container's securityContext when set and not root.
-    let id = |v: Option<i64>, what: &str, key: &str| -> (String, String) {
-        match v {
+    /// [`Sources::pick`], with the value checked and normalised by `check(origin, value)`.
+    fn checked(
+        &self,
+        ann: &str,
+        key: &str,
+        istio: &str,
+        check: impl FnOnce(&str, &str) -> Result<String, CniError>,
+    ) -> Result<Setting, CniError> {
+        let (o, v) = self.pick(ann, key, istio);
+        let v = check(&o, &v)?;
+        Ok(Setting::new(&o, v))
+    }
+
+    /// The proxy's uid or gid: the container's securityContext when set and not root.
+    fn proxy_id(&self, v: Option<i64>, what: &str, key: &str) -> Setting {
+        let (o, v) = match v {
             Some(id) if id != 0 => (
                 format!("{PROXY_CONTAINER} securityContext.{what}"),
                 id.to_string(),
             ),
-            _ => default_of(defaults, key).unwrap_or_else(|| ("CNI plugin".into(), "1337".into())),
-        }
-    };
-    let (o, v) = id(pod.run_as_user, "runAsUser", "proxyUID");
-    raw.proxy_uid = Some(Setting::new(o, v));
-    let (o, v) = id(pod.run_as_group, "runAsGroup", "proxyGID");
-    raw.proxy_gid = Some(Setting::new(o, v));
+            _ => default_of(self.defaults, key)
+                .unwrap_or_else(|| ("CNI plugin".into(), "1337".into())),
+        };
+        Setting::new(o, v)
+    }
 
-    // istio-proxy env: an unparsable value is false (Istio warns and goes on).
-    let env_flag = |name: &str, key: &str| -> Setting {
-        match pod.proxy_env.get(name) {
+    /// An istio-proxy env flag: an unparsable value is false (Istio warns and goes on).
+    fn env_flag(&self, name: &str, key: &str) -> Setting {
+        match self.pod.proxy_env.get(name) {
             Some(v) => {
                 let b = parse_bool(v).unwrap_or_else(|| {
                     tracing::warn!(variable = name, value = %v, "not a boolean; taken as false, as Istio does");
@@ -330,16 +311,90 @@ pub fn redirect_settings(
                 });
                 Setting::new(format!("{PROXY_CONTAINER} env {name}"), b.to_string())
             }
-            None => default_of(defaults, key)
+            None => default_of(self.defaults, key)
                 .map(|(o, v)| Setting::new(o, v))
                 .unwrap_or_else(|| Setting::new("CNI plugin", "false")),
         }
+    }
+}
+
+/// The annotation-driven settings: interception mode, address ranges, ports, interfaces.
+fn traffic_settings(src: &Sources<'_>, raw: &mut RawConfig) -> Result<(), CniError> {
+    use annotation as a;
+    raw.inbound_interception_mode = Some(src.checked(
+        a::INTERCEPTION_MODE,
+        "interceptionMode",
+        "REDIRECT",
+        |o, v| match v {
+            "REDIRECT" | "TPROXY" => Ok(v.to_string()),
+            _ => Err(invalid(o, v, "expected REDIRECT or TPROXY")),
+        },
+    )?);
+    raw.outbound_ip_ranges_include = Some(src.checked(
+        a::INCLUDE_OUTBOUND_IP_RANGES,
+        "includeOutboundIPRanges",
+        "*",
+        |o, v| cidrs(o, v, true),
+    )?);
+    raw.outbound_ip_ranges_exclude = Some(src.checked(
+        a::EXCLUDE_OUTBOUND_IP_RANGES,
+        "excludeOutboundIPRanges",
+        "",
+        |o, v| cidrs(o, v, false),
+    )?);
+    raw.inbound_ports_exclude = Some(src.checked(
+        a::EXCLUDE_INBOUND_PORTS,
+        "excludeInboundPorts",
+        "15020",
+        |o, v| Ok(exclude_inbound(&ports(o, v, false)?)),
+    )?);
+    raw.inbound_ports_include = Some(src.checked(
+        a::INCLUDE_INBOUND_PORTS,
+        "includeInboundPorts",
+        "*",
+        |o, v| ports(o, v, true),
+    )?);
+    raw.outbound_ports_exclude = Some(src.checked(
+        a::EXCLUDE_OUTBOUND_PORTS,
+        "excludeOutboundPorts",
+        "15020",
+        |o, v| ports(o, v, false),
+    )?);
+    raw.outbound_ports_include = Some(src.checked(
+        a::INCLUDE_OUTBOUND_PORTS,
+        "includeOutboundPorts",
+        "",
+        |o, v| ports(o, v, false),
+    )?);
+    raw.exclude_interfaces =
+        Some(src.checked(a::EXCLUDE_INTERFACES, "excludeInterfaces", "", interfaces)?);
+    let (o, v) = if let Some(v) = src.pod.annotations.get(a::REROUTE_VIRTUAL_INTERFACES) {
+        (a::REROUTE_VIRTUAL_INTERFACES.to_string(), v.clone())
+    } else {
+        src.pick(a::KUBEVIRT_INTERFACES, "rerouteVirtualInterfaces", "")
     };
-    let dns = env_flag("ISTIO_META_DNS_CAPTURE", "dnsCapture");
+    raw.reroute_virtual_interfaces = Some(Setting::new(&o, interfaces(&o, &v)?));
+    Ok(())
+}
+
+/// The redirect settings for a pod: annotations over plugin defaults over Istio's defaults.
+pub fn redirect_settings(
+    pod: &PodInfo,
+    defaults: &Map<String, Value>,
+) -> Result<RawConfig, CniError> {
+    let src = Sources { pod, defaults };
+    let mut raw = RawConfig {
+        proxy_port: Some(Setting::new("CNI plugin", "15001")),
+        ..Default::default()
+    };
+    traffic_settings(&src, &mut raw)?;
+    raw.proxy_uid = Some(src.proxy_id(pod.run_as_user, "runAsUser", "proxyUID"));
+    raw.proxy_gid = Some(src.proxy_id(pod.run_as_group, "runAsGroup", "proxyGID"));
+    let dns = src.env_flag("ISTIO_META_DNS_CAPTURE", "dnsCapture");
     // The plugin cannot read the pod's resolv.conf: DNS capture is always "all port 53".
     raw.capture_all_dns = Some(dns.clone());
     raw.redirect_dns = Some(dns);
-    raw.drop_invalid = Some(env_flag("INVALID_DROP", "invalidDrop"));
+    raw.drop_invalid = Some(src.env_flag("INVALID_DROP", "invalidDrop"));
     Ok(raw)
 }
 
