@@ -163,86 +163,98 @@ pub fn lower(rule: &Rule) -> Vec<Expr> {
     let mut l4: Option<Proto> = None;
     let mut l3: Option<bool> = None; // Some(true) = IPv4 established
     for m in &rule.matches {
-        match m {
-            Match::InIface(i) => out.extend([
-                Expr::Meta(MetaKey::IifName),
-                cmp(false, ifname_bytes(i.as_str())),
-            ]),
-            Match::OutIface(i) => out.extend([
-                Expr::Meta(MetaKey::OifName),
-                cmp(false, ifname_bytes(i.as_str())),
-            ]),
-            Match::L4Proto(p) => {
-                out.extend([Expr::Meta(MetaKey::L4Proto), cmp(false, vec![p.number()])]);
-                l4 = Some(*p);
-            }
-            Match::DPort {
-                proto,
-                ports,
-                negate,
-            } => {
-                port_dependency(&mut out, &mut l4, *proto);
-                out.push(Expr::Payload {
-                    base: NFT_PAYLOAD_TRANSPORT_HEADER,
-                    offset: 2,
-                    len: 2,
-                });
-                if ports.len() == 1 {
-                    out.push(cmp(*negate, ports[0].to_be_bytes().to_vec()));
-                } else {
-                    out.push(Expr::Lookup {
-                        elements: ports.iter().map(|p| p.to_be_bytes().to_vec()).collect(),
-                        invert: *negate,
-                    });
-                }
-            }
-            Match::SPort { proto, port } => {
-                port_dependency(&mut out, &mut l4, *proto);
-                out.push(Expr::Payload {
-                    base: NFT_PAYLOAD_TRANSPORT_HEADER,
-                    offset: 0,
-                    len: 2,
-                });
-                out.push(cmp(false, port.to_be_bytes().to_vec()));
-            }
-            Match::SAddr { cidr, negate } => address(&mut out, &mut l3, cidr, true, *negate),
-            Match::DAddr { cidr, negate } => address(&mut out, &mut l3, cidr, false, *negate),
-            Match::SkUid { uid, negate } => out.extend([
-                Expr::Meta(MetaKey::SkUid),
-                cmp(*negate, uid.to_ne_bytes().to_vec()),
-            ]),
-            Match::SkGid { group, negate } => out.extend([
-                Expr::Meta(MetaKey::SkGid),
-                cmp(*negate, group.gid.to_ne_bytes().to_vec()),
-            ]),
-            Match::CtState(state) => {
-                let bits = match state {
-                    CtState::Invalid => NF_CT_STATE_INVALID_BIT,
-                    CtState::RelatedEstablished => {
-                        NF_CT_STATE_ESTABLISHED_BIT | NF_CT_STATE_RELATED_BIT
-                    }
-                };
-                out.extend([
-                    Expr::CtLoad(NFT_CT_STATE),
-                    Expr::Bitwise {
-                        mask: bits.to_ne_bytes().to_vec(),
-                        xor: vec![0; 4],
-                    },
-                    cmp(true, vec![0; 4]),
-                ]);
-            }
-            Match::Mark { mark, negate } => out.extend([
-                Expr::Meta(MetaKey::Mark),
-                cmp(*negate, mark.to_ne_bytes().to_vec()),
-            ]),
-            Match::CtMark(mark) => out.extend([
-                Expr::CtLoad(NFT_CT_MARK),
-                cmp(false, mark.to_ne_bytes().to_vec()),
-            ]),
-        }
+        lower_match(&mut out, &mut l4, &mut l3, m);
     }
     action(&mut out, &rule.action, rule_family_is_v6(rule));
     out
+}
+
+/// `meta KEY` compared with `data`.
+fn meta_cmp(key: MetaKey, negate: bool, data: Vec<u8>) -> [Expr; 2] {
+    [Expr::Meta(key), cmp(negate, data)]
+}
+
+/// One match, with the protocol dependencies `l4` / `l3` the rule has established so far.
+fn lower_match(out: &mut Vec<Expr>, l4: &mut Option<Proto>, l3: &mut Option<bool>, m: &Match) {
+    match m {
+        Match::InIface(i) => {
+            out.extend(meta_cmp(MetaKey::IifName, false, ifname_bytes(i.as_str())))
+        }
+        Match::OutIface(i) => {
+            out.extend(meta_cmp(MetaKey::OifName, false, ifname_bytes(i.as_str())))
+        }
+        Match::L4Proto(p) => {
+            out.extend(meta_cmp(MetaKey::L4Proto, false, vec![p.number()]));
+            *l4 = Some(*p);
+        }
+        Match::DPort {
+            proto,
+            ports,
+            negate,
+        } => {
+            port_dependency(out, l4, *proto);
+            out.push(Expr::Payload {
+                base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                offset: 2,
+                len: 2,
+            });
+            if ports.len() == 1 {
+                out.push(cmp(*negate, ports[0].to_be_bytes().to_vec()));
+            } else {
+                out.push(Expr::Lookup {
+                    elements: ports.iter().map(|p| p.to_be_bytes().to_vec()).collect(),
+                    invert: *negate,
+                });
+            }
+        }
+        Match::SPort { proto, port } => {
+            port_dependency(out, l4, *proto);
+            out.push(Expr::Payload {
+                base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                offset: 0,
+                len: 2,
+            });
+            out.push(cmp(false, port.to_be_bytes().to_vec()));
+        }
+        Match::SAddr { cidr, negate } => address(out, l3, cidr, true, *negate),
+        Match::DAddr { cidr, negate } => address(out, l3, cidr, false, *negate),
+        Match::SkUid { uid, negate } => out.extend(meta_cmp(
+            MetaKey::SkUid,
+            *negate,
+            uid.to_ne_bytes().to_vec(),
+        )),
+        Match::SkGid { group, negate } => out.extend(meta_cmp(
+            MetaKey::SkGid,
+            *negate,
+            group.gid.to_ne_bytes().to_vec(),
+        )),
+        Match::CtState(state) => out.extend(ct_state(*state)),
+        Match::Mark { mark, negate } => out.extend(meta_cmp(
+            MetaKey::Mark,
+            *negate,
+            mark.to_ne_bytes().to_vec(),
+        )),
+        Match::CtMark(mark) => out.extend([
+            Expr::CtLoad(NFT_CT_MARK),
+            cmp(false, mark.to_ne_bytes().to_vec()),
+        ]),
+    }
+}
+
+/// `ct state …`: the state bits masked out and compared with zero.
+fn ct_state(state: CtState) -> [Expr; 3] {
+    let bits = match state {
+        CtState::Invalid => NF_CT_STATE_INVALID_BIT,
+        CtState::RelatedEstablished => NF_CT_STATE_ESTABLISHED_BIT | NF_CT_STATE_RELATED_BIT,
+    };
+    [
+        Expr::CtLoad(NFT_CT_STATE),
+        Expr::Bitwise {
+            mask: bits.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        cmp(true, vec![0; 4]),
+    ]
 }
 
 fn rule_family_is_v6(rule: &Rule) -> bool {
@@ -251,10 +263,7 @@ fn rule_family_is_v6(rule: &Rule) -> bool {
 
 fn port_dependency(out: &mut Vec<Expr>, l4: &mut Option<Proto>, proto: Proto) {
     if *l4 != Some(proto) {
-        out.extend([
-            Expr::Meta(MetaKey::L4Proto),
-            cmp(false, vec![proto.number()]),
-        ]);
+        out.extend(meta_cmp(MetaKey::L4Proto, false, vec![proto.number()]));
         *l4 = Some(proto);
     }
 }
@@ -265,7 +274,7 @@ fn address(out: &mut Vec<Expr>, l3: &mut Option<bool>, cidr: &Cidr, source: bool
     let v4 = cidr.is_v4();
     if *l3 != Some(v4) {
         let nfproto = if v4 { NFPROTO_IPV4 } else { NFPROTO_IPV6 };
-        out.extend([Expr::Meta(MetaKey::NfProto), cmp(false, vec![nfproto])]);
+        out.extend(meta_cmp(MetaKey::NfProto, false, vec![nfproto]));
         *l3 = Some(v4);
     }
     let (offset, full) = match (v4, source) {
