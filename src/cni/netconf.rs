@@ -26,32 +26,51 @@ pub enum Mode {
     Static,
 }
 
+/// How much the plugin logs (`plugin_log_level`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
+    /// Nothing.
     Off,
+    /// Errors only.
     Error,
+    /// Warnings and errors.
     Warn,
+    /// Informational messages too (the default).
     Info,
+    /// Debugging detail too.
     Debug,
+    /// Everything.
     Trace,
 }
 
+/// The plugin's configuration, parsed from stdin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetConf {
+    /// The `cniVersion` of the request (one of [`SUPPORTED_VERSIONS`]).
     pub cni_version: String,
+    /// The network name.
     pub name: String,
+    /// The previous plugin's result, passed through unchanged.
     pub prev_result: Option<Value>,
+    /// Namespaces whose pods are left alone (top level and `kubernetes.`).
     pub exclude_namespaces: Vec<String>,
+    /// The kubeconfig used to read pods.
     pub kubeconfig: PathBuf,
+    /// Which rule backend to program.
     pub backend: BackendChoice,
+    /// How long the pod read may take in all.
     pub api_timeout: Duration,
+    /// How much to log.
     pub log_level: LogLevel,
+    /// Where to log (besides stderr), if anywhere.
     pub log_file: Option<PathBuf>,
+    /// Where redirect settings come from.
     pub mode: Mode,
     /// Redirect settings: defaults for absent annotations, or the whole setting in static mode.
     pub redirect: Map<String, Value>,
 }
 
+/// `api_timeout` when the configuration does not set it.
 pub const DEFAULT_API_TIMEOUT: Duration = Duration::from_secs(10);
 /// istio-cni's file name for the kubeconfig install-cni writes into `cni_agent_run_dir`.
 pub const KUBECONFIG_NAME: &str = "istio-cni-kubeconfig";

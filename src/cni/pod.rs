@@ -10,38 +10,61 @@ use crate::config::{RawConfig, Setting};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+/// The name of Istio's sidecar container.
 pub const PROXY_CONTAINER: &str = "istio-proxy";
+/// The name of Istio's init container (a pod with it programs its own rules).
 pub const INIT_CONTAINER: &str = "istio-init";
 
+/// The pod annotations (and label) Istio's CNI plugin reads.
 pub mod annotation {
+    /// Injection on/off (label or annotation).
     pub const INJECT: &str = "sidecar.istio.io/inject";
+    /// Set by the injector on an injected pod.
     pub const STATUS: &str = "sidecar.istio.io/status";
+    /// REDIRECT or TPROXY.
     pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
+    /// Outbound CIDRs to capture.
     pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
+    /// Outbound CIDRs to leave alone.
     pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+    /// Inbound ports to capture.
     pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
+    /// Inbound ports to leave alone.
     pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+    /// Outbound ports to capture regardless of address.
     pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
+    /// Outbound ports to leave alone.
     pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+    /// Interfaces whose traffic is not captured.
     pub const EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
+    /// The old name of [`REROUTE_VIRTUAL_INTERFACES`].
     pub const KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
+    /// Interfaces whose inbound traffic is sent to the proxy as outbound.
     pub const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
 }
 
 /// What the plugin reads of a pod.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodInfo {
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.namespace`.
     pub namespace: String,
+    /// Names of `spec.containers`.
     pub containers: Vec<String>,
+    /// Names of `spec.initContainers`.
     pub init_containers: Vec<String>,
+    /// `metadata.labels`.
     pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations`.
     pub annotations: BTreeMap<String, String>,
     /// The istio-proxy container's env (`valueFrom` entries read as `""`, like Istio).
     pub proxy_env: BTreeMap<String, String>,
     /// `args[1]` when `args[0] == "proxy"` (`sidecar`, `router`).
     pub proxy_type: Option<String>,
+    /// istio-proxy's `securityContext.runAsUser`.
     pub run_as_user: Option<i64>,
+    /// istio-proxy's `securityContext.runAsGroup`.
     pub run_as_group: Option<i64>,
 }
 

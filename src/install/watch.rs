@@ -57,6 +57,7 @@ struct StopInner {
 }
 
 impl Stopper {
+    /// A stopper that has not been stopped.
     pub fn new() -> Result<Stopper, InstallError> {
         let (tx, rx) =
             UnixStream::pair().map_err(|e| InstallError::watch("create a socket pair", e))?;
@@ -80,6 +81,7 @@ impl Stopper {
         let _ = (&self.inner.tx).write(&[1]);
     }
 
+    /// Whether [`Stopper::stop`] was called.
     pub fn is_stopped(&self) -> bool {
         self.inner.stopped.load(Ordering::SeqCst)
     }

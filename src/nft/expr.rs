@@ -25,36 +25,56 @@ use std::fmt;
 /// register 1, verdicts on register 0, exactly like nft's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expr {
+    /// `meta load KEY => reg 1`.
     Meta(MetaKey),
+    /// `meta set KEY` from register 1.
     MetaSet(MetaKey),
+    /// `cmp OP reg 1 DATA`.
     Cmp {
+        /// Equal or not equal.
         op: CmpOp,
+        /// The value compared with.
         data: Vec<u8>,
     },
+    /// `payload load LEN b @ BASE + OFFSET => reg 1`.
     Payload {
+        /// The header (`NFT_PAYLOAD_*_HEADER`).
         base: u32,
+        /// Byte offset in the header.
         offset: u32,
+        /// Number of bytes.
         len: u32,
     },
+    /// `bitwise reg 1 = (reg 1 & MASK) ^ XOR`.
     Bitwise {
+        /// The AND mask.
         mask: Vec<u8>,
+        /// The XOR value.
         xor: Vec<u8>,
     },
     /// A lookup in an anonymous constant set of `inet_service` keys.
     Lookup {
+        /// The set's keys, in network byte order.
         elements: Vec<Vec<u8>>,
+        /// True for `!=` (not in the set).
         invert: bool,
     },
+    /// `counter`.
     Counter,
+    /// `immediate reg 1 DATA`.
     Immediate(Vec<u8>),
+    /// A verdict in register 0.
     Verdict(Verdict),
     /// `redirect to :port` with the port in register 1.
     Redirect,
     /// `tproxy ip|ip6 to :port` with the port in register 1.
     Tproxy {
+        /// `NFPROTO_IPV4` or `NFPROTO_IPV6`.
         family: u8,
     },
+    /// `ct load KEY => reg 1`.
     CtLoad(u32),
+    /// `ct set KEY` from register 1.
     CtSet(u32),
     /// An expression we never write (found in the kernel, shown by name).
     Other(String),
@@ -77,18 +97,27 @@ impl Expr {
     }
 }
 
+/// The `meta` keys we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaKey {
+    /// `meta mark`.
     Mark,
+    /// `iifname`.
     IifName,
+    /// `oifname`.
     OifName,
+    /// `meta skuid`.
     SkUid,
+    /// `meta skgid`.
     SkGid,
+    /// `meta nfproto`.
     NfProto,
+    /// `meta l4proto`.
     L4Proto,
 }
 
 impl MetaKey {
+    /// The kernel's `NFT_META_*` number.
     pub fn number(self) -> u32 {
         match self {
             MetaKey::Mark => NFT_META_MARK,
@@ -101,6 +130,7 @@ impl MetaKey {
         }
     }
 
+    /// The key for a kernel `NFT_META_*` number, if we use it.
     pub fn from_number(n: u32) -> Option<MetaKey> {
         [
             MetaKey::Mark,
@@ -128,17 +158,25 @@ impl MetaKey {
     }
 }
 
+/// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CmpOp {
+    /// `==`.
     Eq,
+    /// `!=`.
     Neq,
 }
 
+/// A verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// `accept`.
     Accept,
+    /// `drop`.
     Drop,
+    /// `return`.
     Return,
+    /// `jump CHAIN`.
     Jump(String),
 }
 
@@ -360,6 +398,7 @@ fn action(out: &mut Vec<Expr>, action: &Action, v6: bool) {
     }
 }
 
+/// The nft chain name of a model chain.
 pub fn chain_name(c: Chain) -> String {
     c.nft_name().to_string()
 }

@@ -16,12 +16,16 @@
 use super::abi::*;
 use thiserror::Error;
 
+/// Why a blob cannot be decoded or a table encoded.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BlobError {
+    /// An entry's offsets do not fit the blob.
     #[error("entry at byte {0} is malformed")]
     Malformed(usize),
+    /// A jump offset is not a chain start.
     #[error("jump at byte {0} does not point at the start of a chain")]
     BadJump(usize),
+    /// A rule jumps to a chain the table does not have.
     #[error("chain {0:?} is referenced but does not exist")]
     MissingChain(String),
 }
@@ -29,12 +33,16 @@ pub enum BlobError {
 /// A match or target: name, revision and the data after the 32-byte header (padded).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extension {
+    /// The extension's name (empty for the standard target).
     pub name: String,
+    /// Its revision.
     pub revision: u8,
+    /// Its data, padded to `XT_ALIGN`.
     pub data: Vec<u8>,
 }
 
 impl Extension {
+    /// An extension with `data` padded to `XT_ALIGN`.
     pub fn new(name: &str, revision: u8, data: Vec<u8>) -> Extension {
         let mut data = data;
         data.resize(xt_align(XT_MATCH_HEADER + data.len()) - XT_MATCH_HEADER, 0);
@@ -59,52 +67,70 @@ impl Extension {
     }
 }
 
+/// What a rule does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A standard verdict: ACCEPT (−2), DROP (−1), RETURN (−5).
     Verdict(i32),
     /// Jump (or goto, with the flag in `ip`) to a user chain.
     Jump(String),
+    /// Any other target, raw.
     Extension(Extension),
 }
 
+/// Packet and byte counters of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counters {
+    /// Packets.
     pub packets: u64,
+    /// Bytes.
     pub bytes: u64,
 }
 
+/// One rule (entry) of a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     /// `ipt_ip` / `ip6t_ip6`, raw.
     pub ip: Vec<u8>,
+    /// `nfcache` (kernel bookkeeping, kept as read).
     pub nfcache: u32,
+    /// The matches, in order.
     pub matches: Vec<Extension>,
+    /// The target.
     pub target: Target,
+    /// The counters.
     pub counters: Counters,
     /// Index of this entry in the table it was read from (to carry its counters over).
     pub old_index: Option<usize>,
 }
 
+/// A chain: built-in (with a hook and policy) or user-defined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
+    /// The chain name.
     pub name: String,
     /// `Some(hook)` for a built-in chain.
     pub hook: Option<usize>,
     /// Built-in chains: the policy verdict and its counters.
     pub policy: Option<(i32, Counters, Option<usize>)>,
+    /// The rules, in order.
     pub rules: Vec<Rule>,
 }
 
+/// A decoded table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
+    /// The table name (`nat`, `mangle`, `raw`, …).
     pub name: String,
+    /// Bit mask of the hooks the table is attached to.
     pub valid_hooks: u32,
+    /// Built-in chains and user chains.
     pub chains: Vec<Chain>,
     /// Number of entries when read (`num_counters` for the replace).
     pub num_entries: usize,
 }
 
+/// The built-in chain names, by hook number.
 pub const BUILTIN_NAMES: [&str; NF_INET_NUMHOOKS] =
     ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
 
@@ -327,10 +353,12 @@ impl Table {
         })
     }
 
+    /// The chain named `name`.
     pub fn chain(&self, name: &str) -> Option<&Chain> {
         self.chains.iter().find(|c| c.name == name)
     }
 
+    /// The chain named `name`, to change it.
     pub fn chain_mut(&mut self, name: &str) -> Option<&mut Chain> {
         self.chains.iter_mut().find(|c| c.name == name)
     }
@@ -339,12 +367,17 @@ impl Table {
 /// An encoded table, ready for `IPT_SO_SET_REPLACE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
+    /// The entries.
     pub blob: Vec<u8>,
+    /// How many entries `blob` holds.
     pub num_entries: usize,
+    /// Offset of each hook's first entry.
     pub hook_entry: [u32; 5],
+    /// Offset of each hook's policy entry.
     pub underflow: [u32; 5],
     /// For each new entry, the index it had in the table read (for `ADD_COUNTERS`).
     pub old_index: Vec<Option<usize>>,
+    /// For each new entry, the counters to start from.
     pub counters: Vec<Counters>,
 }
 
