@@ -341,56 +341,89 @@ impl Sources<'_> {
     }
 }
 
+/// Checks and normalises a setting's value: `(origin, value)` to the value kept.
+type Check = fn(&str, &str) -> Result<String, CniError>;
+
+/// Where a setting goes in [`RawConfig`].
+type Field = fn(&mut RawConfig) -> &mut Option<Setting>;
+
+fn interception_mode(o: &str, v: &str) -> Result<String, CniError> {
+    match v {
+        "REDIRECT" | "TPROXY" => Ok(v.to_string()),
+        _ => Err(invalid(o, v, "expected REDIRECT or TPROXY")),
+    }
+}
+
+/// The settings that come from one annotation each: the field, the annotation, the plugin
+/// default's key, Istio's default and the check, in Istio's order.
+const ANNOTATED: [(Field, &str, &str, &str, Check); 8] = {
+    use annotation as a;
+    [
+        (
+            |r| &mut r.inbound_interception_mode,
+            a::INTERCEPTION_MODE,
+            "interceptionMode",
+            "REDIRECT",
+            interception_mode,
+        ),
+        (
+            |r| &mut r.outbound_ip_ranges_include,
+            a::INCLUDE_OUTBOUND_IP_RANGES,
+            "includeOutboundIPRanges",
+            "*",
+            |o, v| cidrs(o, v, true),
+        ),
+        (
+            |r| &mut r.outbound_ip_ranges_exclude,
+            a::EXCLUDE_OUTBOUND_IP_RANGES,
+            "excludeOutboundIPRanges",
+            "",
+            |o, v| cidrs(o, v, false),
+        ),
+        (
+            |r| &mut r.inbound_ports_exclude,
+            a::EXCLUDE_INBOUND_PORTS,
+            "excludeInboundPorts",
+            "15020",
+            |o, v| Ok(exclude_inbound(&ports(o, v, false)?)),
+        ),
+        (
+            |r| &mut r.inbound_ports_include,
+            a::INCLUDE_INBOUND_PORTS,
+            "includeInboundPorts",
+            "*",
+            |o, v| ports(o, v, true),
+        ),
+        (
+            |r| &mut r.outbound_ports_exclude,
+            a::EXCLUDE_OUTBOUND_PORTS,
+            "excludeOutboundPorts",
+            "15020",
+            |o, v| ports(o, v, false),
+        ),
+        (
+            |r| &mut r.outbound_ports_include,
+            a::INCLUDE_OUTBOUND_PORTS,
+            "includeOutboundPorts",
+            "",
+            |o, v| ports(o, v, false),
+        ),
+        (
+            |r| &mut r.exclude_interfaces,
+            a::EXCLUDE_INTERFACES,
+            "excludeInterfaces",
+            "",
+            interfaces,
+        ),
+    ]
+};
+
 /// The annotation-driven settings: interception mode, address ranges, ports, interfaces.
 fn traffic_settings(src: &Sources<'_>, raw: &mut RawConfig) -> Result<(), CniError> {
     use annotation as a;
-    raw.inbound_interception_mode = Some(src.checked(
-        a::INTERCEPTION_MODE,
-        "interceptionMode",
-        "REDIRECT",
-        |o, v| match v {
-            "REDIRECT" | "TPROXY" => Ok(v.to_string()),
-            _ => Err(invalid(o, v, "expected REDIRECT or TPROXY")),
-        },
-    )?);
-    raw.outbound_ip_ranges_include = Some(src.checked(
-        a::INCLUDE_OUTBOUND_IP_RANGES,
-        "includeOutboundIPRanges",
-        "*",
-        |o, v| cidrs(o, v, true),
-    )?);
-    raw.outbound_ip_ranges_exclude = Some(src.checked(
-        a::EXCLUDE_OUTBOUND_IP_RANGES,
-        "excludeOutboundIPRanges",
-        "",
-        |o, v| cidrs(o, v, false),
-    )?);
-    raw.inbound_ports_exclude = Some(src.checked(
-        a::EXCLUDE_INBOUND_PORTS,
-        "excludeInboundPorts",
-        "15020",
-        |o, v| Ok(exclude_inbound(&ports(o, v, false)?)),
-    )?);
-    raw.inbound_ports_include = Some(src.checked(
-        a::INCLUDE_INBOUND_PORTS,
-        "includeInboundPorts",
-        "*",
-        |o, v| ports(o, v, true),
-    )?);
-    raw.outbound_ports_exclude = Some(src.checked(
-        a::EXCLUDE_OUTBOUND_PORTS,
-        "excludeOutboundPorts",
-        "15020",
-        |o, v| ports(o, v, false),
-    )?);
-    raw.outbound_ports_include = Some(src.checked(
-        a::INCLUDE_OUTBOUND_PORTS,
-        "includeOutboundPorts",
-        "",
-        |o, v| ports(o, v, false),
-    )?);
-    raw.exclude_interfaces =
-        Some(src.checked(a::EXCLUDE_INTERFACES, "excludeInterfaces", "", interfaces)?);
+    for (field, ann, key, istio, check) in ANNOTATED {
+        *field(raw) = Some(src.checked(ann, key, istio, check)?);
+    }
     let (o, v) = if let Some(v) = src.pod.annotations.get(a::REROUTE_VIRTUAL_INTERFACES) {
         (a::REROUTE_VIRTUAL_INTERFACES.to_string(), v.clone())
     } else {
