@@ -20,7 +20,7 @@ const USER_AGENT: &str = concat!("mesh-redirect/", env!("CARGO_PKG_VERSION"), " 
 fn agent(cfg: &KubeConfig) -> ureq::Agent {
     ureq::Agent::config_builder()
         .tls_config(cfg.tls().clone())
-        // See the module docs: the token goes to the kubeconfig's server only.
+        // See the parent module's docs: the token goes to the kubeconfig's server only.
         .proxy(None)
         .max_redirects(0)
         .https_only(true)
