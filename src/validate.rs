@@ -17,16 +17,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+/// What `validate` probes and how long it waits.
 #[derive(Debug, Clone)]
 pub struct ValidateOptions {
+    /// The port the probe connects to (on 127.0.0.6 or ::6).
     pub probe_port: u16,
+    /// The inbound capture port, where a redirected probe must land.
     pub inbound_capture_port: u16,
+    /// The outbound capture port, also listened on.
     pub proxy_port: u16,
     /// The proxy's uid: the probe connection is made as this uid (a per-thread credential
     /// when we run as root; in an init container running as 1337 it is simply ours).
     pub uid: u32,
+    /// The proxy's gid, for the probe connection.
     pub gid: u32,
+    /// Probe over IPv6 instead of IPv4.
     pub ipv6: bool,
+    /// How long to wait for the redirected connection.
     pub timeout: Duration,
 }
 
@@ -44,23 +51,33 @@ impl Default for ValidateOptions {
     }
 }
 
+/// Why validation failed.
 #[derive(Debug, Error)]
 pub enum ValidateError {
+    /// A capture port could not be listened on.
     #[error("cannot listen on {addr}: {source} (is the proxy already running in this namespace?)")]
     Listen {
+        /// The address.
         addr: SocketAddr,
+        /// The system error.
         source: std::io::Error,
     },
+    /// The probe did not arrive at the capture port in time.
     #[error(
         "the redirect does not work: a connection to {probe} as uid {uid} did not reach the inbound listener {listener} within {timeout:?} \
          (last attempt: {last}). The redirect rules are missing or wrong in this namespace: check `nft list ruleset` or \
          `iptables-legacy-save`, and the CNI plugin's log for this pod"
     )]
     NotRedirected {
+        /// Where the probe connected.
         probe: SocketAddr,
+        /// The uid it connected as.
         uid: u32,
+        /// The listener it should have reached.
         listener: SocketAddr,
+        /// How long we waited.
         timeout: Duration,
+        /// The last attempt's error.
         last: String,
     },
 }
@@ -68,8 +85,11 @@ pub enum ValidateError {
 /// What a successful validation saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Validated {
+    /// The address the probe connected to.
     pub probe: SocketAddr,
+    /// The listener that accepted it.
     pub landed_on: SocketAddr,
+    /// The original destination the redirect recorded (`SO_ORIGINAL_DST`).
     pub original_destination: SocketAddr,
 }
 

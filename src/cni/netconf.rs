@@ -26,32 +26,51 @@ pub enum Mode {
     Static,
 }
 
+/// How much the plugin logs (`plugin_log_level`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
+    /// Nothing.
     Off,
+    /// Errors only.
     Error,
+    /// Warnings and errors.
     Warn,
+    /// Informational messages too (the default).
     Info,
+    /// Debugging detail too.
     Debug,
+    /// Everything.
     Trace,
 }
 
+/// The plugin's configuration, parsed from stdin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetConf {
+    /// The `cniVersion` of the request (one of [`SUPPORTED_VERSIONS`]).
     pub cni_version: String,
+    /// The network name.
     pub name: String,
+    /// The previous plugin's result, passed through unchanged.
     pub prev_result: Option<Value>,
+    /// Namespaces whose pods are left alone (top level and `kubernetes.`).
     pub exclude_namespaces: Vec<String>,
+    /// The kubeconfig used to read pods.
     pub kubeconfig: PathBuf,
+    /// Which rule backend to program.
     pub backend: BackendChoice,
+    /// How long the pod read may take in all.
     pub api_timeout: Duration,
+    /// How much to log.
     pub log_level: LogLevel,
+    /// Where to log (besides stderr), if anywhere.
     pub log_file: Option<PathBuf>,
+    /// Where redirect settings come from.
     pub mode: Mode,
     /// Redirect settings: defaults for absent annotations, or the whole setting in static mode.
     pub redirect: Map<String, Value>,
 }
 
+/// `api_timeout` when the configuration does not set it.
 pub const DEFAULT_API_TIMEOUT: Duration = Duration::from_secs(10);
 /// istio-cni's file name for the kubeconfig install-cni writes into `cni_agent_run_dir`.
 pub const KUBECONFIG_NAME: &str = "istio-cni-kubeconfig";
@@ -134,94 +153,114 @@ pub fn duration(key: &str, v: &Value) -> Result<Duration, CniError> {
     Ok(d)
 }
 
-impl NetConf {
-    /// Parses stdin. Undecodable JSON is error 6, an unsupported `cniVersion` error 1, a bad
-    /// value error 7.
-    pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
-        let v: Value = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(
-                Code::Decode,
-                "cannot decode the network configuration",
-                e.to_string(),
-            )
-        })?;
-        let Value::Object(m) = v else {
-            return Err(CniError::new(
-                Code::Decode,
-                "cannot decode the network configuration",
-                "expected a JSON object",
-            ));
-        };
-        let cni_version = string(&m, "cniVersion")?.unwrap_or("0.1.0").to_string();
-        if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
-            return Err(CniError::new(
-                Code::IncompatibleVersion,
-                "incompatible CNI versions",
-                format!(
-                    "config is {cni_version:?}, plugin supports {}",
-                    SUPPORTED_VERSIONS.join(", ")
-                ),
-            ));
+/// The object at `key`, if set; anything else but null is error 7 saying `why`.
+fn object<'a>(
+    m: &'a Map<String, Value>,
+    key: &str,
+    why: &str,
+) -> Result<Option<&'a Map<String, Value>>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(v) => Err(invalid(key, v, why)),
+    }
+}
+
+/// The `value` of `key` as a string, refused with `why`.
+fn bad_value(key: &str, value: &str, why: &str) -> CniError {
+    invalid(key, &Value::String(value.into()), why)
+}
+
+/// stdin as a JSON object (error 6 otherwise).
+fn decode_object(stdin: &[u8]) -> Result<Map<String, Value>, CniError> {
+    let v: Value = serde_json::from_slice(stdin).map_err(|e| {
+        CniError::new(
+            Code::Decode,
+            "cannot decode the network configuration",
+            e.to_string(),
+        )
+    })?;
+    let Value::Object(m) = v else {
+        return Err(CniError::new(
+            Code::Decode,
+            "cannot decode the network configuration",
+            "expected a JSON object",
+        ));
+    };
+    Ok(m)
+}
+
+/// `cniVersion` (default 0.1.0), which must be one we support (error 1 otherwise).
+fn cni_version(m: &Map<String, Value>) -> Result<String, CniError> {
+    let cni_version = string(m, "cniVersion")?.unwrap_or("0.1.0").to_string();
+    if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
+        return Err(CniError::new(
+            Code::IncompatibleVersion,
+            "incompatible CNI versions",
+            format!(
+                "config is {cni_version:?}, plugin supports {}",
+                SUPPORTED_VERSIONS.join(", ")
+            ),
+        ));
+    }
+    Ok(cni_version)
+}
+
+/// The namespaces to leave alone (top level and `kubernetes.`), and the kubeconfig path.
+fn kubernetes_settings(m: &Map<String, Value>) -> Result<(Vec<String>, PathBuf), CniError> {
+    let empty = Map::new();
+    let kubernetes = object(m, "kubernetes", "expected an object")?.unwrap_or(&empty);
+    let mut exclude_namespaces = namespaces(m, "exclude_namespaces")?;
+    exclude_namespaces.extend(
+        namespaces(kubernetes, "exclude_namespaces").map_err(|mut e| {
+            e.msg = e
+                .msg
+                .replace("exclude_namespaces", "kubernetes.exclude_namespaces");
+            e
+        })?,
+    );
+    let run_dir = string(m, "cni_agent_run_dir")?.unwrap_or("");
+    let kubeconfig = match string(kubernetes, "kubeconfig")? {
+        Some(k) if !k.is_empty() => PathBuf::from(k),
+        _ => PathBuf::from(run_dir).join(KUBECONFIG_NAME),
+    };
+    Ok((exclude_namespaces, kubeconfig))
+}
+
+/// `backend`, with istio-cni's `native_nftables: true` meaning nftables.
+fn backend(m: &Map<String, Value>) -> Result<BackendChoice, CniError> {
+    let native_nftables = boolean(m, "native_nftables")?;
+    Ok(match (string(m, "backend")?, native_nftables) {
+        (Some("nftables"), _) => BackendChoice::Nftables,
+        (Some("iptables-legacy"), Some(true)) => {
+            return Err(bad_value(
+                "backend",
+                "iptables-legacy",
+                "native_nftables is true: the two settings contradict",
+            ))
         }
-        let name = string(&m, "name")?.unwrap_or_default().to_string();
-        if !valid_id(&name) {
-            return Err(invalid("name", &Value::String(name), "a network name starts with a letter or digit and holds only letters, digits, '_', '.', '-'"));
+        (Some("iptables-legacy"), _) => BackendChoice::IptablesLegacy,
+        (Some("auto"), Some(true)) | (None, Some(true)) => BackendChoice::Nftables,
+        (Some("auto"), _) | (None, _) => BackendChoice::Auto,
+        (Some(other), _) => {
+            return Err(bad_value(
+                "backend",
+                other,
+                "expected nftables, iptables-legacy or auto",
+            ))
         }
-        let prev_result = match m.get("prevResult") {
-            None | Some(Value::Null) => None,
-            Some(p @ Value::Object(_)) => Some(p.clone()),
-            Some(v) => return Err(invalid("prevResult", v, "expected an object")),
-        };
-        let kubernetes = match m.get("kubernetes") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(k)) => k.clone(),
-            Some(v) => return Err(invalid("kubernetes", v, "expected an object")),
-        };
-        let mut exclude_namespaces = namespaces(&m, "exclude_namespaces")?;
-        exclude_namespaces.extend(namespaces(&kubernetes, "exclude_namespaces").map_err(
-            |mut e| {
-                e.msg = e
-                    .msg
-                    .replace("exclude_namespaces", "kubernetes.exclude_namespaces");
-                e
-            },
-        )?);
-        let run_dir = string(&m, "cni_agent_run_dir")?.unwrap_or("");
-        let kubeconfig = match string(&kubernetes, "kubeconfig")? {
-            Some(k) if !k.is_empty() => PathBuf::from(k),
-            _ => PathBuf::from(run_dir).join(KUBECONFIG_NAME),
-        };
-        let native_nftables = boolean(&m, "native_nftables")?;
-        let backend = match (string(&m, "backend")?, native_nftables) {
-            (Some("nftables"), _) => BackendChoice::Nftables,
-            (Some("iptables-legacy"), Some(true)) => {
-                return Err(invalid(
-                    "backend",
-                    &Value::String("iptables-legacy".into()),
-                    "native_nftables is true: the two settings contradict",
-                ))
-            }
-            (Some("iptables-legacy"), _) => BackendChoice::IptablesLegacy,
-            (Some("auto"), Some(true)) | (None, Some(true)) => BackendChoice::Nftables,
-            (Some("auto"), _) | (None, _) => BackendChoice::Auto,
-            (Some(other), _) => {
-                return Err(invalid(
-                    "backend",
-                    &Value::String(other.into()),
-                    "expected nftables, iptables-legacy or auto",
-                ))
-            }
-        };
-        let api_timeout = match m.get("api_timeout") {
-            None | Some(Value::Null) => DEFAULT_API_TIMEOUT,
-            Some(v) => duration("api_timeout", v)?,
-        };
-        let level_key = if m.contains_key("plugin_log_level") {
-            "plugin_log_level"
-        } else {
-            "log_level"
-        };
-        let log_level = match string(&m, level_key)?
+    })
+}
+
+/// `plugin_log_level` (istio-cni's key), else `log_level`; Go level names are accepted.
+fn log_level(m: &Map<String, Value>) -> Result<LogLevel, CniError> {
+    let level_key = if m.contains_key("plugin_log_level") {
+        "plugin_log_level"
+    } else {
+        "log_level"
+    };
+    Ok(
+        match string(m, level_key)?
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
@@ -232,38 +271,51 @@ impl NetConf {
             Some("debug") => LogLevel::Debug,
             Some("trace") => LogLevel::Trace,
             Some(other) => {
-                return Err(invalid(
+                return Err(bad_value(
                     level_key,
-                    &Value::String(other.into()),
+                    other,
                     "expected none, error, warn, info, debug or trace",
                 ))
             }
+        },
+    )
+}
+
+/// `mode`: kubernetes (the default) or static.
+fn mode(m: &Map<String, Value>) -> Result<Mode, CniError> {
+    match string(m, "mode")? {
+        None | Some("kubernetes") => Ok(Mode::Kubernetes),
+        Some("static") => Ok(Mode::Static),
+        Some(other) => Err(bad_value("mode", other, "expected kubernetes or static")),
+    }
+}
+
+impl NetConf {
+    /// Parses stdin. Undecodable JSON is error 6, an unsupported `cniVersion` error 1, a bad
+    /// value error 7.
+    pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+        let m = decode_object(stdin)?;
+        let cni_version = cni_version(&m)?;
+        let name = string(&m, "name")?.unwrap_or_default().to_string();
+        if !valid_id(&name) {
+            return Err(bad_value("name", &name, "a network name starts with a letter or digit and holds only letters, digits, '_', '.', '-'"));
+        }
+        let prev_result =
+            object(&m, "prevResult", "expected an object")?.map(|p| Value::Object(p.clone()));
+        let (exclude_namespaces, kubeconfig) = kubernetes_settings(&m)?;
+        let backend = backend(&m)?;
+        let api_timeout = match m.get("api_timeout") {
+            None | Some(Value::Null) => DEFAULT_API_TIMEOUT,
+            Some(v) => duration("api_timeout", v)?,
         };
+        let log_level = log_level(&m)?;
         let log_file = string(&m, "log_file")?
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);
-        let mode = match string(&m, "mode")? {
-            None | Some("kubernetes") => Mode::Kubernetes,
-            Some("static") => Mode::Static,
-            Some(other) => {
-                return Err(invalid(
-                    "mode",
-                    &Value::String(other.into()),
-                    "expected kubernetes or static",
-                ))
-            }
-        };
-        let redirect = match m.get("redirect") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(r)) => r.clone(),
-            Some(v) => {
-                return Err(invalid(
-                    "redirect",
-                    v,
-                    "expected an object of redirect settings",
-                ))
-            }
-        };
+        let mode = mode(&m)?;
+        let redirect = object(&m, "redirect", "expected an object of redirect settings")?
+            .cloned()
+            .unwrap_or_default();
         Ok(NetConf {
             cni_version,
             name,

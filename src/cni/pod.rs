@@ -10,38 +10,61 @@ use crate::config::{RawConfig, Setting};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+/// The name of Istio's sidecar container.
 pub const PROXY_CONTAINER: &str = "istio-proxy";
+/// The name of Istio's init container (a pod with it programs its own rules).
 pub const INIT_CONTAINER: &str = "istio-init";
 
+/// The pod annotations (and label) Istio's CNI plugin reads.
 pub mod annotation {
+    /// Injection on/off (label or annotation).
     pub const INJECT: &str = "sidecar.istio.io/inject";
+    /// Set by the injector on an injected pod.
     pub const STATUS: &str = "sidecar.istio.io/status";
+    /// REDIRECT or TPROXY.
     pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
+    /// Outbound CIDRs to capture.
     pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
+    /// Outbound CIDRs to leave alone.
     pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+    /// Inbound ports to capture.
     pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
+    /// Inbound ports to leave alone.
     pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+    /// Outbound ports to capture regardless of address.
     pub const INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
+    /// Outbound ports to leave alone.
     pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+    /// Interfaces whose traffic is not captured.
     pub const EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
+    /// The old name of [`REROUTE_VIRTUAL_INTERFACES`].
     pub const KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
+    /// Interfaces whose inbound traffic is sent to the proxy as outbound.
     pub const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
 }
 
 /// What the plugin reads of a pod.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodInfo {
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.namespace`.
     pub namespace: String,
+    /// Names of `spec.containers`.
     pub containers: Vec<String>,
+    /// Names of `spec.initContainers`.
     pub init_containers: Vec<String>,
+    /// `metadata.labels`.
     pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations`.
     pub annotations: BTreeMap<String, String>,
     /// The istio-proxy container's env (`valueFrom` entries read as `""`, like Istio).
     pub proxy_env: BTreeMap<String, String>,
     /// `args[1]` when `args[0] == "proxy"` (`sidecar`, `router`).
     pub proxy_type: Option<String>,
+    /// istio-proxy's `securityContext.runAsUser`.
     pub run_as_user: Option<i64>,
+    /// istio-proxy's `securityContext.runAsGroup`.
     pub run_as_group: Option<i64>,
 }
 
@@ -255,74 +278,55 @@ fn exclude_inbound(value: &str) -> String {
     seen.join(",")
 }
 
-/// The redirect settings for a pod: annotations over plugin defaults over Istio's defaults.
-pub fn redirect_settings(
-    pod: &PodInfo,
-    defaults: &Map<String, Value>,
-) -> Result<RawConfig, CniError> {
-    use annotation as a;
-    let pick = |ann: &str, key: &str, istio: &str| -> (String, String) {
-        if let Some(v) = pod.annotations.get(ann) {
+/// Where a pod's settings come from: its annotations, container and env, then the plugin
+/// configuration's `redirect` defaults.
+struct Sources<'a> {
+    pod: &'a PodInfo,
+    defaults: &'a Map<String, Value>,
+}
+
+impl Sources<'_> {
+    /// The annotation `ann`, else the plugin default `key`, else Istio's default `istio`:
+    /// (origin, value).
+    fn pick(&self, ann: &str, key: &str, istio: &str) -> (String, String) {
+        if let Some(v) = self.pod.annotations.get(ann) {
             (ann.to_string(), v.clone())
-        } else if let Some(d) = default_of(defaults, key) {
+        } else if let Some(d) = default_of(self.defaults, key) {
             d
         } else {
             (ann.to_string(), istio.to_string())
         }
-    };
-    let mut raw = RawConfig {
-        proxy_port: Some(Setting::new("CNI plugin", "15001")),
-        ..Default::default()
-    };
-
-    let (o, v) = pick(a::INTERCEPTION_MODE, "interceptionMode", "REDIRECT");
-    if v != "REDIRECT" && v != "TPROXY" {
-        return Err(invalid(&o, &v, "expected REDIRECT or TPROXY"));
     }
-    raw.inbound_interception_mode = Some(Setting::new(&o, v));
-    let (o, v) = pick(
-        a::INCLUDE_OUTBOUND_IP_RANGES,
-        "includeOutboundIPRanges",
-        "*",
-    );
-    raw.outbound_ip_ranges_include = Some(Setting::new(&o, cidrs(&o, &v, true)?));
-    let (o, v) = pick(a::EXCLUDE_OUTBOUND_IP_RANGES, "excludeOutboundIPRanges", "");
-    raw.outbound_ip_ranges_exclude = Some(Setting::new(&o, cidrs(&o, &v, false)?));
-    let (o, v) = pick(a::EXCLUDE_INBOUND_PORTS, "excludeInboundPorts", "15020");
-    raw.inbound_ports_exclude = Some(Setting::new(&o, exclude_inbound(&ports(&o, &v, false)?)));
-    let (o, v) = pick(a::INCLUDE_INBOUND_PORTS, "includeInboundPorts", "*");
-    raw.inbound_ports_include = Some(Setting::new(&o, ports(&o, &v, true)?));
-    let (o, v) = pick(a::EXCLUDE_OUTBOUND_PORTS, "excludeOutboundPorts", "15020");
-    raw.outbound_ports_exclude = Some(Setting::new(&o, ports(&o, &v, false)?));
-    let (o, v) = pick(a::INCLUDE_OUTBOUND_PORTS, "includeOutboundPorts", "");
-    raw.outbound_ports_include = Some(Setting::new(&o, ports(&o, &v, false)?));
-    let (o, v) = pick(a::EXCLUDE_INTERFACES, "excludeInterfaces", "");
-    raw.exclude_interfaces = Some(Setting::new(&o, interfaces(&o, &v)?));
-    let (o, v) = if let Some(v) = pod.annotations.get(a::REROUTE_VIRTUAL_INTERFACES) {
-        (a::REROUTE_VIRTUAL_INTERFACES.to_string(), v.clone())
-    } else {
-        pick(a::KUBEVIRT_INTERFACES, "rerouteVirtualInterfaces", "")
-    };
-    raw.reroute_virtual_interfaces = Some(Setting::new(&o, interfaces(&o, &v)?));
 
-    // The proxy's uid and gid: the container's securityContext when set and not root.
-    let id = |v: Option<i64>, what: &str, key: &str| -> (String, String) {
-        match v {
+    /// [`Sources::pick`], with the value checked and normalised by `check(origin, value)`.
+    fn checked(
+        &self,
+        ann: &str,
+        key: &str,
+        istio: &str,
+        check: impl FnOnce(&str, &str) -> Result<String, CniError>,
+    ) -> Result<Setting, CniError> {
+        let (o, v) = self.pick(ann, key, istio);
+        let v = check(&o, &v)?;
+        Ok(Setting::new(&o, v))
+    }
+
+    /// The proxy's uid or gid: the container's securityContext when set and not root.
+    fn proxy_id(&self, v: Option<i64>, what: &str, key: &str) -> Setting {
+        let (o, v) = match v {
             Some(id) if id != 0 => (
                 format!("{PROXY_CONTAINER} securityContext.{what}"),
                 id.to_string(),
             ),
-            _ => default_of(defaults, key).unwrap_or_else(|| ("CNI plugin".into(), "1337".into())),
-        }
-    };
-    let (o, v) = id(pod.run_as_user, "runAsUser", "proxyUID");
-    raw.proxy_uid = Some(Setting::new(o, v));
-    let (o, v) = id(pod.run_as_group, "runAsGroup", "proxyGID");
-    raw.proxy_gid = Some(Setting::new(o, v));
+            _ => default_of(self.defaults, key)
+                .unwrap_or_else(|| ("CNI plugin".into(), "1337".into())),
+        };
+        Setting::new(o, v)
+    }
 
-    // istio-proxy env: an unparsable value is false (Istio warns and goes on).
-    let env_flag = |name: &str, key: &str| -> Setting {
-        match pod.proxy_env.get(name) {
+    /// An istio-proxy env flag: an unparsable value is false (Istio warns and goes on).
+    fn env_flag(&self, name: &str, key: &str) -> Setting {
+        match self.pod.proxy_env.get(name) {
             Some(v) => {
                 let b = parse_bool(v).unwrap_or_else(|| {
                     tracing::warn!(variable = name, value = %v, "not a boolean; taken as false, as Istio does");
@@ -330,16 +334,123 @@ pub fn redirect_settings(
                 });
                 Setting::new(format!("{PROXY_CONTAINER} env {name}"), b.to_string())
             }
-            None => default_of(defaults, key)
+            None => default_of(self.defaults, key)
                 .map(|(o, v)| Setting::new(o, v))
                 .unwrap_or_else(|| Setting::new("CNI plugin", "false")),
         }
+    }
+}
+
+/// Checks and normalises a setting's value: `(origin, value)` to the value kept.
+type Check = fn(&str, &str) -> Result<String, CniError>;
+
+/// Where a setting goes in [`RawConfig`].
+type Field = fn(&mut RawConfig) -> &mut Option<Setting>;
+
+fn interception_mode(o: &str, v: &str) -> Result<String, CniError> {
+    match v {
+        "REDIRECT" | "TPROXY" => Ok(v.to_string()),
+        _ => Err(invalid(o, v, "expected REDIRECT or TPROXY")),
+    }
+}
+
+/// The settings that come from one annotation each: the field, the annotation, the plugin
+/// default's key, Istio's default and the check, in Istio's order.
+const ANNOTATED: [(Field, &str, &str, &str, Check); 8] = {
+    use annotation as a;
+    [
+        (
+            |r| &mut r.inbound_interception_mode,
+            a::INTERCEPTION_MODE,
+            "interceptionMode",
+            "REDIRECT",
+            interception_mode,
+        ),
+        (
+            |r| &mut r.outbound_ip_ranges_include,
+            a::INCLUDE_OUTBOUND_IP_RANGES,
+            "includeOutboundIPRanges",
+            "*",
+            |o, v| cidrs(o, v, true),
+        ),
+        (
+            |r| &mut r.outbound_ip_ranges_exclude,
+            a::EXCLUDE_OUTBOUND_IP_RANGES,
+            "excludeOutboundIPRanges",
+            "",
+            |o, v| cidrs(o, v, false),
+        ),
+        (
+            |r| &mut r.inbound_ports_exclude,
+            a::EXCLUDE_INBOUND_PORTS,
+            "excludeInboundPorts",
+            "15020",
+            |o, v| Ok(exclude_inbound(&ports(o, v, false)?)),
+        ),
+        (
+            |r| &mut r.inbound_ports_include,
+            a::INCLUDE_INBOUND_PORTS,
+            "includeInboundPorts",
+            "*",
+            |o, v| ports(o, v, true),
+        ),
+        (
+            |r| &mut r.outbound_ports_exclude,
+            a::EXCLUDE_OUTBOUND_PORTS,
+            "excludeOutboundPorts",
+            "15020",
+            |o, v| ports(o, v, false),
+        ),
+        (
+            |r| &mut r.outbound_ports_include,
+            a::INCLUDE_OUTBOUND_PORTS,
+            "includeOutboundPorts",
+            "",
+            |o, v| ports(o, v, false),
+        ),
+        (
+            |r| &mut r.exclude_interfaces,
+            a::EXCLUDE_INTERFACES,
+            "excludeInterfaces",
+            "",
+            interfaces,
+        ),
+    ]
+};
+
+/// The annotation-driven settings: interception mode, address ranges, ports, interfaces.
+fn traffic_settings(src: &Sources<'_>, raw: &mut RawConfig) -> Result<(), CniError> {
+    use annotation as a;
+    for (field, ann, key, istio, check) in ANNOTATED {
+        *field(raw) = Some(src.checked(ann, key, istio, check)?);
+    }
+    let (o, v) = if let Some(v) = src.pod.annotations.get(a::REROUTE_VIRTUAL_INTERFACES) {
+        (a::REROUTE_VIRTUAL_INTERFACES.to_string(), v.clone())
+    } else {
+        src.pick(a::KUBEVIRT_INTERFACES, "rerouteVirtualInterfaces", "")
     };
-    let dns = env_flag("ISTIO_META_DNS_CAPTURE", "dnsCapture");
+    raw.reroute_virtual_interfaces = Some(Setting::new(&o, interfaces(&o, &v)?));
+    Ok(())
+}
+
+/// The redirect settings for a pod: annotations over plugin defaults over Istio's defaults.
+pub fn redirect_settings(
+    pod: &PodInfo,
+    defaults: &Map<String, Value>,
+) -> Result<RawConfig, CniError> {
+    let src = Sources { pod, defaults };
+    let mut raw = RawConfig {
+        proxy_port: Some(Setting::new("CNI plugin", "15001")),
+        ..Default::default()
+    };
+    traffic_settings(&src, &mut raw)?;
+    raw.proxy_uid = Some(src.proxy_id(pod.run_as_user, "runAsUser", "proxyUID"));
+    raw.proxy_gid = Some(src.proxy_id(pod.run_as_group, "runAsGroup", "proxyGID"));
+    let dns = src.env_flag("ISTIO_META_DNS_CAPTURE", "dnsCapture");
     // The plugin cannot read the pod's resolv.conf: DNS capture is always "all port 53".
     raw.capture_all_dns = Some(dns.clone());
     raw.redirect_dns = Some(dns);
-    raw.drop_invalid = Some(env_flag("INVALID_DROP", "invalidDrop"));
+    raw.drop_invalid = Some(src.env_flag("INVALID_DROP", "invalidDrop"));
     Ok(raw)
 }
 

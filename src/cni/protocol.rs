@@ -15,19 +15,29 @@ use std::fmt;
 /// The versions we implement, oldest first. 0.1.0/0.2.0 are left out on purpose: their
 /// result format cannot carry a modern prevResult.
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// The newest version we implement, used when the caller's is unknown.
 pub const LATEST: &str = "1.1.0";
 
 /// Error codes: the spec's well-known ones, and ours from 100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
+    /// The configuration's `cniVersion` is not one we implement.
     IncompatibleVersion = 1,
+    /// A configuration field we do not support.
     UnsupportedField = 2,
+    /// The container is unknown.
     UnknownContainer = 3,
+    /// A `CNI_*` variable is missing or invalid.
     InvalidEnvironment = 4,
+    /// Reading or writing failed.
     Io = 5,
+    /// stdin is not valid JSON.
     Decode = 6,
+    /// A configuration value is invalid.
     InvalidConfig = 7,
+    /// A transient failure: the runtime may retry.
     TryAgainLater = 11,
+    /// The plugin cannot serve requests now (STATUS).
     PluginNotAvailable = 50,
     /// The kernel refused the rules; nothing was changed.
     RulesRefused = 100,
@@ -46,12 +56,16 @@ pub enum Code {
 /// An error as the spec's JSON document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniError {
+    /// The error code.
     pub code: Code,
+    /// A short message.
     pub msg: String,
+    /// Details: the value at fault, the underlying error.
     pub details: String,
 }
 
 impl CniError {
+    /// An error with its code, message and details.
     pub fn new(code: Code, msg: impl Into<String>, details: impl Into<String>) -> CniError {
         CniError {
             code,
@@ -60,6 +74,7 @@ impl CniError {
         }
     }
 
+    /// The error document, under `version`.
     pub fn to_json(&self, version: &str) -> Value {
         json!({ "cniVersion": version, "code": self.code as u32, "msg": self.msg, "details": self.details })
     }
@@ -75,13 +90,20 @@ impl fmt::Display for CniError {
     }
 }
 
+/// The operation requested by `CNI_COMMAND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
+    /// Program the redirect for a new container.
     Add,
+    /// The container is going away.
     Del,
+    /// Verify that the rules are still in place.
     Check,
+    /// Report the versions we implement.
     Version,
+    /// Garbage-collect attachments (no state is kept, so nothing to collect).
     Gc,
+    /// Whether the plugin can serve ADD requests.
     Status,
 }
 
@@ -102,11 +124,17 @@ impl Command {
 /// The `CNI_*` environment of one invocation, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Environment {
+    /// `CNI_COMMAND`.
     pub command: Command,
+    /// `CNI_CONTAINERID`.
     pub container_id: String,
+    /// `CNI_NETNS`, when set and not empty.
     pub netns: Option<String>,
+    /// `CNI_IFNAME`.
     pub ifname: String,
+    /// `CNI_ARGS`, unparsed.
     pub args: String,
+    /// `CNI_PATH`.
     pub path: String,
 }
 
@@ -125,7 +153,27 @@ fn valid_ifname(s: &str) -> bool {
         && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
+/// The value of `var` (empty if unset), refused when the command needs it and it is not
+/// `valid`.
+fn checked(
+    var: &str,
+    get: impl Fn(&str) -> String,
+    needs: impl Fn(&str) -> bool,
+    valid: fn(&str) -> bool,
+) -> Result<String, CniError> {
+    let value = get(var);
+    if needs(var) && !valid(&value) {
+        return Err(CniError::new(
+            Code::InvalidEnvironment,
+            format!("invalid {var}"),
+            format!("{var}={value:?}"),
+        ));
+    }
+    Ok(value)
+}
+
 impl Environment {
+    /// Reads and checks the environment through `env` (a variable lookup).
     pub fn from(env: &dyn Fn(&str) -> Option<String>) -> Result<Environment, CniError> {
         let get = |k: &str| env(k).unwrap_or_default();
         let raw = get("CNI_COMMAND");
@@ -157,22 +205,8 @@ impl Environment {
                 missing.join(", "),
             ));
         }
-        let container_id = get("CNI_CONTAINERID");
-        if needs("CNI_CONTAINERID") && !valid_id(&container_id) {
-            return Err(CniError::new(
-                Code::InvalidEnvironment,
-                "invalid CNI_CONTAINERID",
-                format!("CNI_CONTAINERID={container_id:?}"),
-            ));
-        }
-        let ifname = get("CNI_IFNAME");
-        if needs("CNI_IFNAME") && !valid_ifname(&ifname) {
-            return Err(CniError::new(
-                Code::InvalidEnvironment,
-                "invalid CNI_IFNAME",
-                format!("CNI_IFNAME={ifname:?}"),
-            ));
-        }
+        let container_id = checked("CNI_CONTAINERID", get, needs, valid_id)?;
+        let ifname = checked("CNI_IFNAME", get, needs, valid_ifname)?;
         Ok(Environment {
             command,
             container_id,
@@ -187,10 +221,13 @@ impl Environment {
 /// `CNI_ARGS`: `K=V;K=V`. Unknown keys are an error unless `IgnoreUnknown=1|true`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct K8sArgs {
+    /// `K8S_POD_NAME`.
     pub pod_name: String,
+    /// `K8S_POD_NAMESPACE`.
     pub pod_namespace: String,
 }
 
+/// Parses `CNI_ARGS`.
 pub fn parse_args(args: &str) -> Result<K8sArgs, CniError> {
     let bad = |d: String| CniError::new(Code::InvalidEnvironment, "invalid CNI_ARGS", d);
     let mut out = K8sArgs::default();

@@ -32,14 +32,19 @@ pub const WRAPPED_DEFAULT_VERSION: &str = "0.3.1";
 /// Why a primary configuration cannot be chained.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfError {
+    /// The file is not JSON.
     #[error("not valid JSON: {0}")]
     NotJson(String),
+    /// The top level is not an object.
     #[error("expected a JSON object at the top level")]
     NotObject,
+    /// Neither a plugin nor a plugin list.
     #[error("neither a plugin (no \"type\") nor a plugin list (no \"plugins\" array)")]
     NoPlugins,
+    /// A `plugins` entry is not an object.
     #[error("plugins[{0}] is not a JSON object")]
     PluginNotObject(usize),
+    /// Our plugin settings cannot be added.
     #[error("{0}")]
     Settings(String),
 }

@@ -11,8 +11,11 @@ pub enum InstallError {
     /// A file operation failed (`what` is the operation, e.g. "cannot write").
     #[error("{what} {}: {source}", path.display())]
     Io {
+        /// The operation, e.g. "cannot write".
         what: &'static str,
+        /// The file.
         path: PathBuf,
+        /// The system error.
         #[source]
         source: io::Error,
     },
@@ -21,18 +24,29 @@ pub enum InstallError {
     /// CNI has not written its configuration. We never invent a network, so this is waited
     /// out in `run` mode and an error in `once` mode.
     #[error("no primary CNI configuration (*.conflist, *.conf, *.json) in {}", dir.display())]
-    NoPrimary { dir: PathBuf },
+    NoPrimary {
+        /// The CNI configuration directory.
+        dir: PathBuf,
+    },
 
     /// The primary configuration cannot be read as a CNI configuration. In `run` mode this is
     /// retried: a primary that writes its file in place may simply be half-way through.
     #[error("primary CNI configuration {}: {reason}", path.display())]
-    InvalidPrimary { path: PathBuf, reason: String },
+    InvalidPrimary {
+        /// The primary configuration file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
 
     /// A service account file the kubeconfig needs is absent or empty.
     #[error("service account {what} is missing: {}{}", path.display(), detail(.source))]
     MissingServiceAccount {
+        /// Which file: "token" or "CA certificate".
         what: &'static str,
+        /// Where it was looked for.
         path: PathBuf,
+        /// Why it could not be read, if it exists.
         #[source]
         source: Option<io::Error>,
     },
@@ -40,8 +54,11 @@ pub enum InstallError {
     /// A service account file exists but cannot be used (e.g. a CA file without a certificate).
     #[error("service account {what} {} is not usable: {reason}", path.display())]
     InvalidServiceAccount {
+        /// Which file: "token" or "CA certificate".
         what: &'static str,
+        /// The file.
         path: PathBuf,
+        /// What is wrong with it.
         reason: String,
     },
 
@@ -52,8 +69,11 @@ pub enum InstallError {
     /// `KUBERNETES_SERVICE_HOST` / `KUBERNETES_SERVICE_PORT` hold something unusable.
     #[error("invalid {name} {value:?}: {reason}")]
     InvalidApiServer {
+        /// The variable.
         name: &'static str,
+        /// Its value.
         value: String,
+        /// What is wrong with it.
         reason: &'static str,
     },
 
@@ -64,7 +84,9 @@ pub enum InstallError {
     /// Setting up inotify, the signalfd or poll failed.
     #[error("cannot {what}: {source}")]
     Watch {
+        /// What was being set up.
         what: String,
+        /// The system error.
         #[source]
         source: io::Error,
     },
@@ -78,6 +100,7 @@ fn detail(source: &Option<io::Error>) -> String {
 }
 
 impl InstallError {
+    /// An [`InstallError::Io`].
     pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         InstallError::Io {
             what,
@@ -86,6 +109,7 @@ impl InstallError {
         }
     }
 
+    /// An [`InstallError::Watch`].
     pub(crate) fn watch(what: impl Into<String>, source: impl Into<io::Error>) -> Self {
         InstallError::Watch {
             what: what.into(),

@@ -94,6 +94,7 @@ pub fn copy_atomic(source: &Path, target: &Path, mode: u32) -> io::Result<Stamp>
     replace(target, mode, |f| io::copy(&mut src, f).map(drop))
 }
 
+/// fsyncs a directory, so that a rename or unlink in it is durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -27,6 +27,7 @@ pub const DEFAULT_API_PORT: u16 = 443;
 
 /// The parts of the service account the kubeconfig needs.
 pub struct ServiceAccount {
+    /// The service account's bearer token.
     pub token: String,
     /// PEM, checked to hold at least one certificate.
     pub ca_pem: Vec<u8>,

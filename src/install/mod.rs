@@ -158,12 +158,17 @@ impl Change {
 /// What one [`install`] pass did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstallReport {
+    /// Where the plugin binary was installed.
     pub binary: PathBuf,
+    /// Whether it was written.
     pub binary_change: Change,
+    /// Where the plugin's kubeconfig was written.
     pub kubeconfig: PathBuf,
+    /// Whether it was written.
     pub kubeconfig_change: Change,
     /// The plugin list holding our entry.
     pub conflist: PathBuf,
+    /// Whether it was written.
     pub conflist_change: Change,
     /// The single-plugin configuration that was wrapped into `conflist` and removed.
     pub converted_from: Option<PathBuf>,
@@ -176,7 +181,9 @@ pub struct UninstallReport {
     pub conflists_updated: Vec<PathBuf>,
     /// Lists that held only our entry, deleted.
     pub conflists_deleted: Vec<PathBuf>,
+    /// The plugin's kubeconfig was deleted.
     pub kubeconfig_removed: bool,
+    /// The plugin binary was deleted.
     pub binary_removed: bool,
 }
 

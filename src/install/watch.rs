@@ -57,6 +57,7 @@ struct StopInner {
 }
 
 impl Stopper {
+    /// A stopper that has not been stopped.
     pub fn new() -> Result<Stopper, InstallError> {
         let (tx, rx) =
             UnixStream::pair().map_err(|e| InstallError::watch("create a socket pair", e))?;
@@ -80,6 +81,7 @@ impl Stopper {
         let _ = (&self.inner.tx).write(&[1]);
     }
 
+    /// Whether [`Stopper::stop`] was called.
     pub fn is_stopped(&self) -> bool {
         self.inner.stopped.load(Ordering::SeqCst)
     }
@@ -404,20 +406,61 @@ pub fn run_until(opts: &InstallOptions, stop: &Stopper) -> Result<(), InstallErr
 fn serve(opts: &InstallOptions, stop: &Stopper, signals: &Signals) -> Result<String, InstallError> {
     // Watches first, so that nothing happening during the first pass is missed.
     let mut watcher = Watcher::new(opts)?;
-
-    let mut pending = Steps::ALL;
-    let mut due = Some(Instant::now());
-    let mut burst_start: Option<Instant> = None;
-    let mut failures = 0u32;
-    let mut configured = false;
-    let mut ever_configured = false;
-    let mut last_error = String::new();
-
+    let mut state = ServeState {
+        pending: Steps::ALL,
+        due: Some(Instant::now()),
+        burst_start: None,
+        failures: 0,
+        configured: false,
+        ever_configured: false,
+        last_error: String::new(),
+    };
     loop {
-        if stop.is_stopped() {
-            return Ok("stop requested".into());
+        if let Some(reason) = state.wait(stop, signals, &mut watcher)? {
+            return Ok(reason);
         }
-        let timeout = due.map(|d| d.saturating_duration_since(Instant::now()));
+        if state.due.is_none_or(|d| d > Instant::now()) {
+            continue;
+        }
+        state.burst_start = None;
+        watcher.rewatch();
+        let result = watcher.run_steps(&mut state.pending);
+        state.after_pass(opts, &watcher, result)?;
+    }
+}
+
+/// What [`serve`] carries from one turn of its loop to the next.
+struct ServeState {
+    /// Steps to run in the next pass.
+    pending: Steps,
+    /// When the next pass is due (`None`: only on an event).
+    due: Option<Instant>,
+    /// When the current burst of events began (passes wait for it to settle, within limits).
+    burst_start: Option<Instant>,
+    /// Failed passes in a row.
+    failures: u32,
+    /// The last pass succeeded (the ready file exists).
+    configured: bool,
+    /// A pass has succeeded at some point.
+    ever_configured: bool,
+    /// The last failure logged, so that a repeated one is logged at debug level.
+    last_error: String,
+}
+
+impl ServeState {
+    /// Waits for a signal, a stop, a watch event or the due time; `Some(reason)` to stop.
+    fn wait(
+        &mut self,
+        stop: &Stopper,
+        signals: &Signals,
+        watcher: &mut Watcher<'_>,
+    ) -> Result<Option<String>, InstallError> {
+        if stop.is_stopped() {
+            return Ok(Some("stop requested".into()));
+        }
+        let timeout = self
+            .due
+            .map(|d| d.saturating_duration_since(Instant::now()));
         let ready = wait(
             &[
                 signals.fd.as_fd(),
@@ -432,60 +475,66 @@ fn serve(opts: &InstallOptions, stop: &Stopper, signals: &Signals) -> Result<Str
                     .ok()
                     .and_then(|n| Signal::try_from(n).ok())
                     .map_or_else(|| info.ssi_signo.to_string(), |s| s.as_str().to_string());
-                return Ok(format!("received {name}"));
+                return Ok(Some(format!("received {name}")));
             }
         }
         if ready[1] || stop.is_stopped() {
-            return Ok("stop requested".into());
+            return Ok(Some("stop requested".into()));
         }
         if ready[2] {
             let steps = watcher.drain()?;
             if steps.any() {
-                pending.add(steps);
+                self.pending.add(steps);
                 let now = Instant::now();
-                let start = *burst_start.get_or_insert(now);
-                due = Some((now + DEBOUNCE).min(start + MAX_DELAY));
+                let start = *self.burst_start.get_or_insert(now);
+                self.due = Some((now + DEBOUNCE).min(start + MAX_DELAY));
             }
         }
-        if due.is_none_or(|d| d > Instant::now()) {
-            continue;
-        }
+        Ok(None)
+    }
 
-        burst_start = None;
-        watcher.rewatch();
-        match watcher.run_steps(&mut pending) {
+    /// Books a pass's outcome: the ready file, the next due time, the log. An error is
+    /// returned only when it is permanent and no pass has ever succeeded.
+    fn after_pass(
+        &mut self,
+        opts: &InstallOptions,
+        watcher: &Watcher<'_>,
+        result: Result<(), InstallError>,
+    ) -> Result<(), InstallError> {
+        match result {
             Ok(()) => {
-                failures = 0;
-                due = None;
-                last_error.clear();
+                self.failures = 0;
+                self.due = None;
+                self.last_error.clear();
                 if !watcher.lost.is_empty() {
                     // A directory is still unwatched: look again later rather than go blind.
-                    pending = Steps::ALL;
-                    due = Some(Instant::now() + RETRY_MIN);
+                    self.pending = Steps::ALL;
+                    self.due = Some(Instant::now() + RETRY_MIN);
                 }
-                if !configured {
+                if !self.configured {
                     set_ready(opts, true)?;
-                    configured = true;
-                    ever_configured = true;
+                    self.configured = true;
+                    self.ever_configured = true;
                     tracing::info!("node configured; watching for changes");
                 }
             }
-            Err(e) if !ever_configured && !e.is_transient() => return Err(e),
+            Err(e) if !self.ever_configured && !e.is_transient() => return Err(e),
             Err(e) => {
-                failures += 1;
-                due = Some(Instant::now() + retry_delay(failures));
-                if configured {
+                self.failures += 1;
+                self.due = Some(Instant::now() + retry_delay(self.failures));
+                if self.configured {
                     set_ready(opts, false)?;
-                    configured = false;
+                    self.configured = false;
                 }
                 let msg = e.to_string();
-                if msg != last_error {
+                if msg != self.last_error {
                     tracing::warn!(error = %msg, "node not configured; retrying on change or in a while");
-                    last_error = msg;
+                    self.last_error = msg;
                 } else {
                     tracing::debug!(error = %msg, "still not configured");
                 }
             }
         }
+        Ok(())
     }
 }

@@ -25,36 +25,56 @@ use std::fmt;
 /// register 1, verdicts on register 0, exactly like nft's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expr {
+    /// `meta load KEY => reg 1`.
     Meta(MetaKey),
+    /// `meta set KEY` from register 1.
     MetaSet(MetaKey),
+    /// `cmp OP reg 1 DATA`.
     Cmp {
+        /// Equal or not equal.
         op: CmpOp,
+        /// The value compared with.
         data: Vec<u8>,
     },
+    /// `payload load LEN b @ BASE + OFFSET => reg 1`.
     Payload {
+        /// The header (`NFT_PAYLOAD_*_HEADER`).
         base: u32,
+        /// Byte offset in the header.
         offset: u32,
+        /// Number of bytes.
         len: u32,
     },
+    /// `bitwise reg 1 = (reg 1 & MASK) ^ XOR`.
     Bitwise {
+        /// The AND mask.
         mask: Vec<u8>,
+        /// The XOR value.
         xor: Vec<u8>,
     },
     /// A lookup in an anonymous constant set of `inet_service` keys.
     Lookup {
+        /// The set's keys, in network byte order.
         elements: Vec<Vec<u8>>,
+        /// True for `!=` (not in the set).
         invert: bool,
     },
+    /// `counter`.
     Counter,
+    /// `immediate reg 1 DATA`.
     Immediate(Vec<u8>),
+    /// A verdict in register 0.
     Verdict(Verdict),
     /// `redirect to :port` with the port in register 1.
     Redirect,
     /// `tproxy ip|ip6 to :port` with the port in register 1.
     Tproxy {
+        /// `NFPROTO_IPV4` or `NFPROTO_IPV6`.
         family: u8,
     },
+    /// `ct load KEY => reg 1`.
     CtLoad(u32),
+    /// `ct set KEY` from register 1.
     CtSet(u32),
     /// An expression we never write (found in the kernel, shown by name).
     Other(String),
@@ -77,18 +97,27 @@ impl Expr {
     }
 }
 
+/// The `meta` keys we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaKey {
+    /// `meta mark`.
     Mark,
+    /// `iifname`.
     IifName,
+    /// `oifname`.
     OifName,
+    /// `meta skuid`.
     SkUid,
+    /// `meta skgid`.
     SkGid,
+    /// `meta nfproto`.
     NfProto,
+    /// `meta l4proto`.
     L4Proto,
 }
 
 impl MetaKey {
+    /// The kernel's `NFT_META_*` number.
     pub fn number(self) -> u32 {
         match self {
             MetaKey::Mark => NFT_META_MARK,
@@ -101,6 +130,7 @@ impl MetaKey {
         }
     }
 
+    /// The key for a kernel `NFT_META_*` number, if we use it.
     pub fn from_number(n: u32) -> Option<MetaKey> {
         [
             MetaKey::Mark,
@@ -128,17 +158,25 @@ impl MetaKey {
     }
 }
 
+/// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CmpOp {
+    /// `==`.
     Eq,
+    /// `!=`.
     Neq,
 }
 
+/// A verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// `accept`.
     Accept,
+    /// `drop`.
     Drop,
+    /// `return`.
     Return,
+    /// `jump CHAIN`.
     Jump(String),
 }
 
@@ -163,86 +201,98 @@ pub fn lower(rule: &Rule) -> Vec<Expr> {
     let mut l4: Option<Proto> = None;
     let mut l3: Option<bool> = None; // Some(true) = IPv4 established
     for m in &rule.matches {
-        match m {
-            Match::InIface(i) => out.extend([
-                Expr::Meta(MetaKey::IifName),
-                cmp(false, ifname_bytes(i.as_str())),
-            ]),
-            Match::OutIface(i) => out.extend([
-                Expr::Meta(MetaKey::OifName),
-                cmp(false, ifname_bytes(i.as_str())),
-            ]),
-            Match::L4Proto(p) => {
-                out.extend([Expr::Meta(MetaKey::L4Proto), cmp(false, vec![p.number()])]);
-                l4 = Some(*p);
-            }
-            Match::DPort {
-                proto,
-                ports,
-                negate,
-            } => {
-                port_dependency(&mut out, &mut l4, *proto);
-                out.push(Expr::Payload {
-                    base: NFT_PAYLOAD_TRANSPORT_HEADER,
-                    offset: 2,
-                    len: 2,
-                });
-                if ports.len() == 1 {
-                    out.push(cmp(*negate, ports[0].to_be_bytes().to_vec()));
-                } else {
-                    out.push(Expr::Lookup {
-                        elements: ports.iter().map(|p| p.to_be_bytes().to_vec()).collect(),
-                        invert: *negate,
-                    });
-                }
-            }
-            Match::SPort { proto, port } => {
-                port_dependency(&mut out, &mut l4, *proto);
-                out.push(Expr::Payload {
-                    base: NFT_PAYLOAD_TRANSPORT_HEADER,
-                    offset: 0,
-                    len: 2,
-                });
-                out.push(cmp(false, port.to_be_bytes().to_vec()));
-            }
-            Match::SAddr { cidr, negate } => address(&mut out, &mut l3, cidr, true, *negate),
-            Match::DAddr { cidr, negate } => address(&mut out, &mut l3, cidr, false, *negate),
-            Match::SkUid { uid, negate } => out.extend([
-                Expr::Meta(MetaKey::SkUid),
-                cmp(*negate, uid.to_ne_bytes().to_vec()),
-            ]),
-            Match::SkGid { group, negate } => out.extend([
-                Expr::Meta(MetaKey::SkGid),
-                cmp(*negate, group.gid.to_ne_bytes().to_vec()),
-            ]),
-            Match::CtState(state) => {
-                let bits = match state {
-                    CtState::Invalid => NF_CT_STATE_INVALID_BIT,
-                    CtState::RelatedEstablished => {
-                        NF_CT_STATE_ESTABLISHED_BIT | NF_CT_STATE_RELATED_BIT
-                    }
-                };
-                out.extend([
-                    Expr::CtLoad(NFT_CT_STATE),
-                    Expr::Bitwise {
-                        mask: bits.to_ne_bytes().to_vec(),
-                        xor: vec![0; 4],
-                    },
-                    cmp(true, vec![0; 4]),
-                ]);
-            }
-            Match::Mark { mark, negate } => out.extend([
-                Expr::Meta(MetaKey::Mark),
-                cmp(*negate, mark.to_ne_bytes().to_vec()),
-            ]),
-            Match::CtMark(mark) => out.extend([
-                Expr::CtLoad(NFT_CT_MARK),
-                cmp(false, mark.to_ne_bytes().to_vec()),
-            ]),
-        }
+        lower_match(&mut out, &mut l4, &mut l3, m);
     }
     action(&mut out, &rule.action, rule_family_is_v6(rule));
     out
+}
+
+/// `meta KEY` compared with `data`.
+fn meta_cmp(key: MetaKey, negate: bool, data: Vec<u8>) -> [Expr; 2] {
+    [Expr::Meta(key), cmp(negate, data)]
+}
+
+/// One match, with the protocol dependencies `l4` / `l3` the rule has established so far.
+fn lower_match(out: &mut Vec<Expr>, l4: &mut Option<Proto>, l3: &mut Option<bool>, m: &Match) {
+    match m {
+        Match::InIface(i) => {
+            out.extend(meta_cmp(MetaKey::IifName, false, ifname_bytes(i.as_str())))
+        }
+        Match::OutIface(i) => {
+            out.extend(meta_cmp(MetaKey::OifName, false, ifname_bytes(i.as_str())))
+        }
+        Match::L4Proto(p) => {
+            out.extend(meta_cmp(MetaKey::L4Proto, false, vec![p.number()]));
+            *l4 = Some(*p);
+        }
+        Match::DPort {
+            proto,
+            ports,
+            negate,
+        } => {
+            port_dependency(out, l4, *proto);
+            out.push(Expr::Payload {
+                base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                offset: 2,
+                len: 2,
+            });
+            if ports.len() == 1 {
+                out.push(cmp(*negate, ports[0].to_be_bytes().to_vec()));
+            } else {
+                out.push(Expr::Lookup {
+                    elements: ports.iter().map(|p| p.to_be_bytes().to_vec()).collect(),
+                    invert: *negate,
+                });
+            }
+        }
+        Match::SPort { proto, port } => {
+            port_dependency(out, l4, *proto);
+            out.push(Expr::Payload {
+                base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                offset: 0,
+                len: 2,
+            });
+            out.push(cmp(false, port.to_be_bytes().to_vec()));
+        }
+        Match::SAddr { cidr, negate } => address(out, l3, cidr, true, *negate),
+        Match::DAddr { cidr, negate } => address(out, l3, cidr, false, *negate),
+        Match::SkUid { uid, negate } => out.extend(meta_cmp(
+            MetaKey::SkUid,
+            *negate,
+            uid.to_ne_bytes().to_vec(),
+        )),
+        Match::SkGid { group, negate } => out.extend(meta_cmp(
+            MetaKey::SkGid,
+            *negate,
+            group.gid.to_ne_bytes().to_vec(),
+        )),
+        Match::CtState(state) => out.extend(ct_state(*state)),
+        Match::Mark { mark, negate } => out.extend(meta_cmp(
+            MetaKey::Mark,
+            *negate,
+            mark.to_ne_bytes().to_vec(),
+        )),
+        Match::CtMark(mark) => out.extend([
+            Expr::CtLoad(NFT_CT_MARK),
+            cmp(false, mark.to_ne_bytes().to_vec()),
+        ]),
+    }
+}
+
+/// `ct state …`: the state bits masked out and compared with zero.
+fn ct_state(state: CtState) -> [Expr; 3] {
+    let bits = match state {
+        CtState::Invalid => NF_CT_STATE_INVALID_BIT,
+        CtState::RelatedEstablished => NF_CT_STATE_ESTABLISHED_BIT | NF_CT_STATE_RELATED_BIT,
+    };
+    [
+        Expr::CtLoad(NFT_CT_STATE),
+        Expr::Bitwise {
+            mask: bits.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        cmp(true, vec![0; 4]),
+    ]
 }
 
 fn rule_family_is_v6(rule: &Rule) -> bool {
@@ -251,10 +301,7 @@ fn rule_family_is_v6(rule: &Rule) -> bool {
 
 fn port_dependency(out: &mut Vec<Expr>, l4: &mut Option<Proto>, proto: Proto) {
     if *l4 != Some(proto) {
-        out.extend([
-            Expr::Meta(MetaKey::L4Proto),
-            cmp(false, vec![proto.number()]),
-        ]);
+        out.extend(meta_cmp(MetaKey::L4Proto, false, vec![proto.number()]));
         *l4 = Some(proto);
     }
 }
@@ -265,7 +312,7 @@ fn address(out: &mut Vec<Expr>, l3: &mut Option<bool>, cidr: &Cidr, source: bool
     let v4 = cidr.is_v4();
     if *l3 != Some(v4) {
         let nfproto = if v4 { NFPROTO_IPV4 } else { NFPROTO_IPV6 };
-        out.extend([Expr::Meta(MetaKey::NfProto), cmp(false, vec![nfproto])]);
+        out.extend(meta_cmp(MetaKey::NfProto, false, vec![nfproto]));
         *l3 = Some(v4);
     }
     let (offset, full) = match (v4, source) {
@@ -351,6 +398,7 @@ fn action(out: &mut Vec<Expr>, action: &Action, v6: bool) {
     }
 }
 
+/// The nft chain name of a model chain.
 pub fn chain_name(c: Chain) -> String {
     c.nft_name().to_string()
 }

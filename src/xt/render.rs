@@ -30,81 +30,122 @@ fn is_builtin_target(name: &str) -> bool {
     )
 }
 
-/// One rule's arguments after `-A CHAIN` / `-I CHAIN POS`.
-pub fn rule_args(step: &Step) -> String {
-    let rule: &Rule = &step.rule;
-    let mut iface = Vec::new();
-    let mut neg_addr = Vec::new();
-    let mut proto: Option<Proto> = None;
-    let mut ports = Vec::new();
-    let mut pos_addr = Vec::new();
-    let mut others = Vec::new();
-    for m in &rule.matches {
+/// `"! "` for a negated match, else nothing.
+fn not(negate: bool) -> &'static str {
+    if negate {
+        "! "
+    } else {
+        ""
+    }
+}
+
+/// A rule's match arguments, sorted into the groups whose order differs per table.
+#[derive(Default)]
+struct MatchArgs {
+    iface: Vec<String>,
+    neg_addr: Vec<String>,
+    proto: Option<Proto>,
+    ports: Vec<String>,
+    pos_addr: Vec<String>,
+    others: Vec<String>,
+}
+
+impl MatchArgs {
+    fn of(rule: &Rule) -> MatchArgs {
+        let mut args = MatchArgs::default();
+        for m in &rule.matches {
+            args.add(m);
+        }
+        args
+    }
+
+    fn add(&mut self, m: &Match) {
         match m {
-            Match::InIface(i) => iface.push(format!("-i {i}")),
-            Match::OutIface(i) => iface.push(format!("-o {i}")),
-            Match::L4Proto(p) => proto = Some(*p),
+            Match::InIface(i) => self.iface.push(format!("-i {i}")),
+            Match::OutIface(i) => self.iface.push(format!("-o {i}")),
+            Match::L4Proto(p) => self.proto = Some(*p),
             Match::DPort {
                 proto: p,
                 ports: list,
                 negate,
             } => {
-                proto = Some(*p);
-                let n = if *negate { "! " } else { "" };
+                self.proto = Some(*p);
+                let n = not(*negate);
                 if list.len() == 1 {
-                    ports.push(format!("{n}--dport {}", list[0]));
+                    self.ports.push(format!("{n}--dport {}", list[0]));
                 } else {
                     let l: Vec<String> = list.iter().map(|p| p.to_string()).collect();
-                    ports.push(format!("-m multiport {n}--dports {}", l.join(",")));
+                    self.ports
+                        .push(format!("-m multiport {n}--dports {}", l.join(",")));
                 }
             }
             Match::SPort { proto: p, port } => {
-                proto = Some(*p);
-                ports.push(format!("--sport {port}"));
+                self.proto = Some(*p);
+                self.ports.push(format!("--sport {port}"));
             }
-            Match::SAddr { cidr, negate: true } => neg_addr.push(format!("! -s {cidr}")),
-            Match::DAddr { cidr, negate: true } => neg_addr.push(format!("! -d {cidr}")),
+            Match::SAddr { cidr, negate: true } => self.neg_addr.push(format!("! -s {cidr}")),
+            Match::DAddr { cidr, negate: true } => self.neg_addr.push(format!("! -d {cidr}")),
             Match::SAddr {
                 cidr,
                 negate: false,
-            } => pos_addr.push(format!("-s {cidr}")),
+            } => self.pos_addr.push(format!("-s {cidr}")),
             Match::DAddr {
                 cidr,
                 negate: false,
-            } => pos_addr.push(format!("-d {cidr}")),
-            Match::SkUid { uid, negate } => others.push(format!(
-                "-m owner {}--uid-owner {uid}",
-                if *negate { "! " } else { "" }
-            )),
-            Match::SkGid { group, negate } => others.push(format!(
+            } => self.pos_addr.push(format!("-d {cidr}")),
+            Match::SkUid { uid, negate } => self
+                .others
+                .push(format!("-m owner {}--uid-owner {uid}", not(*negate))),
+            Match::SkGid { group, negate } => self.others.push(format!(
                 "-m owner {}--gid-owner {}",
-                if *negate { "! " } else { "" },
+                not(*negate),
                 group.spelling
             )),
             Match::CtState(CtState::Invalid) => {
-                others.push("-m conntrack --ctstate INVALID".into())
+                self.others.push("-m conntrack --ctstate INVALID".into())
             }
-            Match::CtState(CtState::RelatedEstablished) => {
-                others.push("-m conntrack --ctstate RELATED,ESTABLISHED".into())
-            }
-            Match::Mark { mark, negate } => others.push(format!(
-                "-m mark {}--mark {mark}",
-                if *negate { "! " } else { "" }
-            )),
-            Match::CtMark(mark) => others.push(format!("-m connmark --mark {mark}")),
+            Match::CtState(CtState::RelatedEstablished) => self
+                .others
+                .push("-m conntrack --ctstate RELATED,ESTABLISHED".into()),
+            Match::Mark { mark, negate } => self
+                .others
+                .push(format!("-m mark {}--mark {mark}", not(*negate))),
+            Match::CtMark(mark) => self.others.push(format!("-m connmark --mark {mark}")),
         }
     }
-    let mut proto_ports = Vec::new();
-    if let Some(p) = proto {
-        proto_ports.push(format!("-p {}", p.name()));
+
+    /// The groups in Istio's order for `table`.
+    fn ordered(self, table: Table) -> Vec<String> {
+        let mut proto_ports = Vec::new();
+        if let Some(p) = self.proto {
+            proto_ports.push(format!("-p {}", p.name()));
+        }
+        proto_ports.extend(self.ports);
+        if table == Table::Mangle {
+            [
+                self.neg_addr,
+                proto_ports,
+                self.pos_addr,
+                self.iface,
+                self.others,
+            ]
+            .concat()
+        } else {
+            [
+                self.iface,
+                self.neg_addr,
+                proto_ports,
+                self.pos_addr,
+                self.others,
+            ]
+            .concat()
+        }
     }
-    proto_ports.extend(ports);
-    let mut parts: Vec<String> = if step.table == Table::Mangle {
-        [neg_addr, proto_ports, pos_addr, iface, others].concat()
-    } else {
-        [iface, neg_addr, proto_ports, pos_addr, others].concat()
-    };
-    parts.push(match &rule.action {
+}
+
+/// The `-j …` argument; `proto` is the rule's protocol (it picks Istio's REDIRECT spelling).
+fn target_arg(action: &Action, proto: Option<Proto>) -> String {
+    match action {
         Action::Return => "-j RETURN".into(),
         Action::Accept => "-j ACCEPT".into(),
         Action::Drop => "-j DROP".into(),
@@ -121,7 +162,16 @@ pub fn rule_args(step: &Step) -> String {
         Action::SaveMarkToConntrack => "-j CONNMARK --save-mark".into(),
         Action::RestoreMarkFromConntrack => "-j CONNMARK --restore-mark".into(),
         Action::CtZone(z) => format!("-j CT --zone {z}"),
-    });
+    }
+}
+
+/// One rule's arguments after `-A CHAIN` / `-I CHAIN POS`.
+pub fn rule_args(step: &Step) -> String {
+    let rule: &Rule = &step.rule;
+    let args = MatchArgs::of(rule);
+    let proto = args.proto;
+    let mut parts = args.ordered(step.table);
+    parts.push(target_arg(&rule.action, proto));
     parts.join(" ")
 }
 

@@ -16,12 +16,16 @@
 use super::abi::*;
 use thiserror::Error;
 
+/// Why a blob cannot be decoded or a table encoded.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BlobError {
+    /// An entry's offsets do not fit the blob.
     #[error("entry at byte {0} is malformed")]
     Malformed(usize),
+    /// A jump offset is not a chain start.
     #[error("jump at byte {0} does not point at the start of a chain")]
     BadJump(usize),
+    /// A rule jumps to a chain the table does not have.
     #[error("chain {0:?} is referenced but does not exist")]
     MissingChain(String),
 }
@@ -29,12 +33,16 @@ pub enum BlobError {
 /// A match or target: name, revision and the data after the 32-byte header (padded).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extension {
+    /// The extension's name (empty for the standard target).
     pub name: String,
+    /// Its revision.
     pub revision: u8,
+    /// Its data, padded to `XT_ALIGN`.
     pub data: Vec<u8>,
 }
 
 impl Extension {
+    /// An extension with `data` padded to `XT_ALIGN`.
     pub fn new(name: &str, revision: u8, data: Vec<u8>) -> Extension {
         let mut data = data;
         data.resize(xt_align(XT_MATCH_HEADER + data.len()) - XT_MATCH_HEADER, 0);
@@ -59,52 +67,70 @@ impl Extension {
     }
 }
 
+/// What a rule does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A standard verdict: ACCEPT (−2), DROP (−1), RETURN (−5).
     Verdict(i32),
     /// Jump (or goto, with the flag in `ip`) to a user chain.
     Jump(String),
+    /// Any other target, raw.
     Extension(Extension),
 }
 
+/// Packet and byte counters of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counters {
+    /// Packets.
     pub packets: u64,
+    /// Bytes.
     pub bytes: u64,
 }
 
+/// One rule (entry) of a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     /// `ipt_ip` / `ip6t_ip6`, raw.
     pub ip: Vec<u8>,
+    /// `nfcache` (kernel bookkeeping, kept as read).
     pub nfcache: u32,
+    /// The matches, in order.
     pub matches: Vec<Extension>,
+    /// The target.
     pub target: Target,
+    /// The counters.
     pub counters: Counters,
     /// Index of this entry in the table it was read from (to carry its counters over).
     pub old_index: Option<usize>,
 }
 
+/// A chain: built-in (with a hook and policy) or user-defined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
+    /// The chain name.
     pub name: String,
     /// `Some(hook)` for a built-in chain.
     pub hook: Option<usize>,
     /// Built-in chains: the policy verdict and its counters.
     pub policy: Option<(i32, Counters, Option<usize>)>,
+    /// The rules, in order.
     pub rules: Vec<Rule>,
 }
 
+/// A decoded table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
+    /// The table name (`nat`, `mangle`, `raw`, …).
     pub name: String,
+    /// Bit mask of the hooks the table is attached to.
     pub valid_hooks: u32,
+    /// Built-in chains and user chains.
     pub chains: Vec<Chain>,
     /// Number of entries when read (`num_counters` for the replace).
     pub num_entries: usize,
 }
 
+/// The built-in chain names, by hook number.
 pub const BUILTIN_NAMES: [&str; NF_INET_NUMHOOKS] =
     ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
 
@@ -196,6 +222,115 @@ fn standard_verdict(t: &Extension) -> Option<i32> {
         .then(|| i32::from_ne_bytes(t.data[..4].try_into().expect("4 bytes")))
 }
 
+/// Where each user chain starts: the offset of the entry after its ERROR head, and its name.
+type ChainStarts = Vec<(usize, String)>;
+
+/// Decoding, pass 1: user chains start right after their ERROR head.
+fn user_chain_starts(entries: &[RawEntry]) -> ChainStarts {
+    let mut chain_at = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        if e.target.name == "ERROR" && i + 1 < entries.len() {
+            let chain = cstr(&e.target.data);
+            if chain != "ERROR" {
+                chain_at.push((entries[i + 1].offset, chain));
+            }
+        }
+    }
+    chain_at
+}
+
+/// Decoding: entry `i` as a rule, its jump offset turned back into a chain name.
+fn decode_rule(i: usize, e: &RawEntry, chain_at: &ChainStarts) -> Result<Rule, BlobError> {
+    let target = match standard_verdict(&e.target) {
+        Some(v) if v >= 0 => {
+            let chain = chain_at
+                .iter()
+                .find(|(off, _)| *off == v as usize)
+                .ok_or(BlobError::BadJump(e.offset))?;
+            Target::Jump(chain.1.clone())
+        }
+        Some(v) => Target::Verdict(v),
+        None => Target::Extension(e.target.clone()),
+    };
+    Ok(Rule {
+        ip: e.ip.clone(),
+        nfcache: e.nfcache,
+        matches: e.matches.clone(),
+        target,
+        counters: e.counters,
+        old_index: Some(i),
+    })
+}
+
+/// Decoding, pass 2: the built-in chains, from each valid hook's entry to its underflow.
+fn decode_builtins(
+    entries: &[RawEntry],
+    chain_at: &ChainStarts,
+    valid_hooks: u32,
+    hook_entry: [u32; 5],
+    underflow: [u32; 5],
+) -> Result<Vec<Chain>, BlobError> {
+    let index_of = |off: u32| {
+        entries
+            .iter()
+            .position(|e| e.offset == off as usize)
+            .ok_or(BlobError::Malformed(off as usize))
+    };
+    let mut chains = Vec::new();
+    for hook in 0..NF_INET_NUMHOOKS {
+        if valid_hooks & (1 << hook) == 0 {
+            continue;
+        }
+        let first = index_of(hook_entry[hook])?;
+        let last = index_of(underflow[hook])?;
+        let rules = (first..last)
+            .map(|i| decode_rule(i, &entries[i], chain_at))
+            .collect::<Result<_, _>>()?;
+        let policy = standard_verdict(&entries[last].target)
+            .ok_or(BlobError::Malformed(entries[last].offset))?;
+        chains.push(Chain {
+            name: BUILTIN_NAMES[hook].to_string(),
+            hook: Some(hook),
+            policy: Some((policy, entries[last].counters, Some(last))),
+            rules,
+        });
+    }
+    Ok(chains)
+}
+
+/// Decoding, pass 3: the user chains, each from its ERROR head to the next ERROR entry.
+fn decode_user_chains(
+    entries: &[RawEntry],
+    chain_at: &ChainStarts,
+    chains: &mut Vec<Chain>,
+) -> Result<(), BlobError> {
+    let mut i = 0;
+    while i < entries.len() {
+        let e = &entries[i];
+        if e.target.name == "ERROR" && cstr(&e.target.data) != "ERROR" {
+            let name = cstr(&e.target.data);
+            let mut j = i + 1;
+            while j < entries.len() && entries[j].target.name != "ERROR" {
+                j += 1;
+            }
+            // entries[i+1 .. j-1] are rules, entries[j-1] is the chain's RETURN tail.
+            let rules = (i + 1..j.saturating_sub(1).max(i + 1))
+                .map(|k| decode_rule(k, &entries[k], chain_at))
+                .collect::<Result<_, _>>()?;
+            chains.push(Chain {
+                name,
+                hook: None,
+                policy: None,
+                rules,
+            });
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
 impl Table {
     /// Decodes a blob read with `IPT_SO_GET_ENTRIES`, given `ipt_getinfo`'s hook offsets.
     pub fn decode(
@@ -207,83 +342,9 @@ impl Table {
         l: Layout,
     ) -> Result<Table, BlobError> {
         let entries = split_entries(blob, l)?;
-        let index_of = |off: usize| entries.iter().position(|e| e.offset == off);
-        // User chains start right after their ERROR head.
-        let mut chain_at: Vec<(usize, String)> = Vec::new();
-        for (i, e) in entries.iter().enumerate() {
-            if e.target.name == "ERROR" && i + 1 < entries.len() {
-                let chain = cstr(&e.target.data);
-                if chain != "ERROR" {
-                    chain_at.push((entries[i + 1].offset, chain));
-                }
-            }
-        }
-        let rule_of = |i: usize, e: &RawEntry| -> Result<Rule, BlobError> {
-            let target = match standard_verdict(&e.target) {
-                Some(v) if v >= 0 => {
-                    let chain = chain_at
-                        .iter()
-                        .find(|(off, _)| *off == v as usize)
-                        .ok_or(BlobError::BadJump(e.offset))?;
-                    Target::Jump(chain.1.clone())
-                }
-                Some(v) => Target::Verdict(v),
-                None => Target::Extension(e.target.clone()),
-            };
-            Ok(Rule {
-                ip: e.ip.clone(),
-                nfcache: e.nfcache,
-                matches: e.matches.clone(),
-                target,
-                counters: e.counters,
-                old_index: Some(i),
-            })
-        };
-        let mut chains = Vec::new();
-        for hook in 0..NF_INET_NUMHOOKS {
-            if valid_hooks & (1 << hook) == 0 {
-                continue;
-            }
-            let first = index_of(hook_entry[hook] as usize)
-                .ok_or(BlobError::Malformed(hook_entry[hook] as usize))?;
-            let last = index_of(underflow[hook] as usize)
-                .ok_or(BlobError::Malformed(underflow[hook] as usize))?;
-            let rules = (first..last)
-                .map(|i| rule_of(i, &entries[i]))
-                .collect::<Result<_, _>>()?;
-            let policy = standard_verdict(&entries[last].target)
-                .ok_or(BlobError::Malformed(entries[last].offset))?;
-            chains.push(Chain {
-                name: BUILTIN_NAMES[hook].to_string(),
-                hook: Some(hook),
-                policy: Some((policy, entries[last].counters, Some(last))),
-                rules,
-            });
-        }
-        let mut i = 0;
-        while i < entries.len() {
-            let e = &entries[i];
-            if e.target.name == "ERROR" && cstr(&e.target.data) != "ERROR" {
-                let name = cstr(&e.target.data);
-                let mut j = i + 1;
-                while j < entries.len() && entries[j].target.name != "ERROR" {
-                    j += 1;
-                }
-                // entries[i+1 .. j-1] are rules, entries[j-1] is the chain's RETURN tail.
-                let rules = (i + 1..j.saturating_sub(1).max(i + 1))
-                    .map(|k| rule_of(k, &entries[k]))
-                    .collect::<Result<_, _>>()?;
-                chains.push(Chain {
-                    name,
-                    hook: None,
-                    policy: None,
-                    rules,
-                });
-                i = j;
-            } else {
-                i += 1;
-            }
-        }
+        let chain_at = user_chain_starts(&entries);
+        let mut chains = decode_builtins(&entries, &chain_at, valid_hooks, hook_entry, underflow)?;
+        decode_user_chains(&entries, &chain_at, &mut chains)?;
         Ok(Table {
             name: name.to_string(),
             valid_hooks,
@@ -292,10 +353,12 @@ impl Table {
         })
     }
 
+    /// The chain named `name`.
     pub fn chain(&self, name: &str) -> Option<&Chain> {
         self.chains.iter().find(|c| c.name == name)
     }
 
+    /// The chain named `name`, to change it.
     pub fn chain_mut(&mut self, name: &str) -> Option<&mut Chain> {
         self.chains.iter_mut().find(|c| c.name == name)
     }
@@ -304,12 +367,17 @@ impl Table {
 /// An encoded table, ready for `IPT_SO_SET_REPLACE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
+    /// The entries.
     pub blob: Vec<u8>,
+    /// How many entries `blob` holds.
     pub num_entries: usize,
+    /// Offset of each hook's first entry.
     pub hook_entry: [u32; 5],
+    /// Offset of each hook's policy entry.
     pub underflow: [u32; 5],
     /// For each new entry, the index it had in the table read (for `ADD_COUNTERS`).
     pub old_index: Vec<Option<usize>>,
+    /// For each new entry, the counters to start from.
     pub counters: Vec<Counters>,
 }
 
@@ -382,6 +450,103 @@ fn entry_size(l: Layout, matches: &[Extension], t: &Target) -> usize {
     l.entry_size + matches.iter().map(|m| m.size()).sum::<usize>() + target_size(t)
 }
 
+/// Bytes of a chain's rules plus its tail entry (the policy or the RETURN).
+fn chain_body_size(l: Layout, c: &Chain) -> usize {
+    c.rules
+        .iter()
+        .map(|r| entry_size(l, &r.matches, &r.target))
+        .sum::<usize>()
+        + l.entry_size
+        + STANDARD_TARGET_SIZE
+}
+
+/// Encoding, pass 1 (layout): where each user chain starts (the entry after its ERROR head),
+/// and the size of the whole blob up to the final ERROR entry.
+fn layout<'t>(
+    l: Layout,
+    builtins: &[&Chain],
+    users: &[&'t Chain],
+) -> (Vec<(&'t str, usize)>, usize) {
+    let mut offset: usize = builtins.iter().map(|c| chain_body_size(l, c)).sum();
+    let mut starts = Vec::new();
+    for c in users {
+        offset += l.entry_size + ERROR_TARGET_SIZE;
+        starts.push((c.name.as_str(), offset));
+        offset += chain_body_size(l, c);
+    }
+    (starts, offset)
+}
+
+/// Encoding, pass 2: writes the entries in order, resolving jumps to chain offsets.
+struct Writer<'a> {
+    l: Layout,
+    /// User chain starts from the layout pass.
+    starts: &'a [(&'a str, usize)],
+    /// The all-zero `ipt_ip` of policies, chain heads and tails.
+    empty: Vec<u8>,
+    enc: Encoded,
+}
+
+impl Writer<'_> {
+    /// Jump resolution: a rule's target as the extension written to the blob.
+    fn target(&self, t: &Target) -> Result<Extension, BlobError> {
+        Ok(match t {
+            Target::Verdict(v) => verdict_target(*v),
+            Target::Jump(c) => {
+                let start = self
+                    .starts
+                    .iter()
+                    .find(|(n, _)| n == c)
+                    .map(|(_, o)| *o)
+                    .ok_or_else(|| BlobError::MissingChain(c.to_string()))?;
+                verdict_target(start as i32)
+            }
+            Target::Extension(e) => e.clone(),
+        })
+    }
+
+    fn rules(&mut self, c: &Chain) -> Result<(), BlobError> {
+        for r in &c.rules {
+            let target = self.target(&r.target)?;
+            self.enc.push(
+                self.l,
+                &r.ip,
+                r.nfcache,
+                &r.matches,
+                &target,
+                r.old_index,
+                r.counters,
+            );
+        }
+        Ok(())
+    }
+
+    /// Policies, chain heads and tails: unconditional entries without matches.
+    fn fixed(&mut self, target: &Extension, old: Option<usize>, counters: Counters) {
+        self.enc
+            .push(self.l, &self.empty, 0, &[], target, old, counters);
+    }
+
+    fn builtin(&mut self, c: &Chain) -> Result<(), BlobError> {
+        let hook = c.hook.expect("built-in");
+        self.enc.hook_entry[hook] = self.enc.blob.len() as u32;
+        self.rules(c)?;
+        self.enc.underflow[hook] = self.enc.blob.len() as u32;
+        let (verdict, counters, old) =
+            c.policy
+                .unwrap_or((VERDICT_ACCEPT, Counters::default(), None));
+        self.fixed(&verdict_target(verdict), old, counters);
+        Ok(())
+    }
+
+    fn user(&mut self, c: &Chain) -> Result<(), BlobError> {
+        self.fixed(&error_target(&c.name), None, Counters::default());
+        self.rules(c)?;
+        self.fixed(&verdict_target(VERDICT_RETURN), None, Counters::default());
+        Ok(())
+    }
+}
+
 impl Table {
     /// Encodes the table in libiptc's layout: built-in chains in hook order, then user
     /// chains sorted by name, then the final ERROR entry.
@@ -391,108 +556,28 @@ impl Table {
         let mut users: Vec<&Chain> = self.chains.iter().filter(|c| c.hook.is_none()).collect();
         users.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
 
-        // Pass 1: where each user chain starts (the entry after its ERROR head).
-        let mut offset = 0usize;
-        let mut starts: Vec<(&str, usize)> = Vec::new();
-        for c in &builtins {
-            offset += c
-                .rules
-                .iter()
-                .map(|r| entry_size(l, &r.matches, &r.target))
-                .sum::<usize>();
-            offset += l.entry_size + STANDARD_TARGET_SIZE;
-        }
-        for c in &users {
-            offset += l.entry_size + ERROR_TARGET_SIZE;
-            starts.push((c.name.as_str(), offset));
-            offset += c
-                .rules
-                .iter()
-                .map(|r| entry_size(l, &r.matches, &r.target))
-                .sum::<usize>();
-            offset += l.entry_size + STANDARD_TARGET_SIZE;
-        }
-        let start_of = |name: &str| {
-            starts
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, o)| *o)
-                .ok_or_else(|| BlobError::MissingChain(name.to_string()))
-        };
-
-        // Pass 2: write.
-        let mut enc = Encoded {
-            blob: Vec::with_capacity(offset + 256),
-            num_entries: 0,
-            hook_entry: [u32::MAX; 5],
-            underflow: [u32::MAX; 5],
-            old_index: Vec::new(),
-            counters: Vec::new(),
-        };
-        let rule = |enc: &mut Encoded, r: &Rule| -> Result<(), BlobError> {
-            let target = match &r.target {
-                Target::Verdict(v) => verdict_target(*v),
-                Target::Jump(c) => verdict_target(start_of(c)? as i32),
-                Target::Extension(e) => e.clone(),
-            };
-            enc.push(
-                l,
-                &r.ip,
-                r.nfcache,
-                &r.matches,
-                &target,
-                r.old_index,
-                r.counters,
-            );
-            Ok(())
-        };
-        // Policies, chain heads and tails: unconditional entries without matches.
-        let empty = empty_ip(l);
-        for c in &builtins {
-            let hook = c.hook.expect("built-in");
-            enc.hook_entry[hook] = enc.blob.len() as u32;
-            for r in &c.rules {
-                rule(&mut enc, r)?;
-            }
-            enc.underflow[hook] = enc.blob.len() as u32;
-            let (verdict, counters, old) =
-                c.policy
-                    .unwrap_or((VERDICT_ACCEPT, Counters::default(), None));
-            enc.push(l, &empty, 0, &[], &verdict_target(verdict), old, counters);
-        }
-        for c in &users {
-            enc.push(
-                l,
-                &empty,
-                0,
-                &[],
-                &error_target(&c.name),
-                None,
-                Counters::default(),
-            );
-            for r in &c.rules {
-                rule(&mut enc, r)?;
-            }
-            enc.push(
-                l,
-                &empty,
-                0,
-                &[],
-                &verdict_target(VERDICT_RETURN),
-                None,
-                Counters::default(),
-            );
-        }
-        enc.push(
+        let (starts, size) = layout(l, &builtins, &users);
+        let mut w = Writer {
             l,
-            &empty,
-            0,
-            &[],
-            &error_target("ERROR"),
-            None,
-            Counters::default(),
-        );
-        Ok(enc)
+            starts: &starts,
+            empty: empty_ip(l),
+            enc: Encoded {
+                blob: Vec::with_capacity(size + 256),
+                num_entries: 0,
+                hook_entry: [u32::MAX; 5],
+                underflow: [u32::MAX; 5],
+                old_index: Vec::new(),
+                counters: Vec::new(),
+            },
+        };
+        for c in &builtins {
+            w.builtin(c)?;
+        }
+        for c in &users {
+            w.user(c)?;
+        }
+        w.fixed(&error_target("ERROR"), None, Counters::default());
+        Ok(w.enc)
     }
 }
 
