@@ -9,6 +9,7 @@
 
 mod error;
 mod groups;
+pub mod knobs;
 pub mod parse;
 mod raw;
 
