@@ -313,9 +313,35 @@ pub fn raw_config<S: AsRef<str>>(
     }
 }
 
+/// The README's "Redirect flags" table, rendered from the knob table ([`knobs::ALL`]).
+pub fn redirect_flags_markdown() -> String {
+    let code = |s: &str| format!("`{s}`");
+    let mut out = String::from("| flag | env | default | meaning |\n|---|---|---|---|\n");
+    for knob in knobs::ALL {
+        let flag = match (knob.flag, knob.short, knob.syntax) {
+            (None, ..) => "—".to_string(),
+            (Some(f), _, Syntax::Bool) => code(&format!("{f}[=BOOL]")),
+            (Some(f), Some(s), _) => code(&format!("-{s}, {f}")),
+            (Some(f), None, Syntax::Value(name)) => code(&format!("{f} {name}")),
+        };
+        let env = match knob.env {
+            [] => "—".to_string(),
+            names => names.iter().map(|n| code(n)).collect::<Vec<_>>().join(", "),
+        };
+        let default = match knob.fallback {
+            Fallback::Empty => "—".to_string(),
+            Fallback::Value(v) => code(v),
+            Fallback::Derived(text) => text.to_string(),
+        };
+        out.push_str(&format!("| {flag} | {env} | {default} | {} |\n", knob.help));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Setting;
     use std::collections::HashMap;
 
     fn redirect(args: &[&str]) -> RedirectArgs {
@@ -325,6 +351,14 @@ mod tests {
             Command::Render { redirect, .. } => redirect,
             _ => unreachable!(),
         }
+    }
+
+    /// The one field a knob feeds, after parsing `flags` with `env`; every other field empty.
+    fn only_field(knob: &Knob, flags: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Setting {
+        let mut raw = redirect(flags).to_raw(env);
+        let setting = (knob.field.get_mut)(&mut raw).take();
+        assert_eq!(raw, RawConfig::default(), "{flags:?} set another field");
+        setting.unwrap_or_else(|| panic!("{flags:?} did not set {}", knob.name()))
     }
 
     #[test]
@@ -339,10 +373,7 @@ mod tests {
         let raw = redirect(&["-b", "443"]).to_raw(&get);
         assert_eq!(
             raw.inbound_ports_include,
-            Some(Setting::new(
-                "-b".replace("-b", "--istio-inbound-ports"),
-                "443"
-            ))
+            Some(Setting::new("--istio-inbound-ports", "443"))
         );
         assert_eq!(
             raw.redirect_dns,
@@ -364,5 +395,81 @@ mod tests {
         assert_eq!(raw.redirect_dns.unwrap().value, "true");
         let raw = redirect(&["--drop-invalid=false"]).to_raw(&|_| None);
         assert_eq!(raw.drop_invalid.unwrap().value, "false");
+    }
+
+    #[test]
+    fn every_flag_round_trips_through_clap_into_its_field() {
+        let none = |_: &str| None;
+        for (knob, long) in flagged() {
+            let flag = knob.flag.unwrap();
+            let (forms, value): (Vec<Vec<String>>, _) = match knob.syntax {
+                Syntax::Value(_) => {
+                    let mut forms = vec![vec![flag.to_string(), "7".into()]];
+                    forms.extend(knob.short.map(|s| vec![format!("-{s}"), "7".into()]));
+                    (forms, "7")
+                }
+                Syntax::Bool => (vec![vec![format!("--{long}=false")]], "false"),
+            };
+            for form in forms {
+                let form: Vec<&str> = form.iter().map(String::as_str).collect();
+                assert_eq!(only_field(knob, &form, &none), Setting::new(flag, value));
+            }
+            if knob.syntax == Syntax::Bool {
+                assert_eq!(only_field(knob, &[flag], &none), Setting::new(flag, "true"));
+                assert!(Cli::try_parse_from(["mesh-redirect", "render", flag, "true"]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn every_variable_feeds_its_field_and_the_flag_beats_it() {
+        for knob in knobs::ALL {
+            for name in knob.env {
+                let env = |n: &str| (n == *name).then(|| "9".to_string());
+                assert_eq!(only_field(knob, &[], &env), Setting::new(*name, "9"));
+                if let Some(flag) = knob.flag {
+                    let set = format!("{flag}=1");
+                    assert_eq!(only_field(knob, &[&set], &env), Setting::new(flag, "1"));
+                }
+            }
+            if let Some(later) = knob.env.get(1) {
+                let env = |n: &str| knob.env.contains(&n).then(|| n.to_string());
+                assert_eq!(only_field(knob, &[], &env), Setting::new(*later, *later));
+            }
+        }
+    }
+
+    /// The "Redirect flags" table in README.md: from its header line through its last row.
+    fn readme_table(readme: &str) -> std::ops::Range<usize> {
+        let section = readme
+            .find("### Redirect flags")
+            .expect("a Redirect flags section");
+        let start = section + readme[section..].find("\n| flag |").expect("a table") + 1;
+        let len: usize = readme[start..]
+            .split_inclusive('\n')
+            .take_while(|line| line.starts_with('|'))
+            .map(str::len)
+            .sum();
+        start..start + len
+    }
+
+    #[test]
+    fn readme_lists_exactly_the_knob_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let span = readme_table(&readme);
+        let expected = redirect_flags_markdown();
+        if std::env::var_os("MESH_REDIRECT_REGENERATE").is_some() {
+            let mut updated = readme.clone();
+            updated.replace_range(span.clone(), &expected);
+            std::fs::write(path, updated).unwrap();
+            return;
+        }
+        assert_eq!(
+            readme[span].trim_end(),
+            expected.trim_end(),
+            "README's Redirect flags table differs from config::knobs; \
+             regenerate it with MESH_REDIRECT_REGENERATE=1 cargo test --lib readme"
+        );
     }
 }

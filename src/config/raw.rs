@@ -269,7 +269,11 @@ impl RawConfig {
     /// an address of the other family points at `other`.
     fn dns_servers(&self, knob: &Knob, other: &Knob, v4: bool) -> Result<Vec<Cidr>, ConfigError> {
         let (f, v) = self.given(knob);
-        let (this, that) = if v4 { ("IPv4", "IPv6") } else { ("IPv6", "IPv4") };
+        let (this, that) = if v4 {
+            ("IPv4", "IPv6")
+        } else {
+            ("IPv6", "IPv4")
+        };
         split(v)
             .into_iter()
             .map(|s| match s.parse::<IpAddr>() {
@@ -354,8 +358,8 @@ fn cidr_list(field: &str, value: &str) -> Result<(Vec<Cidr>, Vec<Cidr>), ConfigE
                 "'*' must be the whole value, not a list element",
             ));
         }
-        let cidr = Cidr::parse(field, element)
-            .map_err(|e| element_error(field, value, element, e))?;
+        let cidr =
+            Cidr::parse(field, element).map_err(|e| element_error(field, value, element, e))?;
         if cidr.is_v4() {
             v4.push(cidr)
         } else {
@@ -511,13 +515,21 @@ mod tests {
             (&knobs::SERVICE_CIDR, "-i", "10.0.0.0"),
             (&knobs::EXCLUDE_INTERFACES, "-c", "waytoolonginterfacename"),
             (&knobs::DNS_SERVERS_V4, "--dns-servers-v4", "::1"),
-            (&knobs::IPV4_LOOPBACK_CIDR, "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "10.0.0.0/8"),
-            (&knobs::IPV4_LOOPBACK_CIDR, "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/4"),
+            (
+                &knobs::IPV4_LOOPBACK_CIDR,
+                "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+                "10.0.0.0/8",
+            ),
+            (
+                &knobs::IPV4_LOOPBACK_CIDR,
+                "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+                "127.0.0.1/4",
+            ),
             (&knobs::REDIRECT_DNS, "REDIRECT_DNS", "yes"),
         ];
         for (knob, field, value) in cases {
-            let err = with(|r| *(knob.field.get_mut)(r) = Some(Setting::new(field, value)))
-                .unwrap_err();
+            let err =
+                with(|r| *(knob.field.get_mut)(r) = Some(Setting::new(field, value))).unwrap_err();
             assert_eq!(err.field(), field, "{err}");
             assert!(err.to_string().contains(field));
         }
@@ -528,7 +540,10 @@ mod tests {
         // Not given, the default applies and a message would name the flag or variable.
         let raw = RawConfig::default();
         assert_eq!(raw.given(&knobs::ENVOY_PORT), ("--envoy-port", "15001"));
-        assert_eq!(raw.given(&knobs::OWNER_GROUPS), ("ISTIO_OUTBOUND_OWNER_GROUPS", "*"));
+        assert_eq!(
+            raw.given(&knobs::OWNER_GROUPS),
+            ("ISTIO_OUTBOUND_OWNER_GROUPS", "*")
+        );
         assert_eq!(raw.given(&knobs::PROXY_GID), ("--proxy-gid", ""));
     }
 }
