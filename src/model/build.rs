@@ -30,6 +30,16 @@ fn loopback_if() -> IfName {
     IfName::parse("", "lo").expect("lo is a valid name")
 }
 
+/// Leaving through `lo`.
+fn out_lo() -> Match {
+    Match::OutIface(loopback_if())
+}
+
+/// Arriving through `lo`.
+fn in_lo() -> Match {
+    Match::InIface(loopback_if())
+}
+
 fn host(addr: impl Into<IpAddr>) -> Cidr {
     Cidr::host(addr.into())
 }
@@ -74,6 +84,16 @@ fn daddr(cidr: Cidr) -> Match {
         cidr,
         negate: false,
     }
+}
+
+/// Any destination but `cidr` (`ip daddr != 127.0.0.1/32`).
+fn daddr_not(cidr: Cidr) -> Match {
+    Match::DAddr { cidr, negate: true }
+}
+
+/// An explicit `meta l4proto tcp`.
+fn tcp() -> Match {
+    Match::L4Proto(Proto::Tcp)
 }
 
 fn mark_is(mark: u32, negate: bool) -> Match {
@@ -277,7 +297,7 @@ impl<'c> Builder<'c> {
         }
         let mut m = vec![Match::CtState(CtState::Invalid)];
         if self.flavor == Flavor::Nftables {
-            m.insert(0, Match::L4Proto(Proto::Tcp));
+            m.insert(0, tcp());
         }
         let (mangle, any) = (Table::Mangle, Family::Any);
         self.append(mangle, Chain::Prerouting, any, m, Action::Jump(Chain::Drop));
@@ -287,19 +307,17 @@ impl<'c> Builder<'c> {
     /// 4–6. `meta l4proto tcp tcp dport 15008 counter return`, the two redirect chains.
     fn step_redirect_chains(&mut self) {
         let cfg = self.cfg;
-        let tcp = || vec![Match::L4Proto(Proto::Tcp)];
-        let mut tunnel = tcp();
-        tunnel.push(tcp_dport(vec![cfg.inbound_tunnel_port], false));
+        let tunnel = vec![tcp(), tcp_dport(vec![cfg.inbound_tunnel_port], false)];
         let (nat, any) = (Table::Nat, Family::Any);
         self.append(nat, Chain::Inbound, any, tunnel, Action::Return);
         let outbound = Action::Redirect {
             port: cfg.proxy_port,
         };
-        self.append(nat, Chain::Redirect, any, tcp(), outbound);
+        self.append(nat, Chain::Redirect, any, vec![tcp()], outbound);
         let inbound = Action::Redirect {
             port: cfg.inbound_capture_port,
         };
-        self.append(nat, Chain::InRedirect, any, tcp(), inbound);
+        self.append(nat, Chain::InRedirect, any, vec![tcp()], inbound);
     }
 
     /// 7. Inbound capture (unless `-b ''`): the TPROXY chains, the jump from prerouting,
@@ -315,7 +333,6 @@ impl<'c> Builder<'c> {
             (_, false) => Table::Nat,
         };
         // `prerouting meta l4proto tcp counter jump istio-inbound`
-        let tcp = || Match::L4Proto(Proto::Tcp);
         let to_inbound = Action::Jump(Chain::Inbound);
         self.append(
             table,
@@ -352,11 +369,7 @@ impl<'c> Builder<'c> {
         self.append(mangle, Chain::Divert, any, vec![], Action::Accept);
         let port = cfg.inbound_capture_port;
         self.append_per_loopback(Table::Mangle, Chain::Tproxy, |lo| {
-            let not_lo = Match::DAddr {
-                cidr: lo,
-                negate: true,
-            };
-            let m = vec![Match::L4Proto(Proto::Tcp), not_lo];
+            let m = vec![tcp(), daddr_not(lo)];
             (m, Action::Tproxy { port, mark })
         });
     }
@@ -364,7 +377,6 @@ impl<'c> Builder<'c> {
     /// Step 7: capture inbound TCP (to `port`, or to any port): established flows to
     /// `istio-divert` and the rest to `istio-tproxy` with TPROXY, else `istio-in-redirect`.
     fn inbound_capture(&mut self, port: Option<u16>) {
-        let tcp = Match::L4Proto(Proto::Tcp);
         let dport = port.map(|p| tcp_dport(vec![p], false));
         let with_port = |mut m: Vec<Match>| {
             m.extend(dport.clone());
@@ -373,7 +385,7 @@ impl<'c> Builder<'c> {
         let any = Family::Any;
         if self.cfg.is_tproxy() {
             let established = Match::CtState(CtState::RelatedEstablished);
-            let m = with_port(vec![tcp.clone(), established]);
+            let m = with_port(vec![tcp(), established]);
             self.append(
                 Table::Mangle,
                 Chain::Inbound,
@@ -381,7 +393,7 @@ impl<'c> Builder<'c> {
                 m,
                 Action::Jump(Chain::Divert),
             );
-            let m = with_port(vec![tcp]);
+            let m = with_port(vec![tcp()]);
             self.append(
                 Table::Mangle,
                 Chain::Inbound,
@@ -390,7 +402,7 @@ impl<'c> Builder<'c> {
                 Action::Jump(Chain::Tproxy),
             );
         } else {
-            let m = with_port(vec![tcp]);
+            let m = with_port(vec![tcp()]);
             let action = Action::Jump(Chain::InRedirect);
             self.append(Table::Nat, Chain::Inbound, any, m, action);
         }
@@ -419,7 +431,7 @@ impl<'c> Builder<'c> {
             host(INBOUND_PASSTHROUGH_V4),
             host(INBOUND_PASSTHROUGH_V6),
             |six| {
-                let m = vec![Match::OutIface(loopback_if()), saddr(six)];
+                let m = vec![out_lo(), saddr(six)];
                 (m, Action::Return)
             },
         );
@@ -446,16 +458,10 @@ impl<'c> Builder<'c> {
             vec![tunnel]
         };
         self.append_per_loopback(Table::Nat, Chain::IstioOutput, |lo| {
-            let not_lo = Match::DAddr {
-                cidr: lo,
-                negate: true,
-            };
-            let lo_if = Match::OutIface(loopback_if());
-            let tcp = Match::L4Proto(Proto::Tcp);
             let m = vec![
-                lo_if,
-                tcp,
-                not_lo,
+                out_lo(),
+                tcp(),
+                daddr_not(lo),
                 tcp_dport(ports.clone(), true),
                 is.clone(),
             ];
@@ -465,15 +471,9 @@ impl<'c> Builder<'c> {
         if !cfg.outbound_ranges_include.includes_loopback() {
             let is_not = negated(&is);
             let m = if dns_on {
-                let tcp = Match::L4Proto(Proto::Tcp);
-                vec![
-                    Match::OutIface(loopback_if()),
-                    tcp,
-                    tcp_dport(vec![53], true),
-                    is_not,
-                ]
+                vec![out_lo(), tcp(), tcp_dport(vec![53], true), is_not]
             } else {
-                vec![Match::OutIface(loopback_if()), is_not]
+                vec![out_lo(), is_not]
             };
             self.output_rule(m, Action::Return);
         }
@@ -553,7 +553,7 @@ impl<'c> Builder<'c> {
             if all {
                 let mut m = vec![port_53];
                 if proto == Proto::Tcp {
-                    m.insert(0, Match::L4Proto(Proto::Tcp));
+                    m.insert(0, tcp());
                 }
                 self.append(
                     Table::Nat,
@@ -741,8 +741,6 @@ impl<'c> Builder<'c> {
     /// return, the 1338 marks of the proxy's loopback traffic, `ct mark` restore.
     fn tproxy_marks(&mut self) {
         let mark = self.cfg.tproxy_mark;
-        let tcp = || Match::L4Proto(Proto::Tcp);
-        let lo_if = || Match::OutIface(loopback_if());
         let (mangle, any) = (Table::Mangle, Family::Any);
         let m = vec![tcp(), mark_is(mark, false)];
         self.append(
@@ -753,16 +751,12 @@ impl<'c> Builder<'c> {
             Action::SaveMarkToConntrack,
         );
         // mangle `output oifname lo meta l4proto tcp mark 1337 counter return`
-        let m = vec![lo_if(), tcp(), mark_is(mark, false)];
+        let m = vec![out_lo(), tcp(), mark_is(mark, false)];
         self.append(mangle, Chain::Output, any, m, Action::Return);
         // `oifname lo meta l4proto tcp ip daddr != 127.0.0.1/32 skuid 1337 counter meta mark set 1338`
         for owner in self.proxy_owners() {
             self.append_per_loopback(mangle, Chain::Output, |lo| {
-                let not_lo = Match::DAddr {
-                    cidr: lo,
-                    negate: true,
-                };
-                let m = vec![lo_if(), tcp(), not_lo, owner.clone()];
+                let m = vec![out_lo(), tcp(), daddr_not(lo), owner.clone()];
                 (m, Action::SetMark(OUTBOUND_MARK))
             });
         }
@@ -780,8 +774,6 @@ impl<'c> Builder<'c> {
     /// Step 19: mangle `istio-inbound` inserts at 0, 1 (per family) and 2.
     fn tproxy_inbound_returns(&mut self) {
         let mark = self.cfg.tproxy_mark;
-        let tcp = || Match::L4Proto(Proto::Tcp);
-        let lo_if = || Match::InIface(loopback_if());
         let (mangle, inbound) = (Table::Mangle, Chain::Inbound);
         let m = vec![tcp(), mark_is(mark, false)];
         self.push(
@@ -796,7 +788,7 @@ impl<'c> Builder<'c> {
             (Family::V4, host(INBOUND_PASSTHROUGH_V4)),
             (Family::V6, host(INBOUND_PASSTHROUGH_V6)),
         ] {
-            let m = vec![lo_if(), tcp(), saddr(six)];
+            let m = vec![in_lo(), tcp(), saddr(six)];
             self.push(
                 mangle,
                 inbound,
@@ -806,7 +798,7 @@ impl<'c> Builder<'c> {
                 Action::Return,
             );
         }
-        let m = vec![lo_if(), tcp(), mark_is(OUTBOUND_MARK, true)];
+        let m = vec![in_lo(), tcp(), mark_is(OUTBOUND_MARK, true)];
         self.push(
             mangle,
             inbound,
