@@ -10,6 +10,7 @@ use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand,
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// The whole command line: a subcommand and the log level.
 #[derive(Debug, Parser)]
 #[command(
     name = "mesh-redirect",
@@ -17,6 +18,7 @@ use std::path::PathBuf;
     about = "Istio sidecar traffic redirection, programmed natively into a network namespace"
 )]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
     /// More logging on stderr (-v debug, -vv trace); MESH_REDIRECT_LOG=error/warn/info/debug/trace overrides.
@@ -24,27 +26,34 @@ pub struct Cli {
     pub verbose: u8,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Program the redirect rules into a network namespace (one atomic batch).
     Apply {
+        /// The namespace and backend.
         #[command(flatten)]
         target: Target,
+        /// Istio's capture knobs.
         #[command(flatten)]
         redirect: RedirectArgs,
     },
     /// Print what `apply` would program, in the format of Istio's goldens (nft transaction,
     /// or iptables-restore payloads with --backend iptables-legacy).
     Render {
+        /// Which generator's format to print.
         #[arg(long, value_enum, default_value_t = Backend::Nftables)]
         backend: Backend,
+        /// Istio's capture knobs.
         #[command(flatten)]
         redirect: RedirectArgs,
     },
     /// Compare the namespace with the expected rules: exit 0 when they match, 1 with a diff.
     Verify {
+        /// The namespace and backend.
         #[command(flatten)]
         target: Target,
+        /// Istio's capture knobs.
         #[command(flatten)]
         redirect: RedirectArgs,
     },
@@ -85,6 +94,7 @@ pub enum Command {
             value_name = "UID"
         )]
         uid: String,
+        /// The proxy's gid the probe connects as (default: the uid).
         #[arg(short = 'g', long = "proxy-gid", value_name = "GID")]
         gid: Option<String>,
         /// Probe over IPv6 (::6 → [::1]:15006).
@@ -98,6 +108,7 @@ pub enum Command {
     /// the plugin's kubeconfig, chain the plugin into the primary CNI configuration; then
     /// watch and repair until SIGTERM (unless --once).
     Install {
+        /// The node's CNI directories and the plugin settings.
         #[command(flatten)]
         node: NodeArgs,
         /// One pass, then exit.
@@ -112,13 +123,16 @@ pub enum Command {
     },
     /// The installer's reverse: remove our entry, kubeconfig and binary. Idempotent.
     Uninstall {
+        /// The node's CNI directories and the plugin settings.
         #[command(flatten)]
         node: NodeArgs,
     },
     /// Delete our tables and policy routes (only ours); succeeds when there is nothing to delete.
     Remove {
+        /// The namespace and backend.
         #[command(flatten)]
         target: Target,
+        /// Istio's capture knobs.
         #[command(flatten)]
         redirect: RedirectArgs,
     },
@@ -176,6 +190,7 @@ pub struct NodeArgs {
     pub plugin_config: Option<String>,
 }
 
+/// `--backend`: which kernel interface programs the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
     /// Native nf_tables over netlink.
@@ -187,6 +202,7 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The engine's backend choice for this flag value.
     pub fn choice(self) -> crate::engine::BackendChoice {
         match self {
             Backend::Nftables => crate::engine::BackendChoice::Nftables,
@@ -196,11 +212,13 @@ impl Backend {
     }
 }
 
+/// The namespace to program and the backend to program it with.
 #[derive(Debug, Args)]
 pub struct Target {
     /// Network namespace: a path (/var/run/netns/NAME, /proc/PID/ns/net) or a name as `ip netns` shows it.
     #[arg(long, value_name = "PATH|NAME")]
     pub netns: String,
+    /// The backend; `auto` picks the one already in use, else nftables when it answers.
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
 }

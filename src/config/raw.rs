@@ -12,11 +12,14 @@ use std::net::IpAddr;
 /// One raw value and the name of the place it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Setting {
+    /// The value as given.
     pub value: String,
+    /// The flag, variable or key that carried it (named in error messages).
     pub origin: String,
 }
 
 impl Setting {
+    /// `value`, given through `origin`.
     pub fn new(origin: impl Into<String>, value: impl Into<String>) -> Setting {
         Setting {
             value: value.into(),
@@ -26,33 +29,58 @@ impl Setting {
 }
 
 /// Istio's knobs (`config.Config`), unparsed. `None` means "not given": the default applies.
-/// Field names follow Istio's.
+/// Field names follow Istio's; each is fed by one entry of the knob table ([`knobs::ALL`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawConfig {
+    /// `-p` (`knobs::ENVOY_PORT`).
     pub proxy_port: Option<Setting>,
+    /// `-z` (`knobs::INBOUND_CAPTURE_PORT`).
     pub inbound_capture_port: Option<Setting>,
+    /// `-e` (`knobs::INBOUND_TUNNEL_PORT`).
     pub inbound_tunnel_port: Option<Setting>,
+    /// `-u` (`knobs::PROXY_UID`).
     pub proxy_uid: Option<Setting>,
+    /// `-g` (`knobs::PROXY_GID`).
     pub proxy_gid: Option<Setting>,
+    /// `-m` (`knobs::INTERCEPTION_MODE`).
     pub inbound_interception_mode: Option<Setting>,
+    /// `-t` (`knobs::TPROXY_MARK`).
     pub inbound_tproxy_mark: Option<Setting>,
+    /// `-r` (`knobs::TPROXY_ROUTE_TABLE`).
     pub inbound_tproxy_route_table: Option<Setting>,
+    /// `-b` (`knobs::INBOUND_PORTS`).
     pub inbound_ports_include: Option<Setting>,
+    /// `-d` (`knobs::LOCAL_EXCLUDE_PORTS`).
     pub inbound_ports_exclude: Option<Setting>,
+    /// `-q` (`knobs::OUTBOUND_PORTS`).
     pub outbound_ports_include: Option<Setting>,
+    /// `-o` (`knobs::LOCAL_OUTBOUND_PORTS_EXCLUDE`).
     pub outbound_ports_exclude: Option<Setting>,
+    /// `-i` (`knobs::SERVICE_CIDR`).
     pub outbound_ip_ranges_include: Option<Setting>,
+    /// `-x` (`knobs::SERVICE_EXCLUDE_CIDR`).
     pub outbound_ip_ranges_exclude: Option<Setting>,
+    /// `-k` (`knobs::KUBE_VIRT_INTERFACES`).
     pub reroute_virtual_interfaces: Option<Setting>,
+    /// `-c` (`knobs::EXCLUDE_INTERFACES`).
     pub exclude_interfaces: Option<Setting>,
+    /// `--redirect-dns` (`knobs::REDIRECT_DNS`).
     pub redirect_dns: Option<Setting>,
+    /// `--capture-all-dns` (`knobs::CAPTURE_ALL_DNS`).
     pub capture_all_dns: Option<Setting>,
+    /// `--drop-invalid` (`knobs::DROP_INVALID`).
     pub drop_invalid: Option<Setting>,
+    /// `--ipv6` (`knobs::IPV6`).
     pub enable_ipv6: Option<Setting>,
+    /// `--dns-servers-v4` (`knobs::DNS_SERVERS_V4`).
     pub dns_servers_v4: Option<Setting>,
+    /// `--dns-servers-v6` (`knobs::DNS_SERVERS_V6`).
     pub dns_servers_v6: Option<Setting>,
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS` (`knobs::OWNER_GROUPS`).
     pub owner_groups_include: Option<Setting>,
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE` (`knobs::OWNER_GROUPS_EXCLUDE`).
     pub owner_groups_exclude: Option<Setting>,
+    /// `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR` (`knobs::IPV4_LOOPBACK_CIDR`).
     pub host_ipv4_loopback_cidr: Option<Setting>,
 }
 

@@ -26,6 +26,7 @@ struct Builder<'c> {
 /// DNS resolvers to capture, each with its family (IPv4 ones first).
 type Servers = Vec<(Family, Cidr)>;
 
+/// The loopback interface.
 fn loopback_if() -> IfName {
     IfName::parse("", "lo").expect("lo is a valid name")
 }
@@ -40,14 +41,17 @@ fn in_lo() -> Match {
     Match::InIface(loopback_if())
 }
 
+/// A single-host prefix.
 fn host(addr: impl Into<IpAddr>) -> Cidr {
     Cidr::host(addr.into())
 }
 
+/// `::1/128`.
 fn loopback_v6() -> Cidr {
     host(Ipv6Addr::LOCALHOST)
 }
 
+/// TCP destination port in `ports` (or in none of them).
 fn tcp_dport(ports: Vec<u16>, negate: bool) -> Match {
     Match::DPort {
         proto: Proto::Tcp,
@@ -65,6 +69,7 @@ fn dport(proto: Proto, port: u16) -> Match {
     }
 }
 
+/// UDP source port `port`.
 fn udp_sport(port: u16) -> Match {
     Match::SPort {
         proto: Proto::Udp,
@@ -72,6 +77,7 @@ fn udp_sport(port: u16) -> Match {
     }
 }
 
+/// Source address within `cidr`.
 fn saddr(cidr: Cidr) -> Match {
     Match::SAddr {
         cidr,
@@ -79,6 +85,7 @@ fn saddr(cidr: Cidr) -> Match {
     }
 }
 
+/// Destination address within `cidr`.
 fn daddr(cidr: Cidr) -> Match {
     Match::DAddr {
         cidr,
@@ -96,6 +103,7 @@ fn tcp() -> Match {
     Match::L4Proto(Proto::Tcp)
 }
 
+/// Packet mark `mark` (or any other).
 fn mark_is(mark: u32, negate: bool) -> Match {
     Match::Mark { mark, negate }
 }
@@ -140,6 +148,7 @@ fn family_of(c: &Cidr) -> Family {
 }
 
 impl<'c> Builder<'c> {
+    /// Emits a rule at `position`; IPv6-only rules only when IPv6 is enabled.
     fn push(
         &mut self,
         table: Table,
@@ -164,6 +173,7 @@ impl<'c> Builder<'c> {
         });
     }
 
+    /// Emits a rule at the end of `chain`.
     fn append(
         &mut self,
         table: Table,
@@ -216,6 +226,7 @@ impl<'c> Builder<'c> {
             .collect()
     }
 
+    /// Whether DNS is captured (after Istio's gate).
     fn dns_on(&self) -> bool {
         self.cfg.dns != DnsCapture::Off
     }

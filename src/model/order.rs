@@ -12,8 +12,11 @@ use super::{Chain, Family, Flavor, Plan, Position, Rule, Table};
 /// The rules of one chain in final kernel order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedChain {
+    /// The table of the chain.
     pub table: Table,
+    /// The chain.
     pub chain: Chain,
+    /// Its rules, first to last.
     pub rules: Vec<Rule>,
 }
 
