@@ -753,14 +753,9 @@ impl<'c> Builder<'c> {
     fn tproxy_marks(&mut self) {
         let mark = self.cfg.tproxy_mark;
         let (mangle, any) = (Table::Mangle, Family::Any);
+        let save = Action::SaveMarkToConntrack;
         let m = vec![tcp(), mark_is(mark, false)];
-        self.append(
-            mangle,
-            Chain::Prerouting,
-            any,
-            m,
-            Action::SaveMarkToConntrack,
-        );
+        self.append(mangle, Chain::Prerouting, any, m, save);
         // mangle `output oifname lo meta l4proto tcp mark 1337 counter return`
         let m = vec![out_lo(), tcp(), mark_is(mark, false)];
         self.append(mangle, Chain::Output, any, m, Action::Return);
@@ -772,52 +767,27 @@ impl<'c> Builder<'c> {
             });
         }
         // `output meta l4proto tcp ct mark 1337 counter meta mark set ct mark`
+        let restore = Action::RestoreMarkFromConntrack;
         let m = vec![tcp(), Match::CtMark(mark)];
-        self.append(
-            mangle,
-            Chain::Output,
-            any,
-            m,
-            Action::RestoreMarkFromConntrack,
-        );
+        self.append(mangle, Chain::Output, any, m, restore);
     }
 
     /// Step 19: mangle `istio-inbound` inserts at 0, 1 (per family) and 2.
     fn tproxy_inbound_returns(&mut self) {
         let mark = self.cfg.tproxy_mark;
-        let (mangle, inbound) = (Table::Mangle, Chain::Inbound);
+        let (mangle, inbound, ret) = (Table::Mangle, Chain::Inbound, Action::Return);
+        let at = Position::Insert;
         let m = vec![tcp(), mark_is(mark, false)];
-        self.push(
-            mangle,
-            inbound,
-            Position::Insert(0),
-            Family::Any,
-            m,
-            Action::Return,
-        );
+        self.push(mangle, inbound, at(0), Family::Any, m, ret.clone());
         for (family, six) in [
             (Family::V4, host(INBOUND_PASSTHROUGH_V4)),
             (Family::V6, host(INBOUND_PASSTHROUGH_V6)),
         ] {
             let m = vec![in_lo(), tcp(), saddr(six)];
-            self.push(
-                mangle,
-                inbound,
-                Position::Insert(1),
-                family,
-                m,
-                Action::Return,
-            );
+            self.push(mangle, inbound, at(1), family, m, ret.clone());
         }
         let m = vec![in_lo(), tcp(), mark_is(OUTBOUND_MARK, true)];
-        self.push(
-            mangle,
-            inbound,
-            Position::Insert(2),
-            Family::Any,
-            m,
-            Action::Return,
-        );
+        self.push(mangle, inbound, at(2), Family::Any, m, ret);
     }
 }
 

@@ -65,17 +65,12 @@ impl Table {
 
     /// The chains of this table in the order Istio declares them (spec §7.2); nftables lists
     /// chains in creation order, so this order is visible in `nft list ruleset`.
+    #[rustfmt::skip] // one line per table reads as the spec's table
     pub fn chain_order(self) -> &'static [Chain] {
         use Chain::*;
         match self {
             Table::Nat => &[
-                Prerouting,
-                Output,
-                Inbound,
-                Redirect,
-                InRedirect,
-                IstioOutput,
-                OutputDns,
+                Prerouting, Output, Inbound, Redirect, InRedirect, IstioOutput, OutputDns,
             ],
             Table::Mangle => &[Prerouting, Output, Divert, Tproxy, Inbound, Drop],
             Table::Raw => &[Prerouting, Output, Inbound, OutputDns],
