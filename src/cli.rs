@@ -380,6 +380,12 @@ mod tests {
     }
 
     #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
     fn flags_beat_env_and_additional_env_beats_primary() {
         let env: HashMap<&str, &str> = [
             ("REDIRECT_DNS", "false"),
