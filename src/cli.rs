@@ -1,11 +1,16 @@
 //! The command line: `istio-iptables` flag names, short forms and environment variables, with
 //! Istio's precedence (spec §2.1): a flag beats the environment, and a second ("additional")
-//! variable beats the first (`ISTIO_META_DNS_CAPTURE` over `REDIRECT_DNS`).
+//! variable beats the first (`ISTIO_META_DNS_CAPTURE` over `REDIRECT_DNS`). The redirect
+//! flags are not declared here: [`RedirectArgs`] builds them from the knob table
+//! ([`knobs::ALL`]).
 
-use crate::config::{RawConfig, Setting};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use crate::config::knobs::{self, Fallback, Knob, Syntax};
+use crate::config::RawConfig;
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// The whole command line: a subcommand and the log level.
 #[derive(Debug, Parser)]
 #[command(
     name = "mesh-redirect",
@@ -13,6 +18,7 @@ use std::path::PathBuf;
     about = "Istio sidecar traffic redirection, programmed natively into a network namespace"
 )]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
     /// More logging on stderr (-v debug, -vv trace); MESH_REDIRECT_LOG=error/warn/info/debug/trace overrides.
@@ -20,27 +26,34 @@ pub struct Cli {
     pub verbose: u8,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Program the redirect rules into a network namespace (one atomic batch).
     Apply {
+        /// The namespace and backend.
         #[command(flatten)]
         target: Target,
+        /// Istio's capture knobs.
         #[command(flatten)]
         redirect: RedirectArgs,
     },
     /// Print what `apply` would program, in the format of Istio's goldens (nft transaction,
     /// or iptables-restore payloads with --backend iptables-legacy).
     Render {
+        /// Which generator's format to print.
         #[arg(long, value_enum, default_value_t = Backend::Nftables)]
         backend: Backend,
+        /// Istio's capture knobs.
         #[command(flatten)]
         redirect: RedirectArgs,
     },
     /// Compare the namespace with the expected rules: exit 0 when they match, 1 with a diff.
     Verify {
+        /// The namespace and backend.
         #[command(flatten)]
         target: Target,
+        /// Istio's capture knobs.
         #[command(flatten)]
         redirect: RedirectArgs,
     },
@@ -81,6 +94,7 @@ pub enum Command {
             value_name = "UID"
         )]
         uid: String,
+        /// The proxy's gid the probe connects as (default: the uid).
         #[arg(short = 'g', long = "proxy-gid", value_name = "GID")]
         gid: Option<String>,
         /// Probe over IPv6 (::6 → [::1]:15006).
@@ -94,6 +108,7 @@ pub enum Command {
     /// the plugin's kubeconfig, chain the plugin into the primary CNI configuration; then
     /// watch and repair until SIGTERM (unless --once).
     Install {
+        /// The node's CNI directories and the plugin settings.
         #[command(flatten)]
         node: NodeArgs,
         /// One pass, then exit.
@@ -108,13 +123,16 @@ pub enum Command {
     },
     /// The installer's reverse: remove our entry, kubeconfig and binary. Idempotent.
     Uninstall {
+        /// The node's CNI directories and the plugin settings.
         #[command(flatten)]
         node: NodeArgs,
     },
     /// Delete our tables and policy routes (only ours); succeeds when there is nothing to delete.
     Remove {
+        /// The namespace and backend.
         #[command(flatten)]
         target: Target,
+        /// Istio's capture knobs.
         #[command(flatten)]
         redirect: RedirectArgs,
     },
@@ -172,6 +190,7 @@ pub struct NodeArgs {
     pub plugin_config: Option<String>,
 }
 
+/// `--backend`: which kernel interface programs the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
     /// Native nf_tables over netlink.
@@ -183,6 +202,7 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The engine's backend choice for this flag value.
     pub fn choice(self) -> crate::engine::BackendChoice {
         match self {
             Backend::Nftables => crate::engine::BackendChoice::Nftables,
@@ -192,196 +212,106 @@ impl Backend {
     }
 }
 
+/// The namespace to program and the backend to program it with.
 #[derive(Debug, Args)]
 pub struct Target {
     /// Network namespace: a path (/var/run/netns/NAME, /proc/PID/ns/net) or a name as `ip netns` shows it.
     #[arg(long, value_name = "PATH|NAME")]
     pub netns: String,
+    /// The backend; `auto` picks the one already in use, else nftables when it answers.
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
 }
 
-/// Istio's capture knobs. Lists are comma separated; an empty value (`-b ''`) means none.
-#[derive(Debug, Args, Default)]
+/// Istio's capture knobs as flags, one per entry of [`knobs::ALL`] that has a flag. Lists
+/// are comma separated; an empty value (`-b ''`) means none.
+#[derive(Debug, Clone, Default)]
 pub struct RedirectArgs {
-    /// Outbound capture port (Envoy's outbound listener). [default: 15001]
-    #[arg(short = 'p', long = "envoy-port")]
-    pub envoy_port: Option<String>,
-    /// Inbound capture port (Envoy's inbound listener). [env: INBOUND_CAPTURE_PORT] [default: 15006]
-    #[arg(short = 'z', long = "inbound-capture-port")]
-    pub inbound_capture_port: Option<String>,
-    /// HBONE tunnel port, never redirected. [env: INBOUND_TUNNEL_PORT] [default: 15008]
-    #[arg(short = 'e', long = "inbound-tunnel-port")]
-    pub inbound_tunnel_port: Option<String>,
-    /// Proxy uids whose traffic is not captured. [env: PROXY_UID] [default: 1337]
-    #[arg(short = 'u', long = "proxy-uid")]
-    pub proxy_uid: Option<String>,
-    /// Proxy gids whose traffic is not captured. [env: PROXY_GID] [default: the uids]
-    #[arg(short = 'g', long = "proxy-gid")]
-    pub proxy_gid: Option<String>,
-    /// REDIRECT or TPROXY. [env: ISTIO_INBOUND_INTERCEPTION_MODE] [default: REDIRECT]
-    #[arg(short = 'm', long = "istio-inbound-interception-mode")]
-    pub interception_mode: Option<String>,
-    /// TPROXY packet mark. [env: ISTIO_INBOUND_TPROXY_MARK] [default: 1337]
-    #[arg(short = 't', long = "istio-inbound-tproxy-mark")]
-    pub tproxy_mark: Option<String>,
-    /// TPROXY policy-routing table. [env: ISTIO_INBOUND_TPROXY_ROUTE_TABLE] [default: 133]
-    #[arg(short = 'r', long = "istio-inbound-tproxy-route-table")]
-    pub tproxy_route_table: Option<String>,
-    /// Inbound ports to capture: '*', a list, or '' for none. [env: ISTIO_INBOUND_PORTS] [default: *]
-    #[arg(short = 'b', long = "istio-inbound-ports")]
-    pub inbound_ports: Option<String>,
-    /// Inbound ports not captured when -b is '*'. [env: ISTIO_LOCAL_EXCLUDE_PORTS] [default: 15020,15021,15090]
-    #[arg(short = 'd', long = "istio-local-exclude-ports")]
-    pub local_exclude_ports: Option<String>,
-    /// Outbound destinations to capture: '*', CIDRs (IPv4 and IPv6), or ''. [env: ISTIO_SERVICE_CIDR] [default: *]
-    #[arg(short = 'i', long = "istio-service-cidr")]
-    pub service_cidr: Option<String>,
-    /// Outbound destinations never captured (CIDRs). [env: ISTIO_SERVICE_EXCLUDE_CIDR]
-    #[arg(short = 'x', long = "istio-service-exclude-cidr")]
-    pub service_exclude_cidr: Option<String>,
-    /// Outbound TCP ports always captured. [env: ISTIO_OUTBOUND_PORTS]
-    #[arg(short = 'q', long = "istio-outbound-ports")]
-    pub outbound_ports: Option<String>,
-    /// Outbound TCP/UDP ports never captured. [env: ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE] [default: 15020]
-    #[arg(short = 'o', long = "istio-local-outbound-ports-exclude")]
-    pub local_outbound_ports_exclude: Option<String>,
-    /// Interfaces whose inbound traffic is treated as outbound. [env: KUBE_VIRT_INTERFACES]
-    #[arg(short = 'k', long = "kube-virt-interfaces")]
-    pub kube_virt_interfaces: Option<String>,
-    /// Interfaces whose traffic is never captured. [env: ISTIO_EXCLUDE_INTERFACES]
-    #[arg(short = 'c', long = "istio-exclude-interfaces")]
-    pub exclude_interfaces: Option<String>,
-    /// Capture DNS to the agent on 15053. [env: REDIRECT_DNS, ISTIO_META_DNS_CAPTURE]
-    #[arg(long = "redirect-dns", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
-    pub redirect_dns: Option<String>,
-    /// Capture every destination on port 53, not only the listed resolvers. [env: CAPTURE_ALL_DNS]
-    #[arg(long = "capture-all-dns", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
-    pub capture_all_dns: Option<String>,
-    /// Drop packets conntrack marks INVALID. [env: DROP_INVALID, INVALID_DROP]
-    #[arg(long = "drop-invalid", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
-    pub drop_invalid: Option<String>,
-    /// Program IPv6 rules as well (Istio detects this from the pod's addresses).
-    #[arg(long = "ipv6", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
-    pub ipv6: Option<String>,
-    /// IPv4 DNS resolvers to capture (Istio reads them from resolv.conf).
-    #[arg(long = "dns-servers-v4", value_name = "A,B")]
-    pub dns_servers_v4: Option<String>,
-    /// IPv6 DNS resolvers to capture.
-    #[arg(long = "dns-servers-v6", value_name = "A,B")]
-    pub dns_servers_v6: Option<String>,
+    /// The value given for each flag, by long name (`envoy-port`).
+    given: BTreeMap<&'static str, String>,
 }
 
-/// Picks a value: the flag, else the last set variable of `envs` (later ones win).
-fn pick(
-    flag: &Option<String>,
-    flag_name: &str,
-    envs: &[&str],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<Setting> {
-    if let Some(v) = flag {
-        return Some(Setting::new(flag_name, v.clone()));
+/// The knobs that have a flag, with its long name.
+fn flagged() -> impl Iterator<Item = (&'static Knob, &'static str)> {
+    knobs::ALL
+        .iter()
+        .filter_map(|k| k.long().map(|long| (*k, long)))
+}
+
+/// The `--help` line of a knob: its help text, then its variables and default.
+fn help(knob: &Knob) -> String {
+    let mut notes = Vec::new();
+    if !knob.env.is_empty() {
+        notes.push(format!("[env: {}]", knob.env.join(", ")));
     }
-    envs.iter()
-        .rev()
-        .find_map(|name| env(name).map(|v| Setting::new(*name, v)))
+    match knob.fallback {
+        Fallback::Empty => {}
+        Fallback::Value(v) | Fallback::Derived(v) => notes.push(format!("[default: {v}]")),
+    }
+    if notes.is_empty() {
+        knob.help.to_string()
+    } else {
+        format!("{}. {}", knob.help, notes.join(" "))
+    }
+}
+
+/// The clap argument of a knob that has a flag.
+fn arg(knob: &Knob, long: &'static str) -> Arg {
+    let arg = Arg::new(long)
+        .long(long)
+        .help(help(knob))
+        .action(ArgAction::Set)
+        .value_parser(clap::value_parser!(String));
+    let arg = match knob.short {
+        Some(short) => arg.short(short),
+        None => arg,
+    };
+    match knob.syntax {
+        Syntax::Value(name) => arg.value_name(name),
+        Syntax::Bool => arg
+            .value_name("BOOL")
+            .num_args(0..=1)
+            .require_equals(true)
+            .default_missing_value("true"),
+    }
+}
+
+impl Args for RedirectArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        flagged().fold(cmd, |cmd, (knob, long)| cmd.arg(arg(knob, long)))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for RedirectArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = RedirectArgs::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        for (_, long) in flagged() {
+            if let Some(value) = matches.get_one::<String>(long) {
+                self.given.insert(long, value.clone());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl RedirectArgs {
     /// The raw configuration from these flags and the given environment.
     pub fn to_raw(&self, env: &dyn Fn(&str) -> Option<String>) -> RawConfig {
-        let p = |flag: &Option<String>, name: &str, envs: &[&str]| pick(flag, name, envs, env);
-        RawConfig {
-            proxy_port: p(&self.envoy_port, "--envoy-port", &[]),
-            inbound_capture_port: p(
-                &self.inbound_capture_port,
-                "--inbound-capture-port",
-                &["INBOUND_CAPTURE_PORT"],
-            ),
-            inbound_tunnel_port: p(
-                &self.inbound_tunnel_port,
-                "--inbound-tunnel-port",
-                &["INBOUND_TUNNEL_PORT"],
-            ),
-            proxy_uid: p(&self.proxy_uid, "--proxy-uid", &["PROXY_UID"]),
-            proxy_gid: p(&self.proxy_gid, "--proxy-gid", &["PROXY_GID"]),
-            inbound_interception_mode: p(
-                &self.interception_mode,
-                "--istio-inbound-interception-mode",
-                &["ISTIO_INBOUND_INTERCEPTION_MODE"],
-            ),
-            inbound_tproxy_mark: p(
-                &self.tproxy_mark,
-                "--istio-inbound-tproxy-mark",
-                &["ISTIO_INBOUND_TPROXY_MARK"],
-            ),
-            inbound_tproxy_route_table: p(
-                &self.tproxy_route_table,
-                "--istio-inbound-tproxy-route-table",
-                &["ISTIO_INBOUND_TPROXY_ROUTE_TABLE"],
-            ),
-            inbound_ports_include: p(
-                &self.inbound_ports,
-                "--istio-inbound-ports",
-                &["ISTIO_INBOUND_PORTS"],
-            ),
-            inbound_ports_exclude: p(
-                &self.local_exclude_ports,
-                "--istio-local-exclude-ports",
-                &["ISTIO_LOCAL_EXCLUDE_PORTS"],
-            ),
-            outbound_ports_include: p(
-                &self.outbound_ports,
-                "--istio-outbound-ports",
-                &["ISTIO_OUTBOUND_PORTS"],
-            ),
-            outbound_ports_exclude: p(
-                &self.local_outbound_ports_exclude,
-                "--istio-local-outbound-ports-exclude",
-                &["ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE"],
-            ),
-            outbound_ip_ranges_include: p(
-                &self.service_cidr,
-                "--istio-service-cidr",
-                &["ISTIO_SERVICE_CIDR"],
-            ),
-            outbound_ip_ranges_exclude: p(
-                &self.service_exclude_cidr,
-                "--istio-service-exclude-cidr",
-                &["ISTIO_SERVICE_EXCLUDE_CIDR"],
-            ),
-            reroute_virtual_interfaces: p(
-                &self.kube_virt_interfaces,
-                "--kube-virt-interfaces",
-                &["KUBE_VIRT_INTERFACES"],
-            ),
-            exclude_interfaces: p(
-                &self.exclude_interfaces,
-                "--istio-exclude-interfaces",
-                &["ISTIO_EXCLUDE_INTERFACES"],
-            ),
-            redirect_dns: p(
-                &self.redirect_dns,
-                "--redirect-dns",
-                &["REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE"],
-            ),
-            capture_all_dns: p(
-                &self.capture_all_dns,
-                "--capture-all-dns",
-                &["CAPTURE_ALL_DNS"],
-            ),
-            drop_invalid: p(
-                &self.drop_invalid,
-                "--drop-invalid",
-                &["DROP_INVALID", "INVALID_DROP"],
-            ),
-            enable_ipv6: p(&self.ipv6, "--ipv6", &[]),
-            dns_servers_v4: p(&self.dns_servers_v4, "--dns-servers-v4", &[]),
-            dns_servers_v6: p(&self.dns_servers_v6, "--dns-servers-v6", &[]),
-            owner_groups_include: p(&None, "", &["ISTIO_OUTBOUND_OWNER_GROUPS"]),
-            owner_groups_exclude: p(&None, "", &["ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"]),
-            host_ipv4_loopback_cidr: p(&None, "", &["ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR"]),
+        let mut raw = RawConfig::default();
+        for knob in knobs::ALL {
+            let flag = knob.long().and_then(|long| self.given.get(long));
+            *(knob.field.get_mut)(&mut raw) = knob.pick(flag.map(String::as_str), env);
         }
+        raw
     }
 }
 
@@ -401,9 +331,35 @@ pub fn raw_config<S: AsRef<str>>(
     }
 }
 
+/// The README's "Redirect flags" table, rendered from the knob table ([`knobs::ALL`]).
+pub fn redirect_flags_markdown() -> String {
+    let code = |s: &str| format!("`{s}`");
+    let mut out = String::from("| flag | env | default | meaning |\n|---|---|---|---|\n");
+    for knob in knobs::ALL {
+        let flag = match (knob.flag, knob.short, knob.syntax) {
+            (None, ..) => "—".to_string(),
+            (Some(f), _, Syntax::Bool) => code(&format!("{f}[=BOOL]")),
+            (Some(f), Some(s), _) => code(&format!("-{s}, {f}")),
+            (Some(f), None, Syntax::Value(name)) => code(&format!("{f} {name}")),
+        };
+        let env = match knob.env {
+            [] => "—".to_string(),
+            names => names.iter().map(|n| code(n)).collect::<Vec<_>>().join(", "),
+        };
+        let default = match knob.fallback {
+            Fallback::Empty => "—".to_string(),
+            Fallback::Value(v) => code(v),
+            Fallback::Derived(text) => text.to_string(),
+        };
+        out.push_str(&format!("| {flag} | {env} | {default} | {} |\n", knob.help));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Setting;
     use std::collections::HashMap;
 
     fn redirect(args: &[&str]) -> RedirectArgs {
@@ -413,6 +369,20 @@ mod tests {
             Command::Render { redirect, .. } => redirect,
             _ => unreachable!(),
         }
+    }
+
+    /// The one field a knob feeds, after parsing `flags` with `env`; every other field empty.
+    fn only_field(knob: &Knob, flags: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Setting {
+        let mut raw = redirect(flags).to_raw(env);
+        let setting = (knob.field.get_mut)(&mut raw).take();
+        assert_eq!(raw, RawConfig::default(), "{flags:?} set another field");
+        setting.unwrap_or_else(|| panic!("{flags:?} did not set {}", knob.name()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
     #[test]
@@ -427,10 +397,7 @@ mod tests {
         let raw = redirect(&["-b", "443"]).to_raw(&get);
         assert_eq!(
             raw.inbound_ports_include,
-            Some(Setting::new(
-                "-b".replace("-b", "--istio-inbound-ports"),
-                "443"
-            ))
+            Some(Setting::new("--istio-inbound-ports", "443"))
         );
         assert_eq!(
             raw.redirect_dns,
@@ -452,5 +419,81 @@ mod tests {
         assert_eq!(raw.redirect_dns.unwrap().value, "true");
         let raw = redirect(&["--drop-invalid=false"]).to_raw(&|_| None);
         assert_eq!(raw.drop_invalid.unwrap().value, "false");
+    }
+
+    #[test]
+    fn every_flag_round_trips_through_clap_into_its_field() {
+        let none = |_: &str| None;
+        for (knob, long) in flagged() {
+            let flag = knob.flag.unwrap();
+            let (forms, value): (Vec<Vec<String>>, _) = match knob.syntax {
+                Syntax::Value(_) => {
+                    let mut forms = vec![vec![flag.to_string(), "7".into()]];
+                    forms.extend(knob.short.map(|s| vec![format!("-{s}"), "7".into()]));
+                    (forms, "7")
+                }
+                Syntax::Bool => (vec![vec![format!("--{long}=false")]], "false"),
+            };
+            for form in forms {
+                let form: Vec<&str> = form.iter().map(String::as_str).collect();
+                assert_eq!(only_field(knob, &form, &none), Setting::new(flag, value));
+            }
+            if knob.syntax == Syntax::Bool {
+                assert_eq!(only_field(knob, &[flag], &none), Setting::new(flag, "true"));
+                assert!(Cli::try_parse_from(["mesh-redirect", "render", flag, "true"]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn every_variable_feeds_its_field_and_the_flag_beats_it() {
+        for knob in knobs::ALL {
+            for name in knob.env {
+                let env = |n: &str| (n == *name).then(|| "9".to_string());
+                assert_eq!(only_field(knob, &[], &env), Setting::new(*name, "9"));
+                if let Some(flag) = knob.flag {
+                    let set = format!("{flag}=1");
+                    assert_eq!(only_field(knob, &[&set], &env), Setting::new(flag, "1"));
+                }
+            }
+            if let Some(later) = knob.env.get(1) {
+                let env = |n: &str| knob.env.contains(&n).then(|| n.to_string());
+                assert_eq!(only_field(knob, &[], &env), Setting::new(*later, *later));
+            }
+        }
+    }
+
+    /// The "Redirect flags" table in README.md: from its header line through its last row.
+    fn readme_table(readme: &str) -> std::ops::Range<usize> {
+        let section = readme
+            .find("### Redirect flags")
+            .expect("a Redirect flags section");
+        let start = section + readme[section..].find("\n| flag |").expect("a table") + 1;
+        let len: usize = readme[start..]
+            .split_inclusive('\n')
+            .take_while(|line| line.starts_with('|'))
+            .map(str::len)
+            .sum();
+        start..start + len
+    }
+
+    #[test]
+    fn readme_lists_exactly_the_knob_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let span = readme_table(&readme);
+        let expected = redirect_flags_markdown();
+        if std::env::var_os("MESH_REDIRECT_REGENERATE").is_some() {
+            let mut updated = readme.clone();
+            updated.replace_range(span.clone(), &expected);
+            std::fs::write(path, updated).unwrap();
+            return;
+        }
+        assert_eq!(
+            readme[span].trim_end(),
+            expected.trim_end(),
+            "README's Redirect flags table differs from config::knobs; \
+             regenerate it with MESH_REDIRECT_REGENERATE=1 cargo test --lib readme"
+        );
     }
 }

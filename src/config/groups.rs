@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 /// Something that knows group ids by name.
 pub trait GroupDatabase {
+    /// The gid of group `name`, if it exists.
     fn gid_of(&self, name: &str) -> Option<u32>;
 }
 
@@ -16,8 +17,10 @@ pub struct GroupFile {
 }
 
 impl GroupFile {
+    /// The host's group file.
     pub const HOST_PATH: &'static str = "/etc/group";
 
+    /// Parses `/etc/group` lines (`name:password:gid:members`), skipping malformed ones.
     pub fn parse(text: &str) -> GroupFile {
         let by_name = text
             .lines()
@@ -33,6 +36,7 @@ impl GroupFile {
         GroupFile { by_name }
     }
 
+    /// Reads and parses the group file at `path`.
     pub fn load(path: &str) -> Result<GroupFile, ConfigError> {
         std::fs::read_to_string(path)
             .map(|t| GroupFile::parse(&t))

@@ -11,6 +11,7 @@ pub fn split(value: &str) -> Vec<&str> {
     value.split(',').filter(|s| !s.is_empty()).collect()
 }
 
+/// One port, 1–65535, digits only.
 pub fn port(field: &str, value: &str) -> Result<u16, ConfigError> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ConfigError::invalid(field, value, "port is not a number"));
@@ -26,6 +27,7 @@ pub fn port(field: &str, value: &str) -> Result<u16, ConfigError> {
     }
 }
 
+/// A port list (Istio's `Split`); `*` is not an element.
 pub fn port_list(field: &str, value: &str) -> Result<Vec<u16>, ConfigError> {
     split(value)
         .into_iter()
@@ -63,6 +65,7 @@ pub fn number_u32(field: &str, value: &str, what: &str) -> Result<u32, ConfigErr
     }
 }
 
+/// A list of numeric ids (uids, gids); `what` names them in messages.
 pub fn id_list(field: &str, value: &str, what: &str) -> Result<Vec<u32>, ConfigError> {
     split(value)
         .into_iter()
@@ -89,7 +92,9 @@ pub fn boolean(field: &str, value: &str) -> Result<bool, ConfigError> {
 /// kernel matches on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cidr {
+    /// The address, host bits included.
     pub addr: IpAddr,
+    /// The prefix length.
     pub len: u8,
     /// How the address was written, when that differs from Rust's canonical form and Istio
     /// prints the user's text (DNS servers: `::127.0.0.53/128`).
@@ -97,6 +102,7 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// Parses `ADDR/LEN` like Go's `netip.ParsePrefix`.
     pub fn parse(field: &str, value: &str) -> Result<Cidr, ConfigError> {
         let (addr, len) = value.split_once('/').ok_or_else(|| {
             ConfigError::invalid(
@@ -152,10 +158,12 @@ impl Cidr {
         c
     }
 
+    /// Whether this is an IPv4 prefix.
     pub fn is_v4(&self) -> bool {
         self.addr.is_ipv4()
     }
 
+    /// The family's address length in bits (32 or 128).
     pub fn max_len(&self) -> u8 {
         if self.is_v4() {
             32
@@ -190,6 +198,7 @@ impl Cidr {
             .collect()
     }
 
+    /// The address bytes as written (host bits kept).
     pub fn addr_bytes(&self) -> Vec<u8> {
         match self.addr {
             IpAddr::V4(a) => a.octets().to_vec(),
@@ -213,6 +222,7 @@ impl fmt::Display for Cidr {
 pub struct IfName(String);
 
 impl IfName {
+    /// Checks `value` against the kernel's rules.
     pub fn parse(field: &str, value: &str) -> Result<IfName, ConfigError> {
         let bad =
             |why: &str| ConfigError::invalid(field, value, format!("not an interface name: {why}"));
@@ -234,6 +244,7 @@ impl IfName {
         Ok(IfName(value.to_string()))
     }
 
+    /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
     }

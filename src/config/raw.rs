@@ -1,6 +1,7 @@
 //! The unvalidated configuration: strings as the user gave them, each remembering where it
 //! came from (flag, environment variable, configuration key) so that a rejection names it.
 
+use super::knobs::{self, Knob};
 use super::parse::{self, split, Cidr, IfName};
 use super::{
     Config, ConfigError, DnsCapture, Group, GroupDatabase, InboundPorts, InterceptionMode,
@@ -11,11 +12,14 @@ use std::net::IpAddr;
 /// One raw value and the name of the place it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Setting {
+    /// The value as given.
     pub value: String,
+    /// The flag, variable or key that carried it (named in error messages).
     pub origin: String,
 }
 
 impl Setting {
+    /// `value`, given through `origin`.
     pub fn new(origin: impl Into<String>, value: impl Into<String>) -> Setting {
         Setting {
             value: value.into(),
@@ -25,302 +29,93 @@ impl Setting {
 }
 
 /// Istio's knobs (`config.Config`), unparsed. `None` means "not given": the default applies.
-/// Field names follow Istio's.
+/// Field names follow Istio's; each is fed by one entry of the knob table ([`knobs::ALL`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawConfig {
+    /// `-p` (`knobs::ENVOY_PORT`).
     pub proxy_port: Option<Setting>,
+    /// `-z` (`knobs::INBOUND_CAPTURE_PORT`).
     pub inbound_capture_port: Option<Setting>,
+    /// `-e` (`knobs::INBOUND_TUNNEL_PORT`).
     pub inbound_tunnel_port: Option<Setting>,
+    /// `-u` (`knobs::PROXY_UID`).
     pub proxy_uid: Option<Setting>,
+    /// `-g` (`knobs::PROXY_GID`).
     pub proxy_gid: Option<Setting>,
+    /// `-m` (`knobs::INTERCEPTION_MODE`).
     pub inbound_interception_mode: Option<Setting>,
+    /// `-t` (`knobs::TPROXY_MARK`).
     pub inbound_tproxy_mark: Option<Setting>,
+    /// `-r` (`knobs::TPROXY_ROUTE_TABLE`).
     pub inbound_tproxy_route_table: Option<Setting>,
+    /// `-b` (`knobs::INBOUND_PORTS`).
     pub inbound_ports_include: Option<Setting>,
+    /// `-d` (`knobs::LOCAL_EXCLUDE_PORTS`).
     pub inbound_ports_exclude: Option<Setting>,
+    /// `-q` (`knobs::OUTBOUND_PORTS`).
     pub outbound_ports_include: Option<Setting>,
+    /// `-o` (`knobs::LOCAL_OUTBOUND_PORTS_EXCLUDE`).
     pub outbound_ports_exclude: Option<Setting>,
+    /// `-i` (`knobs::SERVICE_CIDR`).
     pub outbound_ip_ranges_include: Option<Setting>,
+    /// `-x` (`knobs::SERVICE_EXCLUDE_CIDR`).
     pub outbound_ip_ranges_exclude: Option<Setting>,
+    /// `-k` (`knobs::KUBE_VIRT_INTERFACES`).
     pub reroute_virtual_interfaces: Option<Setting>,
+    /// `-c` (`knobs::EXCLUDE_INTERFACES`).
     pub exclude_interfaces: Option<Setting>,
+    /// `--redirect-dns` (`knobs::REDIRECT_DNS`).
     pub redirect_dns: Option<Setting>,
+    /// `--capture-all-dns` (`knobs::CAPTURE_ALL_DNS`).
     pub capture_all_dns: Option<Setting>,
+    /// `--drop-invalid` (`knobs::DROP_INVALID`).
     pub drop_invalid: Option<Setting>,
+    /// `--ipv6` (`knobs::IPV6`).
     pub enable_ipv6: Option<Setting>,
+    /// `--dns-servers-v4` (`knobs::DNS_SERVERS_V4`).
     pub dns_servers_v4: Option<Setting>,
+    /// `--dns-servers-v6` (`knobs::DNS_SERVERS_V6`).
     pub dns_servers_v6: Option<Setting>,
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS` (`knobs::OWNER_GROUPS`).
     pub owner_groups_include: Option<Setting>,
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE` (`knobs::OWNER_GROUPS_EXCLUDE`).
     pub owner_groups_exclude: Option<Setting>,
+    /// `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR` (`knobs::IPV4_LOOPBACK_CIDR`).
     pub host_ipv4_loopback_cidr: Option<Setting>,
 }
 
 /// Istio's limit on an owner-group include list (`validation.go`).
 pub const MAX_OWNER_GROUPS: usize = 64;
 
-/// Defaults when a knob is not given: Istio's CNI-plugin sidecar defaults (spec §8.1).
-mod default {
-    pub const PROXY_PORT: &str = "15001";
-    pub const INBOUND_CAPTURE_PORT: &str = "15006";
-    pub const INBOUND_TUNNEL_PORT: &str = "15008";
-    pub const PROXY_UID: &str = "1337";
-    pub const TPROXY_MARK: &str = "1337";
-    pub const TPROXY_ROUTE_TABLE: &str = "133";
-    pub const INBOUND_PORTS: &str = "*";
-    pub const INBOUND_PORTS_EXCLUDE: &str = "15020,15021,15090";
-    pub const OUTBOUND_PORTS_EXCLUDE: &str = "15020";
-    pub const OUTBOUND_RANGES: &str = "*";
-    pub const OWNER_GROUPS_INCLUDE: &str = "*";
-    pub const HOST_IPV4_LOOPBACK_CIDR: &str = "127.0.0.1/32";
-}
-
-fn get<'a>(s: &'a Option<Setting>, origin: &'a str, default: &'a str) -> (&'a str, &'a str) {
-    match s {
-        Some(s) => (s.origin.as_str(), s.value.as_str()),
-        None => (origin, default),
-    }
-}
-
 impl RawConfig {
     /// Parses and checks every value. Nothing here touches the kernel or the network; the
     /// group database is only consulted for owner-group names.
+    ///
+    /// Knobs are checked in a fixed order (the first bad one is reported), one helper each.
     pub fn validate(&self, groups: &dyn GroupDatabase) -> Result<Config, ConfigError> {
-        let (f, v) = get(&self.proxy_port, "--envoy-port", default::PROXY_PORT);
-        let proxy_port = parse::port(f, v)?;
-        let (f, v) = get(
-            &self.inbound_capture_port,
-            "--inbound-capture-port",
-            default::INBOUND_CAPTURE_PORT,
-        );
-        let inbound_capture_port = parse::port(f, v)?;
-        let (f, v) = get(
-            &self.inbound_tunnel_port,
-            "--inbound-tunnel-port",
-            default::INBOUND_TUNNEL_PORT,
-        );
-        let inbound_tunnel_port = parse::port(f, v)?;
-
-        let (f, v) = get(&self.proxy_uid, "--proxy-uid", default::PROXY_UID);
-        // Istio: an empty uid means "look up istio-proxy, else 1337"; we take the 1337.
-        let v = if v.is_empty() { default::PROXY_UID } else { v };
-        let proxy_uids = parse::id_list(f, v, "uid")?;
-        if proxy_uids.is_empty() {
-            return Err(ConfigError::invalid(
-                f,
-                v,
-                "no uid listed: the proxy's own traffic would loop back into it",
-            ));
-        }
-        let proxy_gids = match &self.proxy_gid {
-            Some(s) if !s.value.is_empty() => {
-                let gids = parse::id_list(&s.origin, &s.value, "gid")?;
-                if gids.is_empty() {
-                    return Err(ConfigError::invalid(&s.origin, &s.value, "no gid listed"));
-                }
-                gids
-            }
-            _ => proxy_uids.clone(),
-        };
-
-        let (f, v) = get(
-            &self.inbound_interception_mode,
-            "--istio-inbound-interception-mode",
-            "",
-        );
-        let interception = match v {
-            "" | "REDIRECT" => InterceptionMode::Redirect,
-            "TPROXY" => InterceptionMode::Tproxy,
-            _ => return Err(ConfigError::invalid(f, v, "expected REDIRECT or TPROXY")),
-        };
-        let (f, v) = get(
-            &self.inbound_tproxy_mark,
-            "--istio-inbound-tproxy-mark",
-            default::TPROXY_MARK,
-        );
-        let tproxy_mark = parse::number_u32(f, v, "mark")?;
-        if tproxy_mark == 0 {
-            return Err(ConfigError::invalid(f, v, "the TPROXY mark must not be 0"));
-        }
-        let (f, v) = get(
-            &self.inbound_tproxy_route_table,
-            "--istio-inbound-tproxy-route-table",
-            default::TPROXY_ROUTE_TABLE,
-        );
-        let tproxy_route_table = parse::number_u32(f, v, "routing table")?;
-        if tproxy_route_table == 0 || (252..=255).contains(&tproxy_route_table) {
-            return Err(ConfigError::invalid(
-                f,
-                v,
-                "routing tables 0 and 252-255 are reserved",
-            ));
-        }
-
-        let (ef, ev) = get(
-            &self.inbound_ports_exclude,
-            "--istio-local-exclude-ports",
-            default::INBOUND_PORTS_EXCLUDE,
-        );
-        let inbound_exclude = parse::port_list(ef, ev)?;
-        let (f, v) = get(
-            &self.inbound_ports_include,
-            "--istio-inbound-ports",
-            default::INBOUND_PORTS,
-        );
-        let inbound_ports = if v == "*" {
-            InboundPorts::All {
-                exclude: inbound_exclude,
-            }
-        } else if split(v).is_empty() {
-            InboundPorts::None
-        } else {
-            InboundPorts::Only(parse::port_list(f, v)?)
-        };
-
-        let (f, v) = get(&self.outbound_ports_include, "--istio-outbound-ports", "");
-        let outbound_ports_include = parse::port_list(f, v)?;
-        let (f, v) = get(
-            &self.outbound_ports_exclude,
-            "--istio-local-outbound-ports-exclude",
-            default::OUTBOUND_PORTS_EXCLUDE,
-        );
-        let outbound_ports_exclude = parse::port_list(f, v)?;
-
-        let (f, v) = get(
-            &self.outbound_ip_ranges_include,
-            "--istio-service-cidr",
-            default::OUTBOUND_RANGES,
-        );
-        let outbound_ranges_include = if v == "*" {
-            OutboundRanges::All
-        } else {
-            let (v4, v6) = cidr_list(f, v)?;
-            OutboundRanges::Only { v4, v6 }
-        };
-        let (f, v) = get(
-            &self.outbound_ip_ranges_exclude,
-            "--istio-service-exclude-cidr",
-            "",
-        );
-        if v == "*" {
-            return Err(ConfigError::invalid(
-                f,
-                v,
-                "'*' cannot be excluded (it would disable capture); list CIDRs",
-            ));
-        }
-        let (outbound_ranges_exclude_v4, outbound_ranges_exclude_v6) = cidr_list(f, v)?;
-
-        let (f, v) = get(
-            &self.reroute_virtual_interfaces,
-            "--kube-virt-interfaces",
-            "",
-        );
-        let reroute_interfaces = iface_list(f, v)?;
-        let (f, v) = get(&self.exclude_interfaces, "--istio-exclude-interfaces", "");
-        let exclude_interfaces = iface_list(f, v)?;
-
-        let redirect_dns = flag(&self.redirect_dns)?;
-        let capture_all_dns = flag(&self.capture_all_dns)?;
-        let drop_invalid = flag(&self.drop_invalid)?;
-        let enable_ipv6 = flag(&self.enable_ipv6)?;
-        let (f, v) = get(&self.dns_servers_v4, "--dns-servers-v4", "");
-        let dns_v4 = split(v)
-            .into_iter()
-            .map(|s| match s.parse::<IpAddr>() {
-                Ok(a @ IpAddr::V4(_)) => Ok(Cidr::host_as_written(a, s)),
-                Ok(IpAddr::V6(_)) => Err(ConfigError::invalid(
-                    f,
-                    v,
-                    format!("{s} is an IPv6 address; use --dns-servers-v6"),
-                )),
-                Err(_) => Err(ConfigError::invalid(
-                    f,
-                    v,
-                    format!("{s:?} is not an IPv4 address"),
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let (f, v) = get(&self.dns_servers_v6, "--dns-servers-v6", "");
-        let dns_v6 = split(v)
-            .into_iter()
-            .map(|s| match s.parse::<IpAddr>() {
-                Ok(a @ IpAddr::V6(_)) => Ok(Cidr::host_as_written(a, s)),
-                Ok(IpAddr::V4(_)) => Err(ConfigError::invalid(
-                    f,
-                    v,
-                    format!("{s} is an IPv4 address; use --dns-servers-v4"),
-                )),
-                Err(_) => Err(ConfigError::invalid(
-                    f,
-                    v,
-                    format!("{s:?} is not an IPv6 address"),
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        // Istio's gate (§3.5): resolver-only capture with no resolvers captures nothing.
-        let dns = if !redirect_dns {
-            DnsCapture::Off
-        } else if capture_all_dns {
-            DnsCapture::All
-        } else if dns_v4.is_empty() && dns_v6.is_empty() {
-            tracing::warn!("DNS redirection requested without --capture-all-dns and without DNS servers: DNS capture is off");
-            DnsCapture::Off
-        } else {
-            DnsCapture::Servers {
-                v4: dns_v4,
-                v6: dns_v6,
-            }
-        };
-
-        let (inc_f, inc_v) = get(
-            &self.owner_groups_include,
-            "ISTIO_OUTBOUND_OWNER_GROUPS",
-            default::OWNER_GROUPS_INCLUDE,
-        );
-        let (exc_f, exc_v) = get(
-            &self.owner_groups_exclude,
-            "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
-            "",
-        );
-        let excluded = group_list(exc_f, exc_v, groups)?;
-        let owner_groups = if inc_v == "*" {
-            OwnerGroups::AllExcept(excluded)
-        } else {
-            let included = group_list(inc_f, inc_v, groups)?;
-            if included.len() > MAX_OWNER_GROUPS {
-                return Err(ConfigError::invalid(
-                    inc_f,
-                    inc_v,
-                    format!(
-                        "at most {MAX_OWNER_GROUPS} owner groups can be listed, got {}",
-                        included.len()
-                    ),
-                ));
-            }
-            OwnerGroups::Only(included)
-        };
-
-        let (f, v) = get(
-            &self.host_ipv4_loopback_cidr,
-            "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
-            default::HOST_IPV4_LOOPBACK_CIDR,
-        );
-        let host_ipv4_loopback = Cidr::parse(f, v)?;
-        if !host_ipv4_loopback.is_v4() || !host_ipv4_loopback.addr.is_loopback() {
-            return Err(ConfigError::invalid(
-                f,
-                v,
-                "must be an IPv4 loopback prefix (127.0.0.0/8)",
-            ));
-        }
-        if !(8..=32).contains(&host_ipv4_loopback.len) {
-            return Err(ConfigError::invalid(
-                f,
-                v,
-                "prefix length must be between 8 and 32",
-            ));
-        }
-
+        let proxy_port = self.port(&knobs::ENVOY_PORT)?;
+        let inbound_capture_port = self.port(&knobs::INBOUND_CAPTURE_PORT)?;
+        let inbound_tunnel_port = self.port(&knobs::INBOUND_TUNNEL_PORT)?;
+        let proxy_uids = self.proxy_uids()?;
+        let proxy_gids = self.proxy_gids(&proxy_uids)?;
+        let interception = self.interception()?;
+        let tproxy_mark = self.tproxy_mark()?;
+        let tproxy_route_table = self.tproxy_route_table()?;
+        let inbound_ports = self.inbound_ports()?;
+        let outbound_ports_include = self.port_list(&knobs::OUTBOUND_PORTS)?;
+        let outbound_ports_exclude = self.port_list(&knobs::LOCAL_OUTBOUND_PORTS_EXCLUDE)?;
+        let outbound_ranges_include = self.outbound_ranges_include()?;
+        let (outbound_ranges_exclude_v4, outbound_ranges_exclude_v6) =
+            self.outbound_ranges_exclude()?;
+        let reroute_interfaces = self.iface_list(&knobs::KUBE_VIRT_INTERFACES)?;
+        let exclude_interfaces = self.iface_list(&knobs::EXCLUDE_INTERFACES)?;
+        let redirect_dns = self.boolean(&knobs::REDIRECT_DNS)?;
+        let capture_all_dns = self.boolean(&knobs::CAPTURE_ALL_DNS)?;
+        let drop_invalid = self.boolean(&knobs::DROP_INVALID)?;
+        let enable_ipv6 = self.boolean(&knobs::IPV6)?;
+        let dns = self.dns(redirect_dns, capture_all_dns)?;
+        let owner_groups = self.owner_groups(groups)?;
+        let host_ipv4_loopback = self.host_ipv4_loopback()?;
         Ok(Config {
             proxy_port,
             inbound_capture_port,
@@ -345,15 +140,241 @@ impl RawConfig {
             host_ipv4_loopback,
         })
     }
-}
 
-fn flag(s: &Option<Setting>) -> Result<bool, ConfigError> {
-    match s {
-        Some(s) => parse::boolean(&s.origin, &s.value),
-        None => Ok(false),
+    /// The knob's value and where it came from; its name and default when it was not given.
+    fn given<'a>(&'a self, knob: &Knob) -> (&'a str, &'a str) {
+        match (knob.field.get)(self) {
+            Some(s) => (s.origin.as_str(), s.value.as_str()),
+            None => (knob.name(), knob.fallback.value()),
+        }
+    }
+
+    /// `-p`, `-z`, `-e`: one port.
+    fn port(&self, knob: &Knob) -> Result<u16, ConfigError> {
+        let (f, v) = self.given(knob);
+        parse::port(f, v)
+    }
+
+    /// `-q`, `-o`: a port list.
+    fn port_list(&self, knob: &Knob) -> Result<Vec<u16>, ConfigError> {
+        let (f, v) = self.given(knob);
+        parse::port_list(f, v)
+    }
+
+    /// `-k`, `-c`: an interface list.
+    fn iface_list(&self, knob: &Knob) -> Result<Vec<IfName>, ConfigError> {
+        let (f, v) = self.given(knob);
+        iface_list(f, v)
+    }
+
+    /// `--redirect-dns`, `--capture-all-dns`, `--drop-invalid`, `--ipv6`: Go's `ParseBool`.
+    fn boolean(&self, knob: &Knob) -> Result<bool, ConfigError> {
+        let (f, v) = self.given(knob);
+        parse::boolean(f, v)
+    }
+
+    /// `-u`: at least one uid.
+    fn proxy_uids(&self) -> Result<Vec<u32>, ConfigError> {
+        let (f, v) = self.given(&knobs::PROXY_UID);
+        // Istio: an empty uid means "look up istio-proxy, else 1337"; we take the 1337.
+        let v = if v.is_empty() {
+            knobs::PROXY_UID.fallback.value()
+        } else {
+            v
+        };
+        let proxy_uids = parse::id_list(f, v, "uid")?;
+        if proxy_uids.is_empty() {
+            return Err(ConfigError::invalid(
+                f,
+                v,
+                "no uid listed: the proxy's own traffic would loop back into it",
+            ));
+        }
+        Ok(proxy_uids)
+    }
+
+    /// `-g`: at least one gid; the uids when not given (or empty).
+    fn proxy_gids(&self, proxy_uids: &[u32]) -> Result<Vec<u32>, ConfigError> {
+        match &self.proxy_gid {
+            Some(s) if !s.value.is_empty() => {
+                let gids = parse::id_list(&s.origin, &s.value, "gid")?;
+                if gids.is_empty() {
+                    return Err(ConfigError::invalid(&s.origin, &s.value, "no gid listed"));
+                }
+                Ok(gids)
+            }
+            _ => Ok(proxy_uids.to_vec()),
+        }
+    }
+
+    /// `-m`: REDIRECT (also when empty) or TPROXY.
+    fn interception(&self) -> Result<InterceptionMode, ConfigError> {
+        match self.given(&knobs::INTERCEPTION_MODE) {
+            (_, "" | "REDIRECT") => Ok(InterceptionMode::Redirect),
+            (_, "TPROXY") => Ok(InterceptionMode::Tproxy),
+            (f, v) => Err(ConfigError::invalid(f, v, "expected REDIRECT or TPROXY")),
+        }
+    }
+
+    /// `-t`: a non-zero mark.
+    fn tproxy_mark(&self) -> Result<u32, ConfigError> {
+        let (f, v) = self.given(&knobs::TPROXY_MARK);
+        let tproxy_mark = parse::number_u32(f, v, "mark")?;
+        if tproxy_mark == 0 {
+            return Err(ConfigError::invalid(f, v, "the TPROXY mark must not be 0"));
+        }
+        Ok(tproxy_mark)
+    }
+
+    /// `-r`: a routing table that is not reserved.
+    fn tproxy_route_table(&self) -> Result<u32, ConfigError> {
+        let (f, v) = self.given(&knobs::TPROXY_ROUTE_TABLE);
+        let table = parse::number_u32(f, v, "routing table")?;
+        if table == 0 || (252..=255).contains(&table) {
+            return Err(ConfigError::invalid(
+                f,
+                v,
+                "routing tables 0 and 252-255 are reserved",
+            ));
+        }
+        Ok(table)
+    }
+
+    /// `-b` with `-d`: `*` minus the exclusions, a list, or none (`-d` is checked first).
+    fn inbound_ports(&self) -> Result<InboundPorts, ConfigError> {
+        let exclude = self.port_list(&knobs::LOCAL_EXCLUDE_PORTS)?;
+        let (f, v) = self.given(&knobs::INBOUND_PORTS);
+        Ok(if v == "*" {
+            InboundPorts::All { exclude }
+        } else if split(v).is_empty() {
+            InboundPorts::None
+        } else {
+            InboundPorts::Only(parse::port_list(f, v)?)
+        })
+    }
+
+    /// `-i`: `*` or CIDRs of both families.
+    fn outbound_ranges_include(&self) -> Result<OutboundRanges, ConfigError> {
+        let (f, v) = self.given(&knobs::SERVICE_CIDR);
+        if v == "*" {
+            return Ok(OutboundRanges::All);
+        }
+        let (v4, v6) = cidr_list(f, v)?;
+        Ok(OutboundRanges::Only { v4, v6 })
+    }
+
+    /// `-x`: CIDRs, split by family; `*` is refused.
+    fn outbound_ranges_exclude(&self) -> Result<(Vec<Cidr>, Vec<Cidr>), ConfigError> {
+        let (f, v) = self.given(&knobs::SERVICE_EXCLUDE_CIDR);
+        if v == "*" {
+            return Err(ConfigError::invalid(
+                f,
+                v,
+                "'*' cannot be excluded (it would disable capture); list CIDRs",
+            ));
+        }
+        cidr_list(f, v)
+    }
+
+    /// `--dns-servers-v4` / `--dns-servers-v6` after Istio's gate (§3.5): resolver-only
+    /// capture with no resolvers captures nothing.
+    fn dns(&self, redirect_dns: bool, capture_all_dns: bool) -> Result<DnsCapture, ConfigError> {
+        let v4 = self.dns_servers(&knobs::DNS_SERVERS_V4, &knobs::DNS_SERVERS_V6, true)?;
+        let v6 = self.dns_servers(&knobs::DNS_SERVERS_V6, &knobs::DNS_SERVERS_V4, false)?;
+        Ok(if !redirect_dns {
+            DnsCapture::Off
+        } else if capture_all_dns {
+            DnsCapture::All
+        } else if v4.is_empty() && v6.is_empty() {
+            tracing::warn!("DNS redirection requested without --capture-all-dns and without DNS servers: DNS capture is off");
+            DnsCapture::Off
+        } else {
+            DnsCapture::Servers { v4, v6 }
+        })
+    }
+
+    /// Resolver addresses of one family (`v4` or not) as host prefixes, as written;
+    /// an address of the other family points at `other`.
+    fn dns_servers(&self, knob: &Knob, other: &Knob, v4: bool) -> Result<Vec<Cidr>, ConfigError> {
+        let (f, v) = self.given(knob);
+        let (this, that) = if v4 {
+            ("IPv4", "IPv6")
+        } else {
+            ("IPv6", "IPv4")
+        };
+        split(v)
+            .into_iter()
+            .map(|s| match s.parse::<IpAddr>() {
+                Ok(a) if a.is_ipv4() == v4 => Ok(Cidr::host_as_written(a, s)),
+                Ok(_) => Err(ConfigError::invalid(
+                    f,
+                    v,
+                    format!("{s} is an {that} address; use {}", other.name()),
+                )),
+                Err(_) => Err(ConfigError::invalid(
+                    f,
+                    v,
+                    format!("{s:?} is not an {this} address"),
+                )),
+            })
+            .collect()
+    }
+
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS` (`*` or at most 64) with `..._EXCLUDE` (checked first).
+    fn owner_groups(&self, groups: &dyn GroupDatabase) -> Result<OwnerGroups, ConfigError> {
+        let (exc_f, exc_v) = self.given(&knobs::OWNER_GROUPS_EXCLUDE);
+        let excluded = group_list(exc_f, exc_v, groups)?;
+        let (inc_f, inc_v) = self.given(&knobs::OWNER_GROUPS);
+        if inc_v == "*" {
+            return Ok(OwnerGroups::AllExcept(excluded));
+        }
+        let included = group_list(inc_f, inc_v, groups)?;
+        if included.len() > MAX_OWNER_GROUPS {
+            return Err(ConfigError::invalid(
+                inc_f,
+                inc_v,
+                format!(
+                    "at most {MAX_OWNER_GROUPS} owner groups can be listed, got {}",
+                    included.len()
+                ),
+            ));
+        }
+        Ok(OwnerGroups::Only(included))
+    }
+
+    /// `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR`: an IPv4 loopback prefix, /8 to /32.
+    fn host_ipv4_loopback(&self) -> Result<Cidr, ConfigError> {
+        let (f, v) = self.given(&knobs::IPV4_LOOPBACK_CIDR);
+        let cidr = Cidr::parse(f, v)?;
+        if !cidr.is_v4() || !cidr.addr.is_loopback() {
+            return Err(ConfigError::invalid(
+                f,
+                v,
+                "must be an IPv4 loopback prefix (127.0.0.0/8)",
+            ));
+        }
+        if !(8..=32).contains(&cidr.len) {
+            return Err(ConfigError::invalid(
+                f,
+                v,
+                "prefix length must be between 8 and 32",
+            ));
+        }
+        Ok(cidr)
     }
 }
 
+/// Re-states a list element's rejection against the whole value (`"eth 0": not an …`).
+fn element_error(field: &str, value: &str, element: &str, e: ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Invalid { reason, .. } => {
+            ConfigError::invalid(field, value, format!("{element:?}: {reason}"))
+        }
+        other => other,
+    }
+}
+
+/// A CIDR list split by family, each in the order given; `*` is not an element.
 fn cidr_list(field: &str, value: &str) -> Result<(Vec<Cidr>, Vec<Cidr>), ConfigError> {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
@@ -365,12 +386,8 @@ fn cidr_list(field: &str, value: &str) -> Result<(Vec<Cidr>, Vec<Cidr>), ConfigE
                 "'*' must be the whole value, not a list element",
             ));
         }
-        let cidr = Cidr::parse(field, element).map_err(|e| match e {
-            ConfigError::Invalid { reason, .. } => {
-                ConfigError::invalid(field, value, format!("{element:?}: {reason}"))
-            }
-            other => other,
-        })?;
+        let cidr =
+            Cidr::parse(field, element).map_err(|e| element_error(field, value, element, e))?;
         if cidr.is_v4() {
             v4.push(cidr)
         } else {
@@ -380,20 +397,15 @@ fn cidr_list(field: &str, value: &str) -> Result<(Vec<Cidr>, Vec<Cidr>), ConfigE
     Ok((v4, v6))
 }
 
+/// An interface-name list.
 fn iface_list(field: &str, value: &str) -> Result<Vec<IfName>, ConfigError> {
     split(value)
         .into_iter()
-        .map(|name| {
-            IfName::parse(field, name).map_err(|e| match e {
-                ConfigError::Invalid { reason, .. } => {
-                    ConfigError::invalid(field, value, format!("{name:?}: {reason}"))
-                }
-                other => other,
-            })
-        })
+        .map(|name| IfName::parse(field, name).map_err(|e| element_error(field, value, name, e)))
         .collect()
 }
 
+/// Owner groups by gid or by name (resolved through `db`), keeping the spelling.
 fn group_list(field: &str, value: &str, db: &dyn GroupDatabase) -> Result<Vec<Group>, ConfigError> {
     split(value)
         .into_iter()
@@ -521,71 +533,45 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_field() {
-        type Case = (fn(&mut RawConfig), &'static str);
-        let cases: Vec<Case> = vec![
+        let cases: [(&Knob, &str, &str); 12] = [
+            (&knobs::ENVOY_PORT, "--envoy-port", "abc"),
+            (&knobs::INBOUND_TUNNEL_PORT, "-e", "70000"),
+            (&knobs::PROXY_UID, "--proxy-uid", "istio"),
+            (&knobs::INTERCEPTION_MODE, "-m", "NONE"),
+            (&knobs::TPROXY_MARK, "-t", "mark"),
+            (&knobs::SERVICE_EXCLUDE_CIDR, "-x", "*"),
+            (&knobs::SERVICE_CIDR, "-i", "10.0.0.0"),
+            (&knobs::EXCLUDE_INTERFACES, "-c", "waytoolonginterfacename"),
+            (&knobs::DNS_SERVERS_V4, "--dns-servers-v4", "::1"),
             (
-                |r| r.proxy_port = Some(Setting::new("--envoy-port", "abc")),
-                "--envoy-port",
-            ),
-            (
-                |r| r.inbound_tunnel_port = Some(Setting::new("-e", "70000")),
-                "-e",
-            ),
-            (
-                |r| r.proxy_uid = Some(Setting::new("--proxy-uid", "istio")),
-                "--proxy-uid",
-            ),
-            (
-                |r| r.inbound_interception_mode = Some(Setting::new("-m", "NONE")),
-                "-m",
-            ),
-            (
-                |r| r.inbound_tproxy_mark = Some(Setting::new("-t", "mark")),
-                "-t",
-            ),
-            (
-                |r| r.outbound_ip_ranges_exclude = Some(Setting::new("-x", "*")),
-                "-x",
-            ),
-            (
-                |r| r.outbound_ip_ranges_include = Some(Setting::new("-i", "10.0.0.0")),
-                "-i",
-            ),
-            (
-                |r| r.exclude_interfaces = Some(Setting::new("-c", "waytoolonginterfacename")),
-                "-c",
-            ),
-            (
-                |r| r.dns_servers_v4 = Some(Setting::new("--dns-servers-v4", "::1")),
-                "--dns-servers-v4",
-            ),
-            (
-                |r| {
-                    r.host_ipv4_loopback_cidr = Some(Setting::new(
-                        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
-                        "10.0.0.0/8",
-                    ))
-                },
+                &knobs::IPV4_LOOPBACK_CIDR,
                 "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+                "10.0.0.0/8",
             ),
             (
-                |r| {
-                    r.host_ipv4_loopback_cidr = Some(Setting::new(
-                        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
-                        "127.0.0.1/4",
-                    ))
-                },
+                &knobs::IPV4_LOOPBACK_CIDR,
                 "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+                "127.0.0.1/4",
             ),
-            (
-                |r| r.redirect_dns = Some(Setting::new("REDIRECT_DNS", "yes")),
-                "REDIRECT_DNS",
-            ),
+            (&knobs::REDIRECT_DNS, "REDIRECT_DNS", "yes"),
         ];
-        for (set, field) in cases {
-            let err = with(set).unwrap_err();
+        for (knob, field, value) in cases {
+            let err =
+                with(|r| *(knob.field.get_mut)(r) = Some(Setting::new(field, value))).unwrap_err();
             assert_eq!(err.field(), field, "{err}");
             assert!(err.to_string().contains(field));
         }
+    }
+
+    #[test]
+    fn an_absent_knob_is_its_default_under_its_name() {
+        // Not given, the default applies and a message would name the flag or variable.
+        let raw = RawConfig::default();
+        assert_eq!(raw.given(&knobs::ENVOY_PORT), ("--envoy-port", "15001"));
+        assert_eq!(
+            raw.given(&knobs::OWNER_GROUPS),
+            ("ISTIO_OUTBOUND_OWNER_GROUPS", "*")
+        );
+        assert_eq!(raw.given(&knobs::PROXY_GID), ("--proxy-gid", ""));
     }
 }

@@ -12,8 +12,11 @@ use super::{Chain, Family, Flavor, Plan, Position, Rule, Table};
 /// The rules of one chain in final kernel order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedChain {
+    /// The table of the chain.
     pub table: Table,
+    /// The chain.
     pub chain: Chain,
+    /// Its rules, first to last.
     pub rules: Vec<Rule>,
 }
 
@@ -92,70 +95,42 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn tproxy_inserts_resolve_like_nft_in_one_inet_chain() {
-        let p = plan(Flavor::Nftables, &["-m", "TPROXY", "--ipv6=true"]);
-        let chains = p.resolve_inet();
+    /// The shape of mangle `istio-inbound` among resolved chains.
+    fn mangle_inbound_shape(chains: &[ResolvedChain]) -> Vec<String> {
         let inbound = chains
             .iter()
             .find(|c| c.table == Table::Mangle && c.chain == Chain::Inbound)
             .unwrap();
-        // The order `nft list ruleset` shows after Istio's own tproxy golden (then the
-        // three default inbound port exclusions and the two jumps).
+        inbound_shape(&inbound.rules)
+    }
+
+    /// The TPROXY inserts at the top (in the order given), then the three default inbound
+    /// port exclusions and the two jumps.
+    fn tproxy_inbound(inserts: &[&str]) -> Vec<String> {
+        let tail = ["Return", "Return", "Return", "Jump(Divert)", "Jump(Tproxy)"];
+        inserts.iter().chain(&tail).map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn tproxy_inserts_resolve_like_nft_in_one_inet_chain() {
+        let p = plan(Flavor::Nftables, &["-m", "TPROXY", "--ipv6=true"]);
+        // The order `nft list ruleset` shows after Istio's own tproxy golden.
         assert_eq!(
-            inbound_shape(&inbound.rules),
-            [
-                "mark=1337",
-                "::6/128",
-                "mark!=1338",
-                "127.0.0.6/32",
-                "Return",
-                "Return",
-                "Return",
-                "Jump(Divert)",
-                "Jump(Tproxy)"
-            ]
+            mangle_inbound_shape(&p.resolve_inet()),
+            tproxy_inbound(&["mark=1337", "::6/128", "mark!=1338", "127.0.0.6/32"])
         );
     }
 
     #[test]
     fn tproxy_inserts_resolve_per_family_for_iptables() {
         let p = plan(Flavor::Iptables, &["-m", "TPROXY", "--ipv6=true"]);
-        let v4 = p.resolve_family(Family::V4);
-        let inbound = v4
-            .iter()
-            .find(|c| c.table == Table::Mangle && c.chain == Chain::Inbound)
-            .unwrap();
         assert_eq!(
-            inbound_shape(&inbound.rules),
-            [
-                "mark=1337",
-                "127.0.0.6/32",
-                "mark!=1338",
-                "Return",
-                "Return",
-                "Return",
-                "Jump(Divert)",
-                "Jump(Tproxy)"
-            ]
+            mangle_inbound_shape(&p.resolve_family(Family::V4)),
+            tproxy_inbound(&["mark=1337", "127.0.0.6/32", "mark!=1338"])
         );
-        let v6 = p.resolve_family(Family::V6);
-        let inbound = v6
-            .iter()
-            .find(|c| c.table == Table::Mangle && c.chain == Chain::Inbound)
-            .unwrap();
         assert_eq!(
-            inbound_shape(&inbound.rules),
-            [
-                "mark=1337",
-                "::6/128",
-                "mark!=1338",
-                "Return",
-                "Return",
-                "Return",
-                "Jump(Divert)",
-                "Jump(Tproxy)"
-            ]
+            mangle_inbound_shape(&p.resolve_family(Family::V6)),
+            tproxy_inbound(&["mark=1337", "::6/128", "mark!=1338"])
         );
     }
 
