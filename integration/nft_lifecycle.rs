@@ -6,10 +6,6 @@ mod support;
 
 use support::*;
 
-fn strings(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
 const FOREIGN_TABLE: &str = "table inet user-firewall {
 	chain input {
 		type filter hook input priority 0; policy accept;
@@ -35,17 +31,6 @@ fn routing(ns: &TestNetns) -> String {
     s
 }
 
-fn faulty(ns: &TestNetns, args: &[String]) -> std::process::Output {
-    if !cfg!(feature = "fault-injection") {
-        panic!("run the tests with --features fault-injection (see README)");
-    }
-    ns.mesh(
-        "apply",
-        args,
-        &[("MESH_REDIRECT_FAULT".into(), "last-message".into())],
-    )
-}
-
 #[test]
 fn a_batch_failing_at_its_last_message_leaves_an_empty_namespace_empty() {
     let ns = TestNetns::new("ae");
@@ -60,7 +45,7 @@ fn a_batch_failing_at_its_last_message_leaves_an_empty_namespace_empty() {
         "--capture-all-dns",
         "--drop-invalid",
     ]);
-    let out = faulty(&ns, &args);
+    let out = ns.apply_with_fault(&args, "last-message");
     assert!(
         !out.status.success(),
         "the injected fault must fail the apply"
@@ -91,8 +76,7 @@ fn a_failed_replace_leaves_the_existing_ruleset_byte_identical() {
     ns.mesh_ok("apply", &strings(&["-m", "TPROXY"]), &[]);
     let before = ns.ruleset();
     let before_routes = routing(&ns);
-    let out = faulty(
-        &ns,
+    let out = ns.apply_with_fault(
         &strings(&[
             "-b",
             "80,443",
@@ -101,6 +85,7 @@ fn a_failed_replace_leaves_the_existing_ruleset_byte_identical() {
             "--redirect-dns",
             "--capture-all-dns",
         ]),
+        "last-message",
     );
     assert!(!out.status.success());
     assert_eq!(ns.ruleset(), before, "a rejected replace changes nothing");
@@ -117,40 +102,12 @@ fn apply_twice_gives_the_same_ruleset_and_verify_tracks_drift() {
         "--redirect-dns",
         "--capture-all-dns",
     ]);
-    ns.mesh_ok("apply", &args, &[]);
-    let first = ns.ruleset();
-    ns.mesh_ok("apply", &args, &[]);
-    assert_eq!(ns.ruleset(), first, "re-apply is idempotent");
-    assert!(
-        ns.mesh("verify", &args, &[]).status.success(),
-        "verify passes right after apply"
-    );
+    let first = ns.assert_reapply_is_idempotent(&args, TestNetns::ruleset);
 
     // Delete one of our rules by hand: verify exits 1 and says which.
-    let listing = ns.exec_ok(&[
-        "nft",
-        "-a",
-        "list",
-        "chain",
-        "inet",
-        "istio-proxy-nat",
-        "istio-output",
-    ]);
-    let line = listing
-        .lines()
-        .find(|l| l.contains("meta skuid 1337") && l.contains("return") && !l.contains("oifname"))
-        .expect("the uid return rule");
-    let handle = line.rsplit("# handle ").next().unwrap().trim();
-    ns.exec_ok(&[
-        "nft",
-        "delete",
-        "rule",
-        "inet",
-        "istio-proxy-nat",
-        "istio-output",
-        "handle",
-        handle,
-    ]);
+    ns.delete_nft_rule("istio-proxy-nat", "istio-output", |l| {
+        l.contains("meta skuid 1337") && l.contains("return") && !l.contains("oifname")
+    });
     let out = ns.mesh("verify", &args, &[]);
     assert_eq!(
         out.status.code(),
