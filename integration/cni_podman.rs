@@ -164,6 +164,23 @@ impl Podman {
         .to_string()
     }
 
+    /// The container has a network namespace and our tables are in it; its ruleset.
+    fn assert_programmed(&self, name: &str) -> String {
+        let ns = self.netns(name);
+        assert!(!ns.is_empty(), "the container has a network namespace");
+        let ruleset = run_ok(
+            Command::new("nsenter")
+                .arg(format!("--net={ns}"))
+                .args(["nft", "list", "ruleset"]),
+        );
+        assert!(
+            ruleset.contains("table inet istio-proxy-nat"),
+            "{ruleset}\n{}",
+            self.log()
+        );
+        ruleset
+    }
+
     fn remove(&mut self, name: &str) {
         let out = run(self.cmd().args(["rm", "-f", "-t", "0", name]));
         assert!(
@@ -195,20 +212,8 @@ impl Drop for Podman {
 fn podman_runs_a_container_through_the_chained_plugin() {
     let mut podman = Podman::new();
     podman.run_detached("mesh-app");
-    let ns = podman.netns("mesh-app");
-    assert!(!ns.is_empty(), "the container has a network namespace");
-
     // Our tables are in the container's namespace.
-    let ruleset = run_ok(
-        Command::new("nsenter")
-            .arg(format!("--net={ns}"))
-            .args(["nft", "list", "ruleset"]),
-    );
-    assert!(
-        ruleset.contains("table inet istio-proxy-nat"),
-        "{ruleset}\n{}",
-        podman.log()
-    );
+    let ruleset = podman.assert_programmed("mesh-app");
     assert!(
         ruleset.contains("tcp dport 22"),
         "the plugin configuration's settings are used"
@@ -318,17 +323,7 @@ fn podman_accepts_the_conflist_the_installer_produced() {
         "{conflist}"
     );
     podman.run_detached("mesh-inst");
-    let ns = podman.netns("mesh-inst");
-    let ruleset = run_ok(
-        Command::new("nsenter")
-            .arg(format!("--net={ns}"))
-            .args(["nft", "list", "ruleset"]),
-    );
-    assert!(
-        ruleset.contains("table inet istio-proxy-nat"),
-        "{ruleset}\n{}",
-        podman.log()
-    );
+    podman.assert_programmed("mesh-inst");
     podman.remove("mesh-inst");
     assert!(podman.log().contains("redirect applied"));
     assert_no_forwarding();

@@ -37,19 +37,8 @@ fn a_batch_failing_at_its_last_message_leaves_an_empty_namespace_empty() {
     let before_routes = routing(&ns);
     // TPROXY with IPv6: routes and the ::6 address are added before the batch, and must be
     // taken back when it fails.
-    let args = strings(&[
-        "-m",
-        "TPROXY",
-        "--ipv6",
-        "--redirect-dns",
-        "--capture-all-dns",
-        "--drop-invalid",
-    ]);
-    let out = ns.apply_with_fault(&args, "last-message");
-    assert!(
-        !out.status.success(),
-        "the injected fault must fail the apply"
-    );
+    let args = strings(EVERY_TABLE);
+    let out = ns.apply_failing_at_the_last_message(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("fault injection"),
@@ -76,18 +65,14 @@ fn a_failed_replace_leaves_the_existing_ruleset_byte_identical() {
     ns.mesh_ok("apply", &strings(&["-m", "TPROXY"]), &[]);
     let before = ns.ruleset();
     let before_routes = routing(&ns);
-    let out = ns.apply_with_fault(
-        &strings(&[
-            "-b",
-            "80,443",
-            "-i",
-            "10.0.0.0/8",
-            "--redirect-dns",
-            "--capture-all-dns",
-        ]),
-        "last-message",
-    );
-    assert!(!out.status.success());
+    ns.apply_failing_at_the_last_message(&strings(&[
+        "-b",
+        "80,443",
+        "-i",
+        "10.0.0.0/8",
+        "--redirect-dns",
+        "--capture-all-dns",
+    ]));
     assert_eq!(ns.ruleset(), before, "a rejected replace changes nothing");
     assert_eq!(routing(&ns), before_routes);
 }

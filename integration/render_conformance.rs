@@ -72,13 +72,13 @@ fn iptables_render_equals_istio_iptables_goldens() {
     let cases = iptables_capture_cases();
     assert_eq!(cases.len(), 27, "Istio has 27 iptables capture cases");
     let golden = |c: &Case| c.iptables_golden.clone().unwrap();
-    let mut failures = differences(&cases, "", &golden, render_iptables_case, same_trimmed);
+    let mut failures = differences(&cases, "", golden, render_iptables_case, same_trimmed);
     let cni = cni_cases();
     assert_eq!(cni.len(), 9, "Istio has 9 CNI-plugin cases");
     failures.extend(differences(
         &cni,
         "cni ",
-        &golden,
+        golden,
         render_iptables_case,
         |ours, golden| blocks(ours) == blocks(golden),
     ));

@@ -66,19 +66,8 @@ fn a_failing_last_table_write_rolls_back_every_table() {
     let before = saved(&ns);
     let routes_before = ns.exec_ok(&["ip", "rule", "show"]);
     // TPROXY + DNS + IPv6: mangle, nat and raw in both families, routes too.
-    let args = legacy_args(&[
-        "-m",
-        "TPROXY",
-        "--ipv6",
-        "--redirect-dns",
-        "--capture-all-dns",
-        "--drop-invalid",
-    ]);
-    let out = ns.apply_with_fault(&args, "last-message");
-    assert!(
-        !out.status.success(),
-        "the injected fault must fail the apply"
-    );
+    let args = legacy_args(EVERY_TABLE);
+    ns.apply_failing_at_the_last_message(&args);
     assert_eq!(
         rules_of(&saved(&ns)),
         rules_of(&before),
@@ -92,8 +81,7 @@ fn a_failing_last_table_write_rolls_back_every_table() {
 #[test]
 fn an_empty_namespace_stays_without_rules_when_the_apply_fails() {
     let ns = TestNetns::new("xe");
-    let out = ns.apply_with_fault(&legacy_args(&["--ipv6", "-m", "TPROXY"]), "last-message");
-    assert!(!out.status.success());
+    ns.apply_failing_at_the_last_message(&legacy_args(&["--ipv6", "-m", "TPROXY"]));
     let after = saved(&ns);
     assert!(
         rules_of(&after).is_empty(),

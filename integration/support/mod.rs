@@ -350,6 +350,17 @@ pub fn stdout_json(out: &Output) -> Value {
     })
 }
 
+/// Flags that make `apply` write every table it can, in both families, and TPROXY's
+/// policy routing: the widest batch, for tests of failure in the middle of one.
+pub const EVERY_TABLE: &[&str] = &[
+    "-m",
+    "TPROXY",
+    "--ipv6",
+    "--redirect-dns",
+    "--capture-all-dns",
+    "--drop-invalid",
+];
+
 /// Arguments as owned strings.
 pub fn strings(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
@@ -459,6 +470,16 @@ impl TestNetns {
             args,
             &[("MESH_REDIRECT_FAULT".into(), which.into())],
         )
+    }
+
+    /// `apply` of `args` with a fault injected into the last message of the batch: it fails.
+    pub fn apply_failing_at_the_last_message(&self, args: &[String]) -> Output {
+        let out = self.apply_with_fault(args, "last-message");
+        assert!(
+            !out.status.success(),
+            "the injected fault must fail the apply"
+        );
+        out
     }
 
     /// Deletes by hand (by its handle) the first rule of `inet <table>` chain `chain` whose
