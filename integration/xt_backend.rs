@@ -388,6 +388,24 @@ fn restore_with_counters(ns: &TestNetns, binary: &str, payload: &str) {
     run_with_stdin_ok(&mut ns.command(&[binary, "-w", "-c", "--noflush"]), payload);
 }
 
+const SAVES: [&str; 2] = ["iptables-legacy-save", "ip6tables-legacy-save"];
+
+/// Each family's `-save -c` output (in [`SAVES`] order).
+fn saves_with_counters(ns: &TestNetns) -> Vec<String> {
+    SAVES.iter().map(|s| ns.saved_by(&[s, "-c"])).collect()
+}
+
+/// Each family's `-save -c` output still equals `before` (from [`saves_with_counters`]).
+fn assert_saves_unchanged(ns: &TestNetns, before: &[String], what: &str) {
+    for (save, before) in SAVES.iter().zip(before) {
+        let now = ns.saved_by(&[save, "-c"]);
+        assert!(
+            now == *before,
+            "{save}: {what}\n--- before\n{before}\n--- after\n{now}"
+        );
+    }
+}
+
 /// `[p:b] -A ...` → `-A ...`
 fn without_counter(line: &str) -> &str {
     match line.strip_prefix('[') {
@@ -455,14 +473,13 @@ fn foreign_rules_keep_their_bytes_and_counters() {
         "--capture-all-dns",
         "--ipv6",
     ]);
-    let saves = ["iptables-legacy-save", "ip6tables-legacy-save"];
 
     // Our built-in rules that do not mention ISTIO_, read from a namespace with only ours.
     let reference = TestNetns::new("fr");
     reference.mesh_ok("apply", &args, &[]);
-    let ours: Vec<Vec<(String, String)>> = saves
+    let ours: Vec<Vec<(String, String)>> = saves_with_counters(&reference)
         .iter()
-        .map(|s| our_builtin_rules(&reference.saved_by(&[s, "-c"])))
+        .map(|s| our_builtin_rules(s))
         .collect();
     assert!(
         ours[0]
@@ -474,8 +491,8 @@ fn foreign_rules_keep_their_bytes_and_counters() {
     let ns = TestNetns::new("ff");
     restore_with_counters(&ns, "iptables-legacy-restore", FOREIGN_V4);
     restore_with_counters(&ns, "ip6tables-legacy-restore", FOREIGN_V6);
-    let original: Vec<String> = saves.iter().map(|s| ns.saved_by(&[s, "-c"])).collect();
-    for (o, save) in original.iter().zip(saves) {
+    let original = saves_with_counters(&ns);
+    for (o, save) in original.iter().zip(SAVES) {
         for t in ["*nat", "*mangle", "*raw", "*filter"] {
             assert!(o.contains(t), "{save}: foreign setup lacks {t}:\n{o}");
         }
@@ -486,7 +503,7 @@ fn foreign_rules_keep_their_bytes_and_counters() {
     }
 
     let check = |step: &str| {
-        for (i, save) in saves.iter().enumerate() {
+        for (i, save) in SAVES.iter().enumerate() {
             let now = ns.saved_by(&[save, "-c"]);
             assert_eq!(
                 tables_with_ours(&now),
@@ -512,14 +529,7 @@ fn foreign_rules_keep_their_bytes_and_counters() {
     ns.mesh_ok("remove", &args, &[]);
     // Every table we wrote already existed (the foreign setup loaded all four, both
     // families), so after remove the saves must be exactly the original ones.
-    for (i, save) in saves.iter().enumerate() {
-        let now = ns.saved_by(&[save, "-c"]);
-        assert!(
-            now == original[i],
-            "{save} after remove differs from the original\n--- before\n{}\n--- after\n{now}",
-            original[i]
-        );
-    }
+    assert_saves_unchanged(&ns, &original, "after remove differs from the original");
     assert_no_forwarding();
 }
 
@@ -884,22 +894,13 @@ fn reapplying_an_unchanged_config_leaves_rules_appended_after_ours_in_place() {
             ]);
         }
     }
-    let before: Vec<String> = ["iptables-legacy-save", "ip6tables-legacy-save"]
-        .iter()
-        .map(|s| ns.saved_by(&[s, "-c"]))
-        .collect();
+    let before = saves_with_counters(&ns);
     ns.mesh_ok("apply", &args, &[]);
     ns.mesh_ok("verify", &args, &[]);
-    for (i, save) in ["iptables-legacy-save", "ip6tables-legacy-save"]
-        .iter()
-        .enumerate()
-    {
-        let now = ns.saved_by(&[save, "-c"]);
-        assert!(
-            now == before[i],
-            "{save}: re-applying the same configuration changed the table\n--- before\n{}\n--- after\n{now}",
-            before[i]
-        );
-    }
+    assert_saves_unchanged(
+        &ns,
+        &before,
+        "re-applying the same configuration changed the table",
+    );
     assert_no_forwarding();
 }
