@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use support::*;
 
@@ -19,7 +19,7 @@ use support::*;
 type Prepare = dyn Fn(&Path, &str);
 
 struct Podman {
-    dir: PathBuf,
+    dir: TempDir,
     bridge: String,
     network: String,
     containers: Vec<String>,
@@ -34,23 +34,23 @@ impl Podman {
     /// by default we write our own conflist.
     fn with_network(prepared: Option<&Prepare>) -> Podman {
         require_root();
-        let dir = std::env::temp_dir().join(unique("podman"));
+        let dir = TempDir::new(
+            "podman",
+            &[
+                "bin",
+                "net.d",
+                "rootfs/bin",
+                "rootfs/etc",
+                "rootfs/proc",
+                "rootfs/sys",
+                "rootfs/dev",
+                "rootfs/tmp",
+                "storage",
+                "run",
+                "tmp",
+            ],
+        );
         let bridge = unique("br");
-        for d in [
-            "bin",
-            "net.d",
-            "rootfs/bin",
-            "rootfs/etc",
-            "rootfs/proc",
-            "rootfs/sys",
-            "rootfs/dev",
-            "rootfs/tmp",
-            "storage",
-            "run",
-            "tmp",
-        ] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
         std::fs::copy("/bin/busybox", dir.join("rootfs/bin/busybox"))
             .expect("busybox-static is installed");
         for applet in ["sh", "nc", "sleep", "echo", "cat", "ip"] {
@@ -61,7 +61,7 @@ impl Podman {
                 .unwrap();
         }
         if let Some(prepare) = prepared {
-            prepare(&dir, &bridge);
+            prepare(dir.path(), &bridge);
             return Podman::finish(dir, bridge, "k8s-pod-network");
         }
         std::fs::copy(binary(), dir.join("bin/mesh-redirect")).unwrap();
@@ -83,7 +83,7 @@ impl Podman {
         Podman::finish(dir, bridge, "meshtest")
     }
 
-    fn finish(dir: PathBuf, bridge: String, network: &str) -> Podman {
+    fn finish(dir: TempDir, bridge: String, network: &str) -> Podman {
         std::fs::write(
             dir.join("containers.conf"),
             format!(
@@ -204,7 +204,7 @@ impl Drop for Podman {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // The directory (a `TempDir` field) is removed after this, the containers gone.
     }
 }
 

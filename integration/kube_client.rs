@@ -7,6 +7,7 @@
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
+mod support;
 
 use apiserver::{dead_port, pod_json, pod_path, status_json, ApiServer, Reply};
 use base64::Engine as _;

@@ -570,6 +570,25 @@ fn load_nat_tables(ns: &TestNetns) {
     ns.exec_ok(&["ip6tables-legacy", "-w", "-t", "nat", "-S"]);
 }
 
+/// `verify` of `args` passes (else `what`, with its output); its output.
+fn assert_verifies(ns: &TestNetns, args: &[String], what: &str) -> Output {
+    let v = ns.mesh("verify", args, &[]);
+    assert!(
+        v.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&v.stdout),
+        stderr_of(&v)
+    );
+    v
+}
+
+/// The tables (without counters) one `apply` of `args` writes in a fresh namespace.
+fn applied_once(args: &[String]) -> String {
+    let ns = TestNetns::new("c1");
+    ns.mesh_ok("apply", args, &[]);
+    saved_without_counters(&ns)
+}
+
 /// Starts two `apply`s at the same moment; both must succeed, `verify` must agree and the
 /// result must equal `single` (one apply in a fresh namespace). Returns the retries logged.
 fn two_applies_at_once(ns: &TestNetns, args: &[String], single: &str, round: usize) -> usize {
@@ -596,12 +615,10 @@ fn two_applies_at_once(ns: &TestNetns, args: &[String], single: &str, round: usi
         );
         retries += retries_logged(&stderr_of(out));
     }
-    let v = ns.mesh("verify", args, &[]);
-    assert!(
-        v.status.success(),
-        "round {round}: verify after two concurrent applies: {}\n{}",
-        String::from_utf8_lossy(&v.stdout),
-        stderr_of(&v)
+    assert_verifies(
+        ns,
+        args,
+        &format!("round {round}: verify after two concurrent applies"),
     );
     let now = saved_without_counters(ns);
     assert!(
@@ -615,11 +632,7 @@ fn two_applies_at_once(ns: &TestNetns, args: &[String], single: &str, round: usi
 fn concurrent_applies_and_a_racing_iptables_append_end_consistent() {
     require_root();
     let args = legacy_args(&["--ipv6"]);
-    let single = {
-        let ns = TestNetns::new("c1");
-        ns.mesh_ok("apply", &args, &[]);
-        saved_without_counters(&ns)
-    };
+    let single = applied_once(&args);
     assert!(single.contains("ISTIO_OUTPUT"));
 
     // (a) Two of our processes at once on one namespace, 20 times (each round a new
@@ -745,13 +758,7 @@ fn concurrent_applies_and_a_racing_iptables_append_end_consistent() {
         "unexpected POSTROUTING rules:\n{nat}"
     );
     let last = &configs[29 % 2];
-    let v = ns.mesh("verify", last, &[]);
-    assert!(
-        v.status.success(),
-        "verify after the race: {}\n{}",
-        String::from_utf8_lossy(&v.stdout),
-        stderr_of(&v)
-    );
+    assert_verifies(&ns, last, "verify after the race");
     assert_no_forwarding();
 }
 
@@ -760,11 +767,7 @@ fn concurrent_applies_and_a_racing_iptables_append_end_consistent() {
 fn concurrent_first_applies_on_a_fresh_namespace_both_succeed() {
     require_root();
     let args = legacy_args(&["--ipv6"]);
-    let single = {
-        let ns = TestNetns::new("c1");
-        ns.mesh_ok("apply", &args, &[]);
-        saved_without_counters(&ns)
-    };
+    let single = applied_once(&args);
     let mut retries = 0;
     for round in 0..50 {
         let ns = TestNetns::new("cf");
@@ -815,13 +818,7 @@ fn assert_auto_chooses(ns: &TestNetns, backend: &str, because: &str) {
 
 /// `verify --backend auto` passes after `what`; the backend it chose.
 fn verified_backend(ns: &TestNetns, what: &str) -> String {
-    let v = ns.mesh("verify", &[], &[]);
-    assert!(
-        v.status.success(),
-        "verify (auto) after {what}: {}\n{}",
-        String::from_utf8_lossy(&v.stdout),
-        stderr_of(&v)
-    );
+    let v = assert_verifies(ns, &[], &format!("verify (auto) after {what}"));
     decision(&v, "the kernel matches the expected rules").0
 }
 

@@ -621,6 +621,38 @@ pub fn with_private_mounts(
     }
 }
 
+/// A fresh directory under the system temporary directory, with `subdirs` made in it;
+/// removed with everything in it when dropped. Derefs to its path.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str, subdirs: &[&str]) -> TempDir {
+        let dir = TempDir(std::env::temp_dir().join(unique(tag)));
+        std::fs::create_dir_all(&dir.0).unwrap_or_else(|e| panic!("{}: {e}", dir.0.display()));
+        for d in subdirs {
+            std::fs::create_dir_all(dir.0.join(d)).unwrap();
+        }
+        dir
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Writes [`TEST_GROUP_FILE`] to a temporary file (removed by the caller's `TempFile`).
 pub struct TempFile(pub PathBuf);
 
