@@ -16,31 +16,16 @@ mod support;
 
 use apiserver::{dead_port, pod_path, ApiServer, Reply};
 use serde_json::{json, Value};
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use support::*;
 
 const TOKEN: &str = "mesh-redirect-test-token";
 
-fn cni(env: &[(String, String)], stdin: &str) -> (Output, Duration) {
-    let mut cmd = Command::new(binary());
-    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+/// One plugin run and the time it took.
+fn timed_cni(env: &[(String, String)], stdin: &str) -> (Output, Duration) {
     let start = Instant::now();
-    let mut child = cmd.spawn().expect("plugin starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = cni(env, stdin);
     (out, start.elapsed())
 }
 
@@ -73,27 +58,10 @@ fn conf(kubeconfig: &std::path::Path, backend: &str, timeout: &str) -> String {
     .to_string()
 }
 
-fn stdout_json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {:?} / {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 /// Everything either backend could have written.
 fn kernel(ns: &TestNetns) -> String {
     let mut s = ns.ruleset();
-    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-        s += &ns
-            .exec_ok(&[save])
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>();
-    }
+    s += &ns.legacy_saved(false);
     s += &ns.exec_ok(&["ip", "rule", "show"]);
     s
 }
@@ -111,24 +79,10 @@ fn istio_legacy_state(golden: &std::path::Path) -> String {
         .filter(|l| !l.ends_with("-save"))
         .map(|l| format!("{l}\n"))
         .collect();
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "iptables-legacy-restore",
-            "--noflush",
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(payload.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    run_with_stdin_ok(
+        &mut ns.command(&["iptables-legacy-restore", "--noflush"]),
+        &payload,
+    );
     legacy_saved(&ns)
 }
 
@@ -159,7 +113,7 @@ fn istios_cni_cases_through_the_api_with_both_backends() {
         );
         for backend in ["iptables-legacy", "nftables"] {
             let ns = TestNetns::new("kc");
-            let (out, _) = cni(
+            let out = cni(
                 &add_env(&ns.path(), "default", &case.name),
                 &conf(&kubeconfig, backend, "5s"),
             );
@@ -241,7 +195,7 @@ fn api_failures_give_the_right_error_within_the_deadline_and_change_nothing() {
     for (name, kubeconfig, code) in cases {
         let ns = TestNetns::new("kf");
         let before = kernel(&ns);
-        let (out, took) = cni(
+        let (out, took) = timed_cni(
             &add_env(&ns.path(), "default", name),
             &conf(&kubeconfig, "auto", "1500ms"),
         );
@@ -346,7 +300,7 @@ fn each_eligibility_rule_passes_the_pod_through_untouched() {
     for (name, object) in &rules {
         server.pod("default", name, Reply::Pod(object.clone()));
         let ns = TestNetns::new("ke");
-        let (out, _) = cni(
+        let out = cni(
             &add_env(&ns.path(), "default", name),
             &conf(&kubeconfig, "auto", "3s"),
         );
@@ -371,17 +325,14 @@ fn each_eligibility_rule_passes_the_pod_through_untouched() {
     // The excluded namespace is decided before any API call; so is "not a Kubernetes pod".
     let before = server.total_requests();
     let ns = TestNetns::new("kx");
-    let (out, _) = cni(
+    let out = cni(
         &add_env(&ns.path(), "kube-system", "coredns-1"),
         &conf(&kubeconfig, "auto", "3s"),
     );
     assert!(out.status.success());
     let mut env = add_env(&ns.path(), "", "");
     env.retain(|(k, _)| k != "CNI_ARGS");
-    assert!(cni(&env, &conf(&kubeconfig, "auto", "3s"))
-        .0
-        .status
-        .success());
+    assert!(cni(&env, &conf(&kubeconfig, "auto", "3s")).status.success());
     assert_eq!(
         server.total_requests(),
         before,
@@ -415,7 +366,7 @@ fn an_invalid_annotation_is_error_7_naming_it() {
         );
         server.pod("default", &name, Reply::Pod(object));
         let ns = TestNetns::new("ka");
-        let (out, _) = cni(
+        let out = cni(
             &add_env(&ns.path(), "default", &name),
             &conf(&kubeconfig, "auto", "3s"),
         );

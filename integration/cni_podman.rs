@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use support::*;
 
@@ -19,7 +19,7 @@ use support::*;
 type Prepare = dyn Fn(&Path, &str);
 
 struct Podman {
-    dir: PathBuf,
+    dir: TempDir,
     bridge: String,
     network: String,
     containers: Vec<String>,
@@ -34,23 +34,23 @@ impl Podman {
     /// by default we write our own conflist.
     fn with_network(prepared: Option<&Prepare>) -> Podman {
         require_root();
-        let dir = std::env::temp_dir().join(unique("podman"));
+        let dir = TempDir::new(
+            "podman",
+            &[
+                "bin",
+                "net.d",
+                "rootfs/bin",
+                "rootfs/etc",
+                "rootfs/proc",
+                "rootfs/sys",
+                "rootfs/dev",
+                "rootfs/tmp",
+                "storage",
+                "run",
+                "tmp",
+            ],
+        );
         let bridge = unique("br");
-        for d in [
-            "bin",
-            "net.d",
-            "rootfs/bin",
-            "rootfs/etc",
-            "rootfs/proc",
-            "rootfs/sys",
-            "rootfs/dev",
-            "rootfs/tmp",
-            "storage",
-            "run",
-            "tmp",
-        ] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
         std::fs::copy("/bin/busybox", dir.join("rootfs/bin/busybox"))
             .expect("busybox-static is installed");
         for applet in ["sh", "nc", "sleep", "echo", "cat", "ip"] {
@@ -61,7 +61,7 @@ impl Podman {
                 .unwrap();
         }
         if let Some(prepare) = prepared {
-            prepare(&dir, &bridge);
+            prepare(dir.path(), &bridge);
             return Podman::finish(dir, bridge, "k8s-pod-network");
         }
         std::fs::copy(binary(), dir.join("bin/mesh-redirect")).unwrap();
@@ -83,7 +83,7 @@ impl Podman {
         Podman::finish(dir, bridge, "meshtest")
     }
 
-    fn finish(dir: PathBuf, bridge: String, network: &str) -> Podman {
+    fn finish(dir: TempDir, bridge: String, network: &str) -> Podman {
         std::fs::write(
             dir.join("containers.conf"),
             format!(
@@ -164,6 +164,23 @@ impl Podman {
         .to_string()
     }
 
+    /// The container has a network namespace and our tables are in it; its ruleset.
+    fn assert_programmed(&self, name: &str) -> String {
+        let ns = self.netns(name);
+        assert!(!ns.is_empty(), "the container has a network namespace");
+        let ruleset = run_ok(
+            Command::new("nsenter")
+                .arg(format!("--net={ns}"))
+                .args(["nft", "list", "ruleset"]),
+        );
+        assert!(
+            ruleset.contains("table inet istio-proxy-nat"),
+            "{ruleset}\n{}",
+            self.log()
+        );
+        ruleset
+    }
+
     fn remove(&mut self, name: &str) {
         let out = run(self.cmd().args(["rm", "-f", "-t", "0", name]));
         assert!(
@@ -187,7 +204,7 @@ impl Drop for Podman {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // The directory (a `TempDir` field) is removed after this, the containers gone.
     }
 }
 
@@ -195,20 +212,8 @@ impl Drop for Podman {
 fn podman_runs_a_container_through_the_chained_plugin() {
     let mut podman = Podman::new();
     podman.run_detached("mesh-app");
-    let ns = podman.netns("mesh-app");
-    assert!(!ns.is_empty(), "the container has a network namespace");
-
     // Our tables are in the container's namespace.
-    let ruleset = run_ok(
-        Command::new("nsenter")
-            .arg(format!("--net={ns}"))
-            .args(["nft", "list", "ruleset"]),
-    );
-    assert!(
-        ruleset.contains("table inet istio-proxy-nat"),
-        "{ruleset}\n{}",
-        podman.log()
-    );
+    let ruleset = podman.assert_programmed("mesh-app");
     assert!(
         ruleset.contains("tcp dport 22"),
         "the plugin configuration's settings are used"
@@ -318,17 +323,7 @@ fn podman_accepts_the_conflist_the_installer_produced() {
         "{conflist}"
     );
     podman.run_detached("mesh-inst");
-    let ns = podman.netns("mesh-inst");
-    let ruleset = run_ok(
-        Command::new("nsenter")
-            .arg(format!("--net={ns}"))
-            .args(["nft", "list", "ruleset"]),
-    );
-    assert!(
-        ruleset.contains("table inet istio-proxy-nat"),
-        "{ruleset}\n{}",
-        podman.log()
-    );
+    podman.assert_programmed("mesh-inst");
     podman.remove("mesh-inst");
     assert!(podman.log().contains("redirect applied"));
     assert_no_forwarding();

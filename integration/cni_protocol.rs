@@ -7,40 +7,9 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
 use support::*;
 
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-
-/// One plugin run: `CNI_*` variables, the configuration on stdin.
-fn cni(env: &[(&str, &str)], stdin: &str) -> Output {
-    let mut cmd = Command::new(binary());
-    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("plugin starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn stdout_json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is one JSON document ({e}): {:?}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
 
 fn env_for<'a>(command: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
@@ -226,48 +195,11 @@ fn check_fails_on_drift_and_passes_after_add() {
         assert!(cni(&env_for("ADD", &ns.path()), &c).status.success());
         assert!(cni(&env_for("CHECK", &ns.path()), &c).status.success());
         if backend == "nftables" {
-            let listing = ns.exec_ok(&[
-                "nft",
-                "-a",
-                "list",
-                "chain",
-                "inet",
-                "istio-proxy-nat",
-                "istio-output",
-            ]);
-            let handle = listing
-                .lines()
-                .find(|l| l.contains("meta skuid 1337") && !l.contains("oifname"))
-                .unwrap()
-                .rsplit("# handle ")
-                .next()
-                .unwrap()
-                .trim()
-                .to_string();
-            ns.exec_ok(&[
-                "nft",
-                "delete",
-                "rule",
-                "inet",
-                "istio-proxy-nat",
-                "istio-output",
-                "handle",
-                &handle,
-            ]);
+            ns.delete_nft_rule("istio-proxy-nat", "istio-output", |l| {
+                l.contains("meta skuid 1337") && !l.contains("oifname")
+            });
         } else {
-            ns.exec_ok(&[
-                "iptables-legacy",
-                "-t",
-                "nat",
-                "-D",
-                "ISTIO_OUTPUT",
-                "-m",
-                "owner",
-                "--uid-owner",
-                "1337",
-                "-j",
-                "RETURN",
-            ]);
+            ns.delete_legacy_proxy_uid_return();
         }
         let out = cni(&env_for("CHECK", &ns.path()), &c);
         assert!(!out.status.success());

@@ -5,6 +5,8 @@
 //! The primaries are in `fixtures/cni/` (see its README): Calico, Flannel, Cilium (list and
 //! old single-plugin form), AWS VPC CNI, kindnet and a bare bridge `.conf`.
 
+mod support;
+
 use mesh_redirect::cni::kube::KubeConfig;
 use mesh_redirect::cni::netconf::NetConf;
 use mesh_redirect::install::{
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
+use support::TempDir;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/fixtures/cni");
 /// The repair deadline the installer promises (debounce 100 ms + a pass).
@@ -25,14 +28,8 @@ const REPAIR: Duration = Duration::from_secs(2);
 
 /// A fake node: `<root>/{bin,net.d,sa}`, a "binary" to install and a service account.
 struct Node {
-    root: PathBuf,
+    root: TempDir,
     opts: InstallOptions,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
-    }
 }
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -48,16 +45,7 @@ fn test_ca() -> String {
 
 impl Node {
     fn new(test: &str) -> Node {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "mesh-redirect-install-{}-{test}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&root);
-        for d in ["bin", "net.d", "sa", "src"] {
-            fs::create_dir_all(root.join(d)).unwrap();
-        }
+        let root = TempDir::new(&format!("install-{test}"), &["bin", "net.d", "sa", "src"]);
         fs::write(
             root.join("sa/token"),
             "eyJhbGciOiJSUzI1NiJ9.test-token.sig\n",

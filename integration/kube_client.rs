@@ -7,6 +7,7 @@
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
+mod support;
 
 use apiserver::{dead_port, pod_json, pod_path, status_json, ApiServer, Reply};
 use base64::Engine as _;
@@ -41,20 +42,35 @@ fn timed(cfg: &KubeConfig, p: &RetryPolicy) -> (Result<serde_json::Value, KubeEr
     (r, t.elapsed())
 }
 
-fn assert_deadline_exceeded(
-    r: &Result<serde_json::Value, KubeError>,
-    took: Duration,
-    p: &RetryPolicy,
-) {
-    match r {
-        Err(KubeError::DeadlineExceeded { attempts, .. }) => assert!(*attempts >= 1),
+/// Runs `get_pod` under `p`: it gives up with `DeadlineExceeded` (after at least one
+/// attempt) by the deadline, give or take [`SLACK`]. Returns the attempts and last error.
+fn assert_deadline_exceeded(cfg: &KubeConfig, p: &RetryPolicy) -> (u32, String) {
+    let (r, took) = timed(cfg, p);
+    let (attempts, last_error) = match r {
+        Err(KubeError::DeadlineExceeded {
+            attempts,
+            last_error,
+        }) => {
+            assert!(attempts >= 1);
+            (attempts, last_error)
+        }
         other => panic!("expected DeadlineExceeded, got {other:?}"),
-    }
+    };
     assert!(
         took >= p.deadline.saturating_sub(Duration::from_millis(50)),
         "gave up early: {took:?}"
     );
     assert!(took <= p.deadline + SLACK, "overran the deadline: {took:?}");
+    (attempts, last_error)
+}
+
+/// A 1 s deadline and attempts allowed to take longer: one attempt may use all of it.
+fn one_attempt_policy() -> RetryPolicy {
+    RetryPolicy {
+        deadline: Duration::from_millis(1000),
+        attempt_timeout: Duration::from_secs(5),
+        ..RetryPolicy::default()
+    }
 }
 
 #[test]
@@ -229,16 +245,7 @@ fn insecure_skip_tls_verify_needs_no_ca() {
 fn not_found_is_retried_until_the_deadline() {
     let server = ApiServer::start();
     let cfg = parse(&server, &server.kubeconfig("x"));
-    let p = policy(1000);
-    let (r, took) = timed(&cfg, &p);
-    assert_deadline_exceeded(&r, took, &p);
-    let Err(KubeError::DeadlineExceeded {
-        attempts,
-        last_error,
-    }) = r
-    else {
-        unreachable!()
-    };
+    let (attempts, last_error) = assert_deadline_exceeded(&cfg, &policy(1000));
     // 100 + 200 + 400 ms of backoff fit into one second, so an idle machine makes four
     // attempts; a loaded one may spend longer on each handshake. Retrying at all is the point.
     assert!(attempts >= 2, "{attempts}");
@@ -353,9 +360,7 @@ fn a_server_that_never_answers_is_bounded_by_the_deadline() {
     // TCP accepted, not a single byte back (not even the TLS handshake).
     let silent = ApiServer::builder().silent().start();
     let cfg = parse(&silent, &silent.kubeconfig("x"));
-    let p = policy(1000);
-    let (r, took) = timed(&cfg, &p);
-    assert_deadline_exceeded(&r, took, &p);
+    assert_deadline_exceeded(&cfg, &policy(1000));
     assert!(silent.connections() >= 1);
 
     // TLS done and the request read, but no HTTP answer.
@@ -363,13 +368,7 @@ fn a_server_that_never_answers_is_bounded_by_the_deadline() {
     hang.pod(NS, POD, Reply::Hang);
     let cfg = parse(&hang, &hang.kubeconfig("x"));
     // One attempt may take the whole deadline.
-    let p = RetryPolicy {
-        deadline: Duration::from_millis(1000),
-        attempt_timeout: Duration::from_secs(5),
-        ..RetryPolicy::default()
-    };
-    let (r, took) = timed(&cfg, &p);
-    assert_deadline_exceeded(&r, took, &p);
+    assert_deadline_exceeded(&cfg, &one_attempt_policy());
     assert_eq!(hang.pod_requests(NS, POD), 1);
 }
 
@@ -387,13 +386,7 @@ fn a_dripping_server_is_bounded_by_the_deadline() {
         ),
     );
     let cfg = parse(&server, &server.kubeconfig("x"));
-    let p = RetryPolicy {
-        deadline: Duration::from_millis(1000),
-        attempt_timeout: Duration::from_secs(5),
-        ..RetryPolicy::default()
-    };
-    let (r, took) = timed(&cfg, &p);
-    assert_deadline_exceeded(&r, took, &p);
+    assert_deadline_exceeded(&cfg, &one_attempt_policy());
 }
 
 #[test]
@@ -433,12 +426,7 @@ fn a_server_that_is_down_is_retried_until_the_deadline() {
     );
     let cfg = KubeConfig::parse(&text, Path::new("/")).expect("parse");
     assert_eq!(cfg.user(), None);
-    let p = policy(1000);
-    let (r, took) = timed(&cfg, &p);
-    assert_deadline_exceeded(&r, took, &p);
-    let Err(KubeError::DeadlineExceeded { last_error, .. }) = r else {
-        unreachable!()
-    };
+    let (_, last_error) = assert_deadline_exceeded(&cfg, &policy(1000));
     assert!(
         last_error.to_lowercase().contains("refused"),
         "{last_error}"
@@ -508,6 +496,25 @@ fn invalid_kubeconfigs_name_the_field() {
         f
     };
     let token = || vec![("token", "x".to_string())];
+    // Cluster fields (with a token user): all of them given, or the server and `extra`.
+    let cluster_with =
+        |extra: &[(&'static str, String)]| server.kubeconfig_with(&cluster(extra), &token());
+    let server_with = |extra: &[(&'static str, String)]| {
+        let mut f = vec![("server", url.clone())];
+        f.extend_from_slice(extra);
+        server.kubeconfig_with(&f, &token())
+    };
+    // User fields, with the whole cluster.
+    let user_with = |user: &[(&'static str, String)]| server.kubeconfig_with(&cluster(&[]), user);
+    let insecure = |server_url: String| {
+        server.kubeconfig_with(
+            &[
+                ("server", server_url),
+                ("insecure-skip-tls-verify", "true".into()),
+            ],
+            &token(),
+        )
+    };
 
     let cases: Vec<(String, &str)> = vec![
         ("".into(), "empty"),
@@ -520,86 +527,35 @@ fn invalid_kubeconfigs_name_the_field() {
             server.kubeconfig_with(&[("certificate-authority-data", ca.clone())], &token()),
             "clusters[test].cluster.server",
         ),
+        (insecure(url.replace("https", "http")), "server"),
+        (insecure("not a url".into()), "server"),
+        (server_with(&[]), "certificate-authority-data"),
         (
-            server.kubeconfig_with(
-                &[
-                    ("server", url.replace("https", "http")),
-                    ("insecure-skip-tls-verify", "true".into()),
-                ],
-                &token(),
-            ),
-            "server",
-        ),
-        (
-            server.kubeconfig_with(
-                &[
-                    ("server", "not a url".into()),
-                    ("insecure-skip-tls-verify", "true".into()),
-                ],
-                &token(),
-            ),
-            "server",
-        ),
-        (
-            server.kubeconfig_with(&[("server", url.clone())], &token()),
+            server_with(&[("certificate-authority-data", "!!!".into())]),
             "certificate-authority-data",
         ),
         (
-            server.kubeconfig_with(
-                &[
-                    ("server", url.clone()),
-                    ("certificate-authority-data", "!!!".into()),
-                ],
-                &token(),
-            ),
+            server_with(&[("certificate-authority-data", b64("not a pem"))]),
             "certificate-authority-data",
         ),
         (
-            server.kubeconfig_with(
-                &[
-                    ("server", url.clone()),
-                    ("certificate-authority-data", b64("not a pem")),
-                ],
-                &token(),
-            ),
-            "certificate-authority-data",
-        ),
-        (
-            server.kubeconfig_with(
-                &[
-                    ("server", url.clone()),
-                    ("certificate-authority", "missing-ca.crt".into()),
-                ],
-                &token(),
-            ),
+            server_with(&[("certificate-authority", "missing-ca.crt".into())]),
             "certificate-authority",
         ),
         (
-            server.kubeconfig_with(
-                &cluster(&[("certificate-authority", "ca.crt".into())]),
-                &token(),
-            ),
+            cluster_with(&[("certificate-authority", "ca.crt".into())]),
             "certificate-authority-data",
         ),
         (
-            server.kubeconfig_with(
-                &cluster(&[("insecure-skip-tls-verify", "true".into())]),
-                &token(),
-            ),
+            cluster_with(&[("insecure-skip-tls-verify", "true".into())]),
             "insecure-skip-tls-verify",
         ),
         (
-            server.kubeconfig_with(
-                &cluster(&[("insecure-skip-tls-verify", "yes".into())]),
-                &token(),
-            ),
+            cluster_with(&[("insecure-skip-tls-verify", "yes".into())]),
             "insecure-skip-tls-verify",
         ),
         (
-            server.kubeconfig_with(
-                &cluster(&[("proxy-url", "http://proxy:3128".into())]),
-                &token(),
-            ),
+            cluster_with(&[("proxy-url", "http://proxy:3128".into())]),
             "proxy-url",
         ),
         (
@@ -621,51 +577,39 @@ fn invalid_kubeconfigs_name_the_field() {
             "contexts[test].context.user",
         ),
         (
-            server.kubeconfig_with(&cluster(&[]), &[("token", "a\nb".into())]),
+            user_with(&[("token", "a\nb".into())]),
             "users[test].user.token",
         ),
         (
-            server.kubeconfig_with(&cluster(&[]), &[("client-certificate-data", b64(&cert))]),
+            user_with(&[("client-certificate-data", b64(&cert))]),
             "client-key-data",
         ),
         (
-            server.kubeconfig_with(&cluster(&[]), &[("client-key-data", b64(&key))]),
+            user_with(&[("client-key-data", b64(&key))]),
             "client-certificate-data",
         ),
         (
-            server.kubeconfig_with(
-                &cluster(&[]),
-                &[
-                    ("client-certificate-data", b64(&other_cert)),
-                    ("client-key-data", b64(&key)),
-                ],
-            ),
+            user_with(&[
+                ("client-certificate-data", b64(&other_cert)),
+                ("client-key-data", b64(&key)),
+            ]),
             "client-key-data",
         ),
         (
-            server.kubeconfig_with(
-                &cluster(&[]),
-                &[
-                    ("client-certificate-data", b64(&cert)),
-                    ("client-key-data", b64("no key here")),
-                ],
-            ),
+            user_with(&[
+                ("client-certificate-data", b64(&cert)),
+                ("client-key-data", b64("no key here")),
+            ]),
             "client-key-data",
         ),
         (
-            server.kubeconfig_with(
-                &cluster(&[]),
-                &[
-                    ("client-certificate", "nope.crt".into()),
-                    ("client-key-data", b64(&key)),
-                ],
-            ),
+            user_with(&[
+                ("client-certificate", "nope.crt".into()),
+                ("client-key-data", b64(&key)),
+            ]),
             "client-certificate",
         ),
-        (
-            server.kubeconfig_with(&cluster(&[]), &[("exec", "x".into())]),
-            "users[test].user.exec",
-        ),
+        (user_with(&[("exec", "x".into())]), "users[test].user.exec"),
     ];
     for (text, field) in &cases {
         match KubeConfig::parse(text, server.dir()) {
@@ -682,10 +626,7 @@ fn invalid_kubeconfigs_name_the_field() {
         Err(KubeError::Config(m)) => assert!(m.contains("no-such-kubeconfig"), "{m}"),
         other => panic!("expected Config, got {other:?}"),
     }
-    let bad = server.write_file(
-        "bad-kubeconfig",
-        &server.kubeconfig_with(&[("server", url)], &token()),
-    );
+    let bad = server.write_file("bad-kubeconfig", &server_with(&[]));
     match KubeConfig::load(&bad) {
         Err(KubeError::Config(m)) => {
             assert!(

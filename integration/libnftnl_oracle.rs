@@ -162,29 +162,92 @@ fn snprintf(print: impl Fn(*mut c_char, usize) -> c_int) -> String {
     }
 }
 
-/// A rule decoded by libnftnl.
-struct ParsedRule(NonNull<sys::nftnl_rule>);
+/// A libnftnl object type: how to allocate, print and free one.
+trait NftnlObject {
+    const WHAT: &'static str;
+    /// # Safety
+    /// A plain allocation.
+    unsafe fn alloc() -> *mut Self;
+    /// # Safety
+    /// `buf` has `size` writable bytes; `obj` is live.
+    unsafe fn snprintf(buf: *mut c_char, size: usize, obj: *const Self) -> c_int;
+    /// # Safety
+    /// `obj` came from `alloc` and is freed once.
+    unsafe fn free(obj: *mut Self);
+}
 
-impl ParsedRule {
-    fn parse(msg: &NlBuf) -> Result<ParsedRule, String> {
-        // SAFETY: allocation only.
-        let r = NonNull::new(unsafe { sys::nftnl_rule_alloc() }).expect("nftnl_rule_alloc");
-        let rule = ParsedRule(r);
-        // SAFETY: `msg` holds a whole, aligned netlink message; `r` is a live rule.
-        let rc = unsafe { sys::nftnl_rule_nlmsg_parse(msg.header(), r.as_ptr()) };
-        if rc < 0 {
-            return Err(format!("libnftnl cannot parse the NEWRULE message ({rc})"));
+macro_rules! nftnl_object {
+    ($t:ident, $alloc:ident, $snprintf:ident, $free:ident) => {
+        impl NftnlObject for sys::$t {
+            const WHAT: &'static str = stringify!($t);
+            unsafe fn alloc() -> *mut Self {
+                sys::$alloc()
+            }
+            unsafe fn snprintf(buf: *mut c_char, size: usize, obj: *const Self) -> c_int {
+                sys::$snprintf(buf, size, obj, sys::NFTNL_OUTPUT_DEFAULT, 0)
+            }
+            unsafe fn free(obj: *mut Self) {
+                sys::$free(obj)
+            }
         }
-        Ok(rule)
+    };
+}
+
+nftnl_object!(
+    nftnl_rule,
+    nftnl_rule_alloc,
+    nftnl_rule_snprintf,
+    nftnl_rule_free
+);
+nftnl_object!(
+    nftnl_set,
+    nftnl_set_alloc,
+    nftnl_set_snprintf,
+    nftnl_set_free
+);
+
+/// A netlink message decoded by libnftnl into one of its objects.
+struct Parsed<T: NftnlObject>(NonNull<T>);
+
+impl<T: NftnlObject> Parsed<T> {
+    /// Decodes `msg` with libnftnl's `parse`; `message` names the message in the error.
+    fn parse(
+        msg: &NlBuf,
+        parse: unsafe extern "C" fn(*const libc::nlmsghdr, *mut T) -> c_int,
+        message: &str,
+    ) -> Result<Parsed<T>, String> {
+        // SAFETY: allocation only.
+        let p = NonNull::new(unsafe { T::alloc() }).unwrap_or_else(|| panic!("{} alloc", T::WHAT));
+        let parsed = Parsed(p);
+        // SAFETY: `msg` holds a whole, aligned netlink message; `p` is a live object.
+        let rc = unsafe { parse(msg.header(), p.as_ptr()) };
+        if rc < 0 {
+            return Err(format!(
+                "libnftnl cannot parse the {message} message ({rc})"
+            ));
+        }
+        Ok(parsed)
     }
 
     fn text(&self) -> String {
-        snprintf(|buf, size| {
-            // SAFETY: `buf` has `size` writable bytes; the rule is live.
-            unsafe {
-                sys::nftnl_rule_snprintf(buf, size, self.0.as_ptr(), sys::NFTNL_OUTPUT_DEFAULT, 0)
-            }
-        })
+        // SAFETY: `buf` has `size` writable bytes; the object is live.
+        snprintf(|buf, size| unsafe { T::snprintf(buf, size, self.0.as_ptr()) })
+    }
+}
+
+impl<T: NftnlObject> Drop for Parsed<T> {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `T::alloc`, freed once.
+        unsafe { T::free(self.0.as_ptr()) };
+    }
+}
+
+/// A rule decoded by libnftnl.
+type ParsedRule = Parsed<sys::nftnl_rule>;
+
+impl ParsedRule {
+    fn parse_rule(msg: &NlBuf) -> Result<ParsedRule, String> {
+        Parsed::parse(msg, sys::nftnl_rule_nlmsg_parse, "NEWRULE")
     }
 
     /// `NFTA_LOOKUP_SET_ID` of each lookup expression, in order.
@@ -214,43 +277,16 @@ impl ParsedRule {
     }
 }
 
-impl Drop for ParsedRule {
-    fn drop(&mut self) {
-        // SAFETY: allocated by `nftnl_rule_alloc`, freed once.
-        unsafe { sys::nftnl_rule_free(self.0.as_ptr()) };
-    }
-}
-
 /// A set (or a set's element list) decoded by libnftnl.
-struct ParsedSet(NonNull<sys::nftnl_set>);
+type ParsedSet = Parsed<sys::nftnl_set>;
 
 impl ParsedSet {
-    fn parse(msg: &NlBuf, elements: bool) -> Result<ParsedSet, String> {
-        // SAFETY: allocation only.
-        let s = NonNull::new(unsafe { sys::nftnl_set_alloc() }).expect("nftnl_set_alloc");
-        let set = ParsedSet(s);
-        // SAFETY: `msg` holds a whole, aligned netlink message; `s` is a live set.
-        let rc = unsafe {
-            if elements {
-                sys::nftnl_set_elems_nlmsg_parse(msg.header(), s.as_ptr())
-            } else {
-                sys::nftnl_set_nlmsg_parse(msg.header(), s.as_ptr())
-            }
-        };
-        if rc < 0 {
-            let what = if elements { "NEWSETELEM" } else { "NEWSET" };
-            return Err(format!("libnftnl cannot parse the {what} message ({rc})"));
+    fn parse_set(msg: &NlBuf, elements: bool) -> Result<ParsedSet, String> {
+        if elements {
+            Parsed::parse(msg, sys::nftnl_set_elems_nlmsg_parse, "NEWSETELEM")
+        } else {
+            Parsed::parse(msg, sys::nftnl_set_nlmsg_parse, "NEWSET")
         }
-        Ok(set)
-    }
-
-    fn text(&self) -> String {
-        snprintf(|buf, size| {
-            // SAFETY: `buf` has `size` writable bytes; the set is live.
-            unsafe {
-                sys::nftnl_set_snprintf(buf, size, self.0.as_ptr(), sys::NFTNL_OUTPUT_DEFAULT, 0)
-            }
-        })
     }
 
     fn u32(&self, attr: u32) -> Option<u32> {
@@ -263,13 +299,6 @@ impl ParsedSet {
 
     fn id(&self) -> Option<u32> {
         self.u32(sys::NFTNL_SET_ID)
-    }
-}
-
-impl Drop for ParsedSet {
-    fn drop(&mut self) {
-        // SAFETY: allocated by `nftnl_set_alloc`, freed once.
-        unsafe { sys::nftnl_set_free(self.0.as_ptr()) };
     }
 }
 
@@ -286,17 +315,17 @@ fn decode(msgs: &RuleMessages) -> Result<String, String> {
     for (set, elems) in &msgs.sets {
         // libnftnl does not print the key type and length, which nft needs to show the
         // elements as ports (`{ 53, 15008 }`), so they are added from its getters.
-        let set = ParsedSet::parse(set, false)?;
+        let set = ParsedSet::parse_set(set, false)?;
         text.push_str(&set.text());
         text.push_str(&format!(
             " [key type {:?} len {:?}]\n",
             set.u32(sys::NFTNL_SET_KEY_TYPE),
             set.u32(sys::NFTNL_SET_KEY_LEN)
         ));
-        text.push_str(&ParsedSet::parse(elems, true)?.text());
+        text.push_str(&ParsedSet::parse_set(elems, true)?.text());
         text.push('\n');
     }
-    text.push_str(&ParsedRule::parse(&msgs.rule)?.text());
+    text.push_str(&ParsedRule::parse_rule(&msgs.rule)?.text());
     Ok(text)
 }
 
@@ -305,7 +334,7 @@ fn decode(msgs: &RuleMessages) -> Result<String, String> {
 /// lookup of a rule must name the n-th set created for it, the elements must go to that set,
 /// and no id may be reused within the batch (`seen`).
 fn check_set_ids(msgs: &RuleMessages, seen: &mut Vec<u32>) -> Result<(), String> {
-    let lookups = ParsedRule::parse(&msgs.rule)?.lookup_set_ids();
+    let lookups = ParsedRule::parse_rule(&msgs.rule)?.lookup_set_ids();
     if lookups.len() != msgs.sets.len() {
         return Err(format!(
             "{} lookups but {} anonymous sets created for the rule",
@@ -314,8 +343,8 @@ fn check_set_ids(msgs: &RuleMessages, seen: &mut Vec<u32>) -> Result<(), String>
         ));
     }
     for (lookup, (set, elems)) in lookups.into_iter().zip(&msgs.sets) {
-        let set_id = ParsedSet::parse(set, false)?.id();
-        let elem_id = ParsedSet::parse(elems, true)?.id();
+        let set_id = ParsedSet::parse_set(set, false)?.id();
+        let elem_id = ParsedSet::parse_set(elems, true)?.id();
         let Some(id) = set_id else {
             return Err("NEWSET without NFTA_SET_ID".into());
         };

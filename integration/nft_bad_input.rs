@@ -460,39 +460,10 @@ fn bad_input_leaves_a_legacy_namespace_byte_identical() {
     require_root();
     let cases = bad_inputs();
     let ns = TestNetns::new("keptx");
-    let valid: Vec<String> = ["--backend", "iptables-legacy", "-m", "TPROXY", "--ipv6"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let valid = legacy_args(&["-m", "TPROXY", "--ipv6"]);
     ns.mesh_ok("apply", &valid, &[]);
-    ns.exec_ok(&[
-        "iptables-legacy",
-        "-t",
-        "filter",
-        "-A",
-        "INPUT",
-        "-c",
-        "4",
-        "240",
-        "-p",
-        "tcp",
-        "--dport",
-        "22",
-        "-j",
-        "ACCEPT",
-    ]);
-    let state = |ns: &TestNetns| {
-        let mut s = kernel_state(ns);
-        for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-            s += &ns
-                .exec_ok(&[save, "-c"])
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .map(|l| format!("{l}\n"))
-                .collect::<String>();
-        }
-        s
-    };
+    ns.add_legacy_ssh_accept("4", "240");
+    let state = |ns: &TestNetns| kernel_state(ns) + &ns.legacy_saved(true);
     let before = state(&ns);
     assert!(
         before.contains("ISTIO_TPROXY") && before.contains("[4:240]"),
@@ -524,10 +495,6 @@ fn apply_to(netns: impl AsRef<OsStr>, args: &[&str]) -> Output {
     run(apply_command(netns).args(args))
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn netns_problems_exit_3_naming_the_namespace() {
     require_root();
@@ -535,11 +502,11 @@ fn netns_problems_exit_3_naming_the_namespace() {
     // A name `ip netns` does not know: exit 3, the message names it, nothing is created.
     let missing = unique("gone");
     let out = apply_to(&missing, &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
     assert!(
-        stderr(&out).contains(&format!("network namespace {missing:?} not found")),
+        stderr_of(&out).contains(&format!("network namespace {missing:?} not found")),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
     assert!(!std::path::Path::new("/var/run/netns")
         .join(&missing)
@@ -548,8 +515,8 @@ fn netns_problems_exit_3_naming_the_namespace() {
     // A path that does not exist.
     let path = format!("/nonexistent/{missing}");
     let out = apply_to(&path, &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&path), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains(&path), "{}", stderr_of(&out));
 
     // Empty and reserved names are refused, naming --netns.
     for name in ["", ".", ".."] {
@@ -558,37 +525,37 @@ fn netns_problems_exit_3_naming_the_namespace() {
             out.status.code(),
             Some(3),
             "--netns {name:?}: {}",
-            stderr(&out)
+            stderr_of(&out)
         );
         assert!(
-            stderr(&out).contains(&format!("invalid value {name:?} for --netns")),
+            stderr_of(&out).contains(&format!("invalid value {name:?} for --netns")),
             "--netns {name:?}: {}",
-            stderr(&out)
+            stderr_of(&out)
         );
     }
 
     // A file that is not a network namespace.
     let out = apply_to("/etc/passwd", &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
     assert!(
-        stderr(&out).contains("/etc/passwd is not a network namespace"),
+        stderr_of(&out).contains("/etc/passwd is not a network namespace"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
 
     // No --netns at all: a usage error naming the flag.
     let mut cmd = Command::new(binary());
     let out = run(cmd.arg("apply"));
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--netns"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("--netns"), "{}", stderr_of(&out));
 
     // Invalid input is reported first (exit 2), before the namespace is looked up.
     let out = apply_to(&missing, &["-p", "abc"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(
-        stderr(&out).contains("invalid value \"abc\" for --envoy-port"),
+        stderr_of(&out).contains("invalid value \"abc\" for --envoy-port"),
         "{}",
-        stderr(&out)
+        stderr_of(&out)
     );
     assert_no_forwarding();
 }

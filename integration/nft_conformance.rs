@@ -4,14 +4,12 @@
 
 mod support;
 
-use std::process::Command;
 use support::*;
 
 fn istio_listing(case: &Case, groups: &TempFile) -> String {
     let ns = TestNetns::new("i");
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name, "nft", "-f"])
-        .arg(case.nft_golden.as_ref().unwrap());
+    let mut cmd = ns.command(&["nft", "-f"]);
+    cmd.arg(case.nft_golden.as_ref().unwrap());
     with_group_file(&mut cmd, &groups.0);
     run_ok(&mut cmd);
     ns.ruleset()
@@ -19,11 +17,7 @@ fn istio_listing(case: &Case, groups: &TempFile) -> String {
 
 fn our_listing(case: &Case, groups: &TempFile) -> String {
     let ns = TestNetns::new("o");
-    let mut cmd = Command::new(binary());
-    cmd.args(["apply", "--netns", &ns.name]).args(&case.args);
-    for (k, v) in &case.env {
-        cmd.env(k, v);
-    }
+    let mut cmd = ns.mesh_command("apply", &case.args, &case.env);
     with_group_file(&mut cmd, &groups.0);
     run_ok(&mut cmd);
     ns.ruleset()
@@ -33,10 +27,7 @@ fn our_listing(case: &Case, groups: &TempFile) -> String {
 fn apply_produces_the_kernel_state_of_istios_nftables_goldens() {
     require_root();
     let groups = TempFile::new("grp", TEST_GROUP_FILE);
-    let cases: Vec<Case> = capture_cases()
-        .into_iter()
-        .filter(|c| c.nft_golden.is_some())
-        .collect();
+    let cases = nft_capture_cases();
     assert_eq!(cases.len(), 28);
     let mut failures = Vec::new();
     for case in &cases {
@@ -55,11 +46,5 @@ fn apply_produces_the_kernel_state_of_istios_nftables_goldens() {
         }
     }
     assert_no_forwarding();
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases differ:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert_cases_agree(&failures, cases.len());
 }

@@ -6,10 +6,6 @@ mod support;
 
 use support::*;
 
-fn strings(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
 const FOREIGN_TABLE: &str = "table inet user-firewall {
 	chain input {
 		type filter hook input priority 0; policy accept;
@@ -35,36 +31,14 @@ fn routing(ns: &TestNetns) -> String {
     s
 }
 
-fn faulty(ns: &TestNetns, args: &[String]) -> std::process::Output {
-    if !cfg!(feature = "fault-injection") {
-        panic!("run the tests with --features fault-injection (see README)");
-    }
-    ns.mesh(
-        "apply",
-        args,
-        &[("MESH_REDIRECT_FAULT".into(), "last-message".into())],
-    )
-}
-
 #[test]
 fn a_batch_failing_at_its_last_message_leaves_an_empty_namespace_empty() {
     let ns = TestNetns::new("ae");
     let before_routes = routing(&ns);
     // TPROXY with IPv6: routes and the ::6 address are added before the batch, and must be
     // taken back when it fails.
-    let args = strings(&[
-        "-m",
-        "TPROXY",
-        "--ipv6",
-        "--redirect-dns",
-        "--capture-all-dns",
-        "--drop-invalid",
-    ]);
-    let out = faulty(&ns, &args);
-    assert!(
-        !out.status.success(),
-        "the injected fault must fail the apply"
-    );
+    let args = strings(EVERY_TABLE);
+    let out = ns.apply_failing_at_the_last_message(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("fault injection"),
@@ -91,18 +65,14 @@ fn a_failed_replace_leaves_the_existing_ruleset_byte_identical() {
     ns.mesh_ok("apply", &strings(&["-m", "TPROXY"]), &[]);
     let before = ns.ruleset();
     let before_routes = routing(&ns);
-    let out = faulty(
-        &ns,
-        &strings(&[
-            "-b",
-            "80,443",
-            "-i",
-            "10.0.0.0/8",
-            "--redirect-dns",
-            "--capture-all-dns",
-        ]),
-    );
-    assert!(!out.status.success());
+    ns.apply_failing_at_the_last_message(&strings(&[
+        "-b",
+        "80,443",
+        "-i",
+        "10.0.0.0/8",
+        "--redirect-dns",
+        "--capture-all-dns",
+    ]));
     assert_eq!(ns.ruleset(), before, "a rejected replace changes nothing");
     assert_eq!(routing(&ns), before_routes);
 }
@@ -117,40 +87,12 @@ fn apply_twice_gives_the_same_ruleset_and_verify_tracks_drift() {
         "--redirect-dns",
         "--capture-all-dns",
     ]);
-    ns.mesh_ok("apply", &args, &[]);
-    let first = ns.ruleset();
-    ns.mesh_ok("apply", &args, &[]);
-    assert_eq!(ns.ruleset(), first, "re-apply is idempotent");
-    assert!(
-        ns.mesh("verify", &args, &[]).status.success(),
-        "verify passes right after apply"
-    );
+    let first = ns.assert_reapply_is_idempotent(&args, TestNetns::ruleset);
 
     // Delete one of our rules by hand: verify exits 1 and says which.
-    let listing = ns.exec_ok(&[
-        "nft",
-        "-a",
-        "list",
-        "chain",
-        "inet",
-        "istio-proxy-nat",
-        "istio-output",
-    ]);
-    let line = listing
-        .lines()
-        .find(|l| l.contains("meta skuid 1337") && l.contains("return") && !l.contains("oifname"))
-        .expect("the uid return rule");
-    let handle = line.rsplit("# handle ").next().unwrap().trim();
-    ns.exec_ok(&[
-        "nft",
-        "delete",
-        "rule",
-        "inet",
-        "istio-proxy-nat",
-        "istio-output",
-        "handle",
-        handle,
-    ]);
+    ns.delete_nft_rule("istio-proxy-nat", "istio-output", |l| {
+        l.contains("meta skuid 1337") && l.contains("return") && !l.contains("oifname")
+    });
     let out = ns.mesh("verify", &args, &[]);
     assert_eq!(
         out.status.code(),

@@ -221,6 +221,15 @@ fn wait_reachable(ns: &str, dst: SocketAddr) {
     }
 }
 
+/// A connection from `from` as `uid` to `dst` is answered by `listener`, which sees `dst`.
+fn assert_lands(from: &str, uid: u32, dst: SocketAddr, listener: &str, what: &str) {
+    assert_eq!(
+        connect_as(from, uid, uid, dst),
+        format!("{listener} {dst}"),
+        "{what}"
+    );
+}
+
 fn check_family(t: &Topology, pod_ip: IpAddr, remote_ip: IpAddr, excluded_ip: IpAddr) {
     let wildcard: IpAddr = if pod_ip.is_ipv4() {
         "0.0.0.0".parse().unwrap()
@@ -235,49 +244,55 @@ fn check_family(t: &Topology, pod_ip: IpAddr, remote_ip: IpAddr, excluded_ip: Ip
 
     // An application's outbound connection lands on the outbound listener, which still
     // knows where it was going.
-    let got = connect_as(&t.pod.name, APP_UID, APP_UID, sa(remote_ip, 80));
-    assert_eq!(
-        got,
-        format!("proxy-15001 {}", sa(remote_ip, 80)),
-        "app uid outbound"
+    assert_lands(
+        &t.pod.name,
+        APP_UID,
+        sa(remote_ip, 80),
+        "proxy-15001",
+        "app uid outbound",
     );
 
     // The proxy's own traffic (uid 1337) is not captured: it reaches the real server.
-    let got = connect_as(&t.pod.name, PROXY_UID, PROXY_UID, sa(remote_ip, 80));
-    assert_eq!(
-        got,
-        format!("remote {}", sa(remote_ip, 80)),
-        "proxy uid outbound"
+    assert_lands(
+        &t.pod.name,
+        PROXY_UID,
+        sa(remote_ip, 80),
+        "remote",
+        "proxy uid outbound",
     );
 
     // An excluded destination goes straight through, whoever sends.
-    let got = connect_as(&t.pod.name, APP_UID, APP_UID, sa(excluded_ip, 80));
-    assert_eq!(
-        got,
-        format!("remote {}", sa(excluded_ip, 80)),
-        "excluded CIDR"
+    assert_lands(
+        &t.pod.name,
+        APP_UID,
+        sa(excluded_ip, 80),
+        "remote",
+        "excluded CIDR",
     );
 
     // Inbound connections land on the inbound listener with their original port...
-    let got = connect_as(&t.remote.name, APP_UID, APP_UID, sa(pod_ip, 8080));
-    assert_eq!(got, format!("proxy-15006 {}", sa(pod_ip, 8080)), "inbound");
+    assert_lands(
+        &t.remote.name,
+        APP_UID,
+        sa(pod_ip, 8080),
+        "proxy-15006",
+        "inbound",
+    );
 
     // ...except on excluded inbound ports, which reach the application itself.
-    let got = connect_as(&t.remote.name, APP_UID, APP_UID, sa(pod_ip, 15021));
-    assert_eq!(
-        got,
-        format!("app-15021 {}", sa(pod_ip, 15021)),
-        "excluded inbound port"
+    assert_lands(
+        &t.remote.name,
+        APP_UID,
+        sa(pod_ip, 15021),
+        "app-15021",
+        "excluded inbound port",
     );
 }
 
 fn ipv4(backend: &str) {
     require_root();
     let t = Topology::new();
-    let args: Vec<String> = ["--backend", backend, "-x", "192.0.2.3/32"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args = strings(&["--backend", backend, "-x", "192.0.2.3/32"]);
     t.pod.mesh_ok("apply", &args, &[]);
     check_family(
         &t,

@@ -38,67 +38,86 @@ fn blocks(text: &str) -> Vec<String> {
     b
 }
 
+/// Each case's rendering against its Istio golden (`same` decides what equal means), as
+/// one difference report per case that differs.
+fn differences(
+    cases: &[Case],
+    label: &str,
+    golden: impl Fn(&Case) -> std::path::PathBuf,
+    ours: impl Fn(&Case) -> String,
+    same: impl Fn(&str, &str) -> bool,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for case in cases {
+        let golden = std::fs::read_to_string(golden(case)).unwrap();
+        let ours = ours(case);
+        if !same(&ours, &golden) {
+            failures.push(format!(
+                "== {label}{} ==\n--- istio\n{}\n--- ours\n{}",
+                case.name,
+                golden.trim(),
+                ours.trim()
+            ));
+        }
+    }
+    failures
+}
+
+fn same_trimmed(ours: &str, golden: &str) -> bool {
+    ours.trim() == golden.trim()
+}
+
 #[test]
 fn iptables_render_equals_istio_iptables_goldens() {
-    let cases: Vec<Case> = capture_cases()
-        .into_iter()
-        .filter(|c| c.iptables_golden.is_some())
-        .collect();
+    let cases = iptables_capture_cases();
     assert_eq!(cases.len(), 27, "Istio has 27 iptables capture cases");
-    let mut failures = Vec::new();
-    for case in &cases {
-        let golden = std::fs::read_to_string(case.iptables_golden.as_ref().unwrap()).unwrap();
-        let ours = render_iptables_case(case);
-        if ours.trim() != golden.trim() {
-            failures.push(format!(
-                "== {} ==\n--- istio\n{}\n--- ours\n{}",
-                case.name,
-                golden.trim(),
-                ours.trim()
-            ));
-        }
-    }
+    let golden = |c: &Case| c.iptables_golden.clone().unwrap();
+    let mut failures = differences(&cases, "", golden, render_iptables_case, same_trimmed);
     let cni = cni_cases();
     assert_eq!(cni.len(), 9, "Istio has 9 CNI-plugin cases");
-    for case in &cni {
-        let golden = std::fs::read_to_string(case.iptables_golden.as_ref().unwrap()).unwrap();
-        let ours = render_iptables_case(case);
-        if blocks(&ours) != blocks(&golden) {
-            failures.push(format!(
-                "== cni {} ==\n--- istio\n{}\n--- ours\n{}",
-                case.name,
-                golden.trim(),
-                ours.trim()
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} cases differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    failures.extend(differences(
+        &cni,
+        "cni ",
+        golden,
+        render_iptables_case,
+        |ours, golden| blocks(ours) == blocks(golden),
+    ));
+    assert_cases_agree(&failures, cases.len() + cni.len());
 }
 
 #[test]
 fn iptables_render_snapshots_are_current() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ruleset/iptables");
-    let regenerate = std::env::var("MESH_REDIRECT_REGENERATE").as_deref() == Ok("1");
-    let mut checked = 0;
-    let cases = capture_cases()
+    let cases = iptables_capture_cases()
         .into_iter()
-        .filter(|c| c.iptables_golden.is_some())
         .chain(cni_cases().into_iter().map(|mut c| {
             c.name = format!("cni-{}", c.name);
             c
         }));
+    assert_eq!(
+        check_snapshots("iptables", "rules", cases, render_iptables_case),
+        36
+    );
+}
+
+/// The kept rendering of each case, `ruleset/<dir>/<case>.<ext>`, equals ours (or is
+/// rewritten when `MESH_REDIRECT_REGENERATE=1`). Returns how many were checked.
+fn check_snapshots(
+    dir: &str,
+    ext: &str,
+    cases: impl Iterator<Item = Case>,
+    render: impl Fn(&Case) -> String,
+) -> usize {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("ruleset")
+        .join(dir);
+    let regenerate = std::env::var("MESH_REDIRECT_REGENERATE").as_deref() == Ok("1");
+    let mut checked = 0;
     for case in cases {
-        let path = dir.join(format!("{}.rules", case.name));
-        let ours = render_iptables_case(&case);
-        check_snapshot(&path, &ours, regenerate);
+        let path = dir.join(format!("{}.{ext}", case.name));
+        check_snapshot(&path, &render(&case), regenerate);
         checked += 1;
     }
-    assert_eq!(checked, 36);
+    checked
 }
 
 /// The kept rendering at `path` equals `ours` (or is rewritten when regenerating).
@@ -127,48 +146,17 @@ fn render_case(case: &Case) -> String {
 
 #[test]
 fn render_equals_istio_nftables_goldens() {
-    let cases: Vec<Case> = capture_cases()
-        .into_iter()
-        .filter(|c| c.nft_golden.is_some())
-        .collect();
+    let cases = nft_capture_cases();
     assert_eq!(cases.len(), 28, "Istio has 28 nftables capture cases");
-    let mut failures = Vec::new();
-    for case in &cases {
-        let golden = std::fs::read_to_string(case.nft_golden.as_ref().unwrap()).unwrap();
-        let ours = render_case(case);
-        if ours.trim() != golden.trim() {
-            failures.push(format!(
-                "== {} ==\n--- istio\n{}\n--- ours\n{}",
-                case.name,
-                golden.trim(),
-                ours.trim()
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases differ:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    let golden = |c: &Case| c.nft_golden.clone().unwrap();
+    let failures = differences(&cases, "", golden, render_case, same_trimmed);
+    assert_cases_agree(&failures, cases.len());
 }
 
 #[test]
 fn render_snapshots_are_current() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("ruleset/nftables");
-    let regenerate = std::env::var("MESH_REDIRECT_REGENERATE").as_deref() == Ok("1");
-    let mut checked = 0;
-    for case in capture_cases()
-        .into_iter()
-        .filter(|c| c.nft_golden.is_some())
-    {
-        let path = dir.join(format!("{}.nft", case.name));
-        let ours = render_case(&case);
-        check_snapshot(&path, &ours, regenerate);
-        checked += 1;
-    }
-    assert_eq!(checked, 28);
+    let cases = nft_capture_cases().into_iter();
+    assert_eq!(check_snapshots("nftables", "nft", cases, render_case), 28);
 }
 
 #[test]

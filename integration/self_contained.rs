@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 use support::*;
 
@@ -132,31 +131,19 @@ fn works_without_binaries(backend: &str) {
     ])
     .env_clear()
     .env("PATH", "/nonexistent");
-    // SAFETY: only async-signal-safe syscalls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            use nix::mount::{mount, MsFlags};
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+    with_private_mounts(&mut cmd, || {
+        // An empty tmpfs over every directory that holds nft, iptables* or ip.
+        for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+            nix::mount::mount(
+                Some("none"),
+                dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
                 None::<&str>,
             )?;
-            // An empty tmpfs over every directory that holds nft, iptables* or ip.
-            for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
-                mount(
-                    Some("none"),
-                    dir,
-                    Some("tmpfs"),
-                    MsFlags::empty(),
-                    None::<&str>,
-                )?;
-            }
-            Ok(())
-        });
-    }
+        }
+        Ok(())
+    });
     let out = run(&mut cmd);
     assert!(
         out.status.success(),

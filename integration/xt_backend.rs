@@ -16,25 +16,10 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use support::*;
-
-fn strings(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
-fn legacy(extra: &[&str]) -> Vec<String> {
-    let mut v = strings(&["--backend", "iptables-legacy"]);
-    v.extend(strings(extra));
-    v
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// Both families' save output without comment lines (as in `xt_conformance.rs`).
 fn saved(ns: &TestNetns) -> String {
@@ -49,15 +34,6 @@ fn saved_without_counters(ns: &TestNetns) -> String {
             Some(i) if l.starts_with(':') && l.ends_with(']') => format!("{}\n", &l[..i]),
             _ => format!("{l}\n"),
         })
-        .collect()
-}
-
-/// One family's `-save -c` output without the comment (timestamp) lines.
-fn save_c(ns: &TestNetns, save: &str) -> String {
-    ns.exec_ok(&[save, "-c"])
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| format!("{l}\n"))
         .collect()
 }
 
@@ -304,7 +280,7 @@ fn the_users_own_listing_matches_the_documented_one() {
     let ns = TestNetns::new("ls");
     // The pod of the seed: CNI defaults plus the two annotations, as Istio's CNI plugin
     // turns them into istio-iptables flags.
-    let args = legacy(&[
+    let args = legacy_args(&[
         "-d",
         &cni_exclude_inbound_ports("22"),
         "-x",
@@ -409,25 +385,25 @@ COMMIT
 ";
 
 fn restore_with_counters(ns: &TestNetns, binary: &str, payload: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, binary, "-w", "-c", "--noflush"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("restore starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(payload.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{binary}: {}\n{payload}",
-        stderr_of(&out)
-    );
+    run_with_stdin_ok(&mut ns.command(&[binary, "-w", "-c", "--noflush"]), payload);
+}
+
+const SAVES: [&str; 2] = ["iptables-legacy-save", "ip6tables-legacy-save"];
+
+/// Each family's `-save -c` output (in [`SAVES`] order).
+fn saves_with_counters(ns: &TestNetns) -> Vec<String> {
+    SAVES.iter().map(|s| ns.saved_by(&[s, "-c"])).collect()
+}
+
+/// Each family's `-save -c` output still equals `before` (from [`saves_with_counters`]).
+fn assert_saves_unchanged(ns: &TestNetns, before: &[String], what: &str) {
+    for (save, before) in SAVES.iter().zip(before) {
+        let now = ns.saved_by(&[save, "-c"]);
+        assert!(
+            now == *before,
+            "{save}: {what}\n--- before\n{before}\n--- after\n{now}"
+        );
+    }
 }
 
 /// `[p:b] -A ...` → `-A ...`
@@ -490,21 +466,20 @@ fn tables_with_ours(save: &str) -> Vec<String> {
 fn foreign_rules_keep_their_bytes_and_counters() {
     require_root();
     // TPROXY (mangle), DNS capture (raw), IPv6: every table but filter holds ours too.
-    let args = legacy(&[
+    let args = legacy_args(&[
         "-m",
         "TPROXY",
         "--redirect-dns",
         "--capture-all-dns",
         "--ipv6",
     ]);
-    let saves = ["iptables-legacy-save", "ip6tables-legacy-save"];
 
     // Our built-in rules that do not mention ISTIO_, read from a namespace with only ours.
     let reference = TestNetns::new("fr");
     reference.mesh_ok("apply", &args, &[]);
-    let ours: Vec<Vec<(String, String)>> = saves
+    let ours: Vec<Vec<(String, String)>> = saves_with_counters(&reference)
         .iter()
-        .map(|s| our_builtin_rules(&save_c(&reference, s)))
+        .map(|s| our_builtin_rules(s))
         .collect();
     assert!(
         ours[0]
@@ -516,8 +491,8 @@ fn foreign_rules_keep_their_bytes_and_counters() {
     let ns = TestNetns::new("ff");
     restore_with_counters(&ns, "iptables-legacy-restore", FOREIGN_V4);
     restore_with_counters(&ns, "ip6tables-legacy-restore", FOREIGN_V6);
-    let original: Vec<String> = saves.iter().map(|s| save_c(&ns, s)).collect();
-    for (o, save) in original.iter().zip(saves) {
+    let original = saves_with_counters(&ns);
+    for (o, save) in original.iter().zip(SAVES) {
         for t in ["*nat", "*mangle", "*raw", "*filter"] {
             assert!(o.contains(t), "{save}: foreign setup lacks {t}:\n{o}");
         }
@@ -528,8 +503,8 @@ fn foreign_rules_keep_their_bytes_and_counters() {
     }
 
     let check = |step: &str| {
-        for (i, save) in saves.iter().enumerate() {
-            let now = save_c(&ns, save);
+        for (i, save) in SAVES.iter().enumerate() {
+            let now = ns.saved_by(&[save, "-c"]);
             assert_eq!(
                 tables_with_ours(&now),
                 strings(&["mangle", "nat", "raw"]),
@@ -554,14 +529,7 @@ fn foreign_rules_keep_their_bytes_and_counters() {
     ns.mesh_ok("remove", &args, &[]);
     // Every table we wrote already existed (the foreign setup loaded all four, both
     // families), so after remove the saves must be exactly the original ones.
-    for (i, save) in saves.iter().enumerate() {
-        let now = save_c(&ns, save);
-        assert!(
-            now == original[i],
-            "{save} after remove differs from the original\n--- before\n{}\n--- after\n{now}",
-            original[i]
-        );
-    }
+    assert_saves_unchanged(&ns, &original, "after remove differs from the original");
     assert_no_forwarding();
 }
 
@@ -587,13 +555,12 @@ fn retries_logged(stderr: &str) -> usize {
 }
 
 fn apply_cmd(ns: &TestNetns, args: &[String]) -> Command {
-    let mut cmd = Command::new(binary());
-    cmd.arg("apply")
-        .arg("--netns")
-        .arg(&ns.name)
-        .args(args)
-        .env("MESH_REDIRECT_LOG", "debug")
-        .stdin(Stdio::null());
+    let mut cmd = ns.mesh_command(
+        "apply",
+        args,
+        &[("MESH_REDIRECT_LOG".into(), "debug".into())],
+    );
+    cmd.stdin(Stdio::null());
     cmd
 }
 
@@ -601,6 +568,25 @@ fn apply_cmd(ns: &TestNetns, args: &[String]) -> Command {
 fn load_nat_tables(ns: &TestNetns) {
     ns.exec_ok(&["iptables-legacy", "-w", "-t", "nat", "-S"]);
     ns.exec_ok(&["ip6tables-legacy", "-w", "-t", "nat", "-S"]);
+}
+
+/// `verify` of `args` passes (else `what`, with its output); its output.
+fn assert_verifies(ns: &TestNetns, args: &[String], what: &str) -> Output {
+    let v = ns.mesh("verify", args, &[]);
+    assert!(
+        v.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&v.stdout),
+        stderr_of(&v)
+    );
+    v
+}
+
+/// The tables (without counters) one `apply` of `args` writes in a fresh namespace.
+fn applied_once(args: &[String]) -> String {
+    let ns = TestNetns::new("c1");
+    ns.mesh_ok("apply", args, &[]);
+    saved_without_counters(&ns)
 }
 
 /// Starts two `apply`s at the same moment; both must succeed, `verify` must agree and the
@@ -629,12 +615,10 @@ fn two_applies_at_once(ns: &TestNetns, args: &[String], single: &str, round: usi
         );
         retries += retries_logged(&stderr_of(out));
     }
-    let v = ns.mesh("verify", args, &[]);
-    assert!(
-        v.status.success(),
-        "round {round}: verify after two concurrent applies: {}\n{}",
-        String::from_utf8_lossy(&v.stdout),
-        stderr_of(&v)
+    assert_verifies(
+        ns,
+        args,
+        &format!("round {round}: verify after two concurrent applies"),
     );
     let now = saved_without_counters(ns);
     assert!(
@@ -647,12 +631,8 @@ fn two_applies_at_once(ns: &TestNetns, args: &[String], single: &str, round: usi
 #[test]
 fn concurrent_applies_and_a_racing_iptables_append_end_consistent() {
     require_root();
-    let args = legacy(&["--ipv6"]);
-    let single = {
-        let ns = TestNetns::new("c1");
-        ns.mesh_ok("apply", &args, &[]);
-        saved_without_counters(&ns)
-    };
+    let args = legacy_args(&["--ipv6"]);
+    let single = applied_once(&args);
     assert!(single.contains("ISTIO_OUTPUT"));
 
     // (a) Two of our processes at once on one namespace, 20 times (each round a new
@@ -669,8 +649,8 @@ fn concurrent_applies_and_a_racing_iptables_append_end_consistent() {
     // (b) Our apply in a loop (alternating two configurations, so that every apply really
     // rewrites nat) while `iptables-legacy -A` appends foreign rules to the same table.
     let configs = [
-        legacy(&["--ipv6"]),
-        legacy(&["--ipv6", "-x", "192.0.2.99/32"]),
+        legacy_args(&["--ipv6"]),
+        legacy_args(&["--ipv6", "-x", "192.0.2.99/32"]),
     ];
     let ns = TestNetns::new("cr");
     load_nat_tables(&ns);
@@ -778,13 +758,7 @@ fn concurrent_applies_and_a_racing_iptables_append_end_consistent() {
         "unexpected POSTROUTING rules:\n{nat}"
     );
     let last = &configs[29 % 2];
-    let v = ns.mesh("verify", last, &[]);
-    assert!(
-        v.status.success(),
-        "verify after the race: {}\n{}",
-        String::from_utf8_lossy(&v.stdout),
-        stderr_of(&v)
-    );
+    assert_verifies(&ns, last, "verify after the race");
     assert_no_forwarding();
 }
 
@@ -792,12 +766,8 @@ fn concurrent_applies_and_a_racing_iptables_append_end_consistent() {
 #[test]
 fn concurrent_first_applies_on_a_fresh_namespace_both_succeed() {
     require_root();
-    let args = legacy(&["--ipv6"]);
-    let single = {
-        let ns = TestNetns::new("c1");
-        ns.mesh_ok("apply", &args, &[]);
-        saved_without_counters(&ns)
-    };
+    let args = legacy_args(&["--ipv6"]);
+    let single = applied_once(&args);
     let mut retries = 0;
     for round in 0..50 {
         let ns = TestNetns::new("cf");
@@ -837,20 +807,28 @@ fn no_legacy_chains_of_ours(ns: &TestNetns) {
     );
 }
 
+/// `apply` (`--backend auto`) succeeds, choosing `backend` `because`.
+fn assert_auto_chooses(ns: &TestNetns, backend: &str, because: &str) {
+    let out = ns.mesh_ok("apply", &[], &[]);
+    assert_eq!(
+        decision(&out, " applied "),
+        (backend.to_string(), because.to_string())
+    );
+}
+
+/// `verify --backend auto` passes after `what`; the backend it chose.
+fn verified_backend(ns: &TestNetns, what: &str) -> String {
+    let v = assert_verifies(ns, &[], &format!("verify (auto) after {what}"));
+    decision(&v, "the kernel matches the expected rules").0
+}
+
 #[test]
 fn auto_chooses_by_facts() {
     require_root();
-    let none: Vec<String> = Vec::new();
-    const VERIFIED: &str = "the kernel matches the expected rules";
-
     // (i) Nothing there: nf_tables answers.
     {
         let ns = TestNetns::new("a1");
-        let out = ns.mesh_ok("apply", &none, &[]);
-        assert_eq!(
-            decision(&out, " applied "),
-            ("nftables".to_string(), "nf_tables answers".to_string())
-        );
+        assert_auto_chooses(&ns, "nftables", "nf_tables answers");
         assert!(ns.ruleset().contains("table inet istio-proxy-nat"));
         no_legacy_chains_of_ours(&ns);
     }
@@ -858,48 +836,24 @@ fn auto_chooses_by_facts() {
     // (ii) Istio's legacy chains exist: stay on iptables-legacy, never program both.
     {
         let ns = TestNetns::new("a2");
-        ns.mesh_ok("apply", &legacy(&[]), &[]);
-        let out = ns.mesh_ok("apply", &none, &[]);
-        assert_eq!(
-            decision(&out, " applied "),
-            (
-                "iptables-legacy".to_string(),
-                "Istio iptables-legacy chains already exist".to_string()
-            )
+        ns.mesh_ok("apply", &legacy_args(&[]), &[]);
+        assert_auto_chooses(
+            &ns,
+            "iptables-legacy",
+            "Istio iptables-legacy chains already exist",
         );
         no_nft_tables_of_ours(&ns);
         assert!(saved(&ns).contains(":ISTIO_OUTPUT"));
-        let v = ns.mesh("verify", &none, &[]);
-        assert!(
-            v.status.success(),
-            "verify (auto) after a legacy apply: {}\n{}",
-            String::from_utf8_lossy(&v.stdout),
-            stderr_of(&v)
-        );
-        assert_eq!(decision(&v, VERIFIED).0, "iptables-legacy");
+        assert_eq!(verified_backend(&ns, "a legacy apply"), "iptables-legacy");
     }
 
     // (iii) Our nftables tables exist: stay on nftables.
     {
         let ns = TestNetns::new("a3");
         ns.mesh_ok("apply", &strings(&["--backend", "nftables"]), &[]);
-        let out = ns.mesh_ok("apply", &none, &[]);
-        assert_eq!(
-            decision(&out, " applied "),
-            (
-                "nftables".to_string(),
-                "Istio nftables tables already exist".to_string()
-            )
-        );
+        assert_auto_chooses(&ns, "nftables", "Istio nftables tables already exist");
         no_legacy_chains_of_ours(&ns);
-        let v = ns.mesh("verify", &none, &[]);
-        assert!(
-            v.status.success(),
-            "verify (auto) after an nftables apply: {}\n{}",
-            String::from_utf8_lossy(&v.stdout),
-            stderr_of(&v)
-        );
-        assert_eq!(decision(&v, VERIFIED).0, "nftables");
+        assert_eq!(verified_backend(&ns, "an nftables apply"), "nftables");
     }
     assert_no_forwarding();
 }
@@ -908,7 +862,7 @@ fn auto_chooses_by_facts() {
 #[test]
 fn reapplying_an_unchanged_config_leaves_rules_appended_after_ours_in_place() {
     require_root();
-    let args = legacy(&["--ipv6"]);
+    let args = legacy_args(&["--ipv6"]);
     let ns = TestNetns::new("fa");
     ns.mesh_ok("apply", &args, &[]);
     for (bin, src) in [
@@ -937,22 +891,13 @@ fn reapplying_an_unchanged_config_leaves_rules_appended_after_ours_in_place() {
             ]);
         }
     }
-    let before: Vec<String> = ["iptables-legacy-save", "ip6tables-legacy-save"]
-        .iter()
-        .map(|s| save_c(&ns, s))
-        .collect();
+    let before = saves_with_counters(&ns);
     ns.mesh_ok("apply", &args, &[]);
     ns.mesh_ok("verify", &args, &[]);
-    for (i, save) in ["iptables-legacy-save", "ip6tables-legacy-save"]
-        .iter()
-        .enumerate()
-    {
-        let now = save_c(&ns, save);
-        assert!(
-            now == before[i],
-            "{save}: re-applying the same configuration changed the table\n--- before\n{}\n--- after\n{now}",
-            before[i]
-        );
-    }
+    assert_saves_unchanged(
+        &ns,
+        &before,
+        "re-applying the same configuration changed the table",
+    );
     assert_no_forwarding();
 }

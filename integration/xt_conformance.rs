@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use support::*;
 
 /// Istio's golden → (IPv4 payload, IPv6 payload): the `*-save` lines dropped, split where
@@ -46,25 +44,9 @@ fn restore(ns: &TestNetns, binary: &str, payload: &str, groups: &TempFile) {
     if payload.is_empty() {
         return;
     }
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name, binary, "--noflush"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = ns.command(&[binary, "--noflush"]);
     with_group_file(&mut cmd, &groups.0);
-    let mut child = cmd.spawn().expect("restore starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(payload.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{binary}: {}\n{payload}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_with_stdin_ok(&mut cmd, payload);
 }
 
 /// Both families' save output without comment lines.
@@ -81,25 +63,18 @@ fn check(case: &Case, groups: &TempFile) -> Option<String> {
     let theirs = saved(&theirs_ns);
 
     let ours_ns = TestNetns::new("xo");
-    let mut cmd = Command::new(binary());
-    cmd.args([
+    let mut cmd = ours_ns.mesh_command(
         "apply",
-        "--backend",
-        "iptables-legacy",
-        "--netns",
-        &ours_ns.name,
-    ])
-    .args(&case.args);
-    for (k, v) in &case.env {
-        cmd.env(k, v);
-    }
+        &[legacy_args(&[]), case.args.clone()].concat(),
+        &case.env,
+    );
     with_group_file(&mut cmd, &groups.0);
     let out = run(&mut cmd);
     if !out.status.success() {
         return Some(format!(
             "== {} ==\napply failed: {}",
             case.name,
-            String::from_utf8_lossy(&out.stderr)
+            stderr_of(&out)
         ));
     }
     let ours = saved(&ours_ns);
@@ -120,10 +95,7 @@ fn check(case: &Case, groups: &TempFile) -> Option<String> {
 fn apply_produces_the_kernel_state_of_istios_iptables_goldens() {
     require_root();
     let groups = TempFile::new("grp", TEST_GROUP_FILE);
-    let capture: Vec<Case> = capture_cases()
-        .into_iter()
-        .filter(|c| c.iptables_golden.is_some())
-        .collect();
+    let capture = iptables_capture_cases();
     let cni = cni_cases();
     assert_eq!((capture.len(), cni.len()), (27, 9));
     let failures: Vec<String> = capture
@@ -132,12 +104,7 @@ fn apply_produces_the_kernel_state_of_istios_iptables_goldens() {
         .filter_map(|c| check(c, &groups))
         .collect();
     assert_no_forwarding();
-    assert!(
-        failures.is_empty(),
-        "{} of 36 cases differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_cases_agree(&failures, 36);
 }
 
 /// Every table `iptables-legacy-restore` wrote for Istio's goldens decodes and re-encodes to
@@ -152,11 +119,7 @@ fn tables_written_by_iptables_restore_reencode_byte_identically() {
     require_root();
     let groups = TempFile::new("grp", TEST_GROUP_FILE);
     let mut checked = 0;
-    for case in capture_cases()
-        .iter()
-        .filter(|c| c.iptables_golden.is_some())
-        .chain(&cni_cases())
-    {
+    for case in iptables_capture_cases().iter().chain(&cni_cases()) {
         let golden = std::fs::read_to_string(case.iptables_golden.as_ref().unwrap()).unwrap();
         let (v4, v6) = payloads(&golden);
         let ns = TestNetns::new("xb");

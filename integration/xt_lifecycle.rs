@@ -7,10 +7,6 @@ mod support;
 
 use support::*;
 
-fn strings(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
-
 /// Rules and chains of both families, counters included, comment lines dropped.
 fn saved(ns: &TestNetns) -> String {
     ns.legacy_saved(true)
@@ -33,23 +29,6 @@ fn rules_of(save: &str) -> Vec<String> {
         }
     }
     out
-}
-
-fn legacy(extra: &[&str]) -> Vec<String> {
-    let mut v = strings(&["--backend", "iptables-legacy"]);
-    v.extend(strings(extra));
-    v
-}
-
-fn fault(ns: &TestNetns, args: &[String], which: &str) -> std::process::Output {
-    if !cfg!(feature = "fault-injection") {
-        panic!("run the tests with --features fault-injection (see README)");
-    }
-    ns.mesh(
-        "apply",
-        args,
-        &[("MESH_REDIRECT_FAULT".into(), which.into())],
-    )
 }
 
 #[test]
@@ -87,19 +66,8 @@ fn a_failing_last_table_write_rolls_back_every_table() {
     let before = saved(&ns);
     let routes_before = ns.exec_ok(&["ip", "rule", "show"]);
     // TPROXY + DNS + IPv6: mangle, nat and raw in both families, routes too.
-    let args = legacy(&[
-        "-m",
-        "TPROXY",
-        "--ipv6",
-        "--redirect-dns",
-        "--capture-all-dns",
-        "--drop-invalid",
-    ]);
-    let out = fault(&ns, &args, "last-message");
-    assert!(
-        !out.status.success(),
-        "the injected fault must fail the apply"
-    );
+    let args = legacy_args(EVERY_TABLE);
+    ns.apply_failing_at_the_last_message(&args);
     assert_eq!(
         rules_of(&saved(&ns)),
         rules_of(&before),
@@ -113,8 +81,7 @@ fn a_failing_last_table_write_rolls_back_every_table() {
 #[test]
 fn an_empty_namespace_stays_without_rules_when_the_apply_fails() {
     let ns = TestNetns::new("xe");
-    let out = fault(&ns, &legacy(&["--ipv6", "-m", "TPROXY"]), "last-message");
-    assert!(!out.status.success());
+    ns.apply_failing_at_the_last_message(&legacy_args(&["--ipv6", "-m", "TPROXY"]));
     let after = saved(&ns);
     assert!(
         rules_of(&after).is_empty(),
@@ -125,32 +92,16 @@ fn an_empty_namespace_stays_without_rules_when_the_apply_fails() {
 #[test]
 fn re_apply_is_idempotent_and_verify_tracks_drift() {
     let ns = TestNetns::new("xi");
-    let args = legacy(&[
+    let args = legacy_args(&[
         "--ipv6",
         "-x",
         "10.1.0.0/16,fd00::/8",
         "--redirect-dns",
         "--capture-all-dns",
     ]);
-    ns.mesh_ok("apply", &args, &[]);
-    let first = saved(&ns);
-    ns.mesh_ok("apply", &args, &[]);
-    assert_eq!(saved(&ns), first, "re-apply is idempotent");
-    assert!(ns.mesh("verify", &args, &[]).status.success());
+    let first = ns.assert_reapply_is_idempotent(&args, saved);
 
-    ns.exec_ok(&[
-        "iptables-legacy",
-        "-t",
-        "nat",
-        "-D",
-        "ISTIO_OUTPUT",
-        "-m",
-        "owner",
-        "--uid-owner",
-        "1337",
-        "-j",
-        "RETURN",
-    ]);
+    ns.delete_legacy_proxy_uid_return();
     let out = ns.mesh("verify", &args, &[]);
     assert_eq!(out.status.code(), Some(1), "verify reports drift");
     let diff = String::from_utf8_lossy(&out.stdout);
@@ -205,24 +156,9 @@ fn remove_takes_only_ours_and_succeeds_twice() {
         "-j",
         "RETURN",
     ]);
-    ns.exec_ok(&[
-        "iptables-legacy",
-        "-t",
-        "filter",
-        "-A",
-        "INPUT",
-        "-c",
-        "9",
-        "540",
-        "-p",
-        "tcp",
-        "--dport",
-        "22",
-        "-j",
-        "ACCEPT",
-    ]);
+    ns.add_legacy_ssh_accept("9", "540");
     let before = saved(&ns);
-    let args = legacy(&["-m", "TPROXY"]);
+    let args = legacy_args(&["-m", "TPROXY"]);
     ns.mesh_ok("apply", &args, &[]);
     ns.mesh_ok("remove", &args, &[]);
     let after = saved(&ns);
@@ -247,8 +183,8 @@ fn remove_takes_only_ours_and_succeeds_twice() {
 #[test]
 fn a_writer_racing_between_read_and_write_makes_us_retry_and_both_survive() {
     let ns = TestNetns::new("xc");
-    let args = legacy(&["--ipv6"]);
-    let out = fault(&ns, &args, "race");
+    let args = legacy_args(&["--ipv6"]);
+    let out = ns.apply_with_fault(&args, "race");
     assert!(
         out.status.success(),
         "{}",

@@ -9,9 +9,12 @@
 //! ([`ApiServerBuilder::silent`]). Requests are counted per path. Dropping the server stops
 //! and joins every thread and removes its temporary directory.
 //!
-//! Use it from a test crate with `#[path = "support/apiserver.rs"] mod apiserver;`.
+//! Use it from a test crate with `mod support;` and
+//! `#[path = "support/apiserver.rs"] mod apiserver;` (it keeps its files in a
+//! [`TempDir`](crate::support::TempDir)).
 #![allow(dead_code)]
 
+use crate::support::TempDir;
 use base64::Engine as _;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -112,7 +115,7 @@ pub struct ApiServer {
     acceptor: Option<JoinHandle<()>>,
     ca_pem: String,
     issuer: Issuer<'static, KeyPair>,
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 static SERVERS: AtomicUsize = AtomicUsize::new(0);
@@ -187,12 +190,7 @@ impl ApiServer {
         let addr = listener.local_addr().expect("local addr");
         assert!(addr.ip().is_loopback());
 
-        let dir = std::env::temp_dir().join(format!(
-            "mesh-redirect-apiserver-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = TempDir::new(&format!("apiserver{n}"), &[]);
 
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -352,7 +350,7 @@ impl Drop for ApiServer {
         if let Some(a) = self.acceptor.take() {
             let _ = a.join();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // The directory (a `TempDir` field) goes after this, the threads being joined.
     }
 }
 

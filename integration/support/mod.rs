@@ -8,6 +8,8 @@
 
 use serde_json::Value;
 use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -185,6 +187,32 @@ pub fn cni_cases() -> Vec<Case> {
         .collect()
 }
 
+/// The capture cases that have an nftables golden.
+pub fn nft_capture_cases() -> Vec<Case> {
+    capture_cases()
+        .into_iter()
+        .filter(|c| c.nft_golden.is_some())
+        .collect()
+}
+
+/// The capture cases that have an iptables golden.
+pub fn iptables_capture_cases() -> Vec<Case> {
+    capture_cases()
+        .into_iter()
+        .filter(|c| c.iptables_golden.is_some())
+        .collect()
+}
+
+/// The conformance verdict: every one of `total` cases agreed, else the differences.
+pub fn assert_cases_agree(failures: &[String], total: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 /// A real-shaped Pod object for a CNI case's pod description (what the API server returns).
 pub fn pod_object(pod: &Value, namespace: &str, name: &str) -> Value {
     let env: Vec<Value> = pod["istio_proxy_env"]
@@ -267,6 +295,84 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `cmd` with `stdin` written to its standard input, stdout and stderr captured.
+pub fn run_with_stdin(cmd: &mut Command, stdin: &str) -> Output {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// [`run_with_stdin`] that must succeed.
+pub fn run_with_stdin_ok(cmd: &mut Command, stdin: &str) -> Output {
+    let out = run_with_stdin(cmd, stdin);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{stdin}",
+        stderr_of(&out)
+    );
+    out
+}
+
+/// One CNI plugin run as libcni does it: our binary with only `PATH` and the `CNI_*`
+/// variables of `env` set, the network configuration on stdin.
+pub fn cni<K: AsRef<OsStr>, V: AsRef<OsStr>>(env: &[(K, V)], stdin: &str) -> Output {
+    let mut cmd = Command::new(binary());
+    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run_with_stdin(&mut cmd, stdin)
+}
+
+/// Standard error as text.
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Standard output parsed as one JSON document (panics naming both outputs if it is not).
+pub fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is one JSON document ({e}): {:?}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr_of(out)
+        )
+    })
+}
+
+/// Flags that make `apply` write every table it can, in both families, and TPROXY's
+/// policy routing: the widest batch, for tests of failure in the middle of one.
+pub const EVERY_TABLE: &[&str] = &[
+    "-m",
+    "TPROXY",
+    "--ipv6",
+    "--redirect-dns",
+    "--capture-all-dns",
+    "--drop-invalid",
+];
+
+/// Arguments as owned strings.
+pub fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// `--backend iptables-legacy` followed by `extra`.
+pub fn legacy_args(extra: &[&str]) -> Vec<String> {
+    let mut v = strings(&["--backend", "iptables-legacy"]);
+    v.extend(strings(extra));
+    v
+}
+
 /// A network namespace that is deleted (with everything in it) when dropped.
 pub struct TestNetns {
     pub name: String,
@@ -286,18 +392,28 @@ impl TestNetns {
         format!("/var/run/netns/{}", self.name)
     }
 
+    /// `ip netns exec <name> <argv…>`, not started yet.
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(argv);
+        cmd
+    }
+
     pub fn exec(&self, argv: &[&str]) -> Output {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(argv))
+        run(&mut self.command(argv))
     }
 
     pub fn exec_ok(&self, argv: &[&str]) -> String {
-        run_ok(
-            Command::new("ip")
-                .args(["netns", "exec", &self.name])
-                .args(argv),
-        )
+        run_ok(&mut self.command(argv))
+    }
+
+    /// The output of a `*-save` tool without its comment (timestamp) lines.
+    pub fn saved_by(&self, argv: &[&str]) -> String {
+        self.exec_ok(argv)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect()
     }
 
     /// `nft list ruleset` (the oracle).
@@ -305,14 +421,19 @@ impl TestNetns {
         self.exec_ok(&["nft", "list", "ruleset"])
     }
 
-    /// Our binary with a subcommand against this namespace.
-    pub fn mesh(&self, sub: &str, args: &[String], env: &[(String, String)]) -> Output {
+    /// Our binary with a subcommand against this namespace, not started yet.
+    pub fn mesh_command(&self, sub: &str, args: &[String], env: &[(String, String)]) -> Command {
         let mut cmd = Command::new(binary());
         cmd.arg(sub).arg("--netns").arg(&self.name).args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        run(&mut cmd)
+        cmd
+    }
+
+    /// Our binary with a subcommand against this namespace.
+    pub fn mesh(&self, sub: &str, args: &[String], env: &[(String, String)]) -> Output {
+        run(&mut self.mesh_command(sub, args, env))
     }
 
     pub fn mesh_ok(&self, sub: &str, args: &[String], env: &[(String, String)]) -> Output {
@@ -334,14 +455,101 @@ impl TestNetns {
         for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
             out += &format!("## {save}\n");
             let argv: &[&str] = if counters { &[save, "-c"] } else { &[save] };
-            out += &self
-                .exec_ok(argv)
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .map(|l| format!("{l}\n"))
-                .collect::<String>();
+            out += &self.saved_by(argv);
         }
         out
+    }
+
+    /// `apply` with the test-only fault `which` injected (`last-message`, `race`).
+    pub fn apply_with_fault(&self, args: &[String], which: &str) -> Output {
+        if !cfg!(feature = "fault-injection") {
+            panic!("run the tests with --features fault-injection (see README)");
+        }
+        self.mesh(
+            "apply",
+            args,
+            &[("MESH_REDIRECT_FAULT".into(), which.into())],
+        )
+    }
+
+    /// `apply` of `args` with a fault injected into the last message of the batch: it fails.
+    pub fn apply_failing_at_the_last_message(&self, args: &[String]) -> Output {
+        let out = self.apply_with_fault(args, "last-message");
+        assert!(
+            !out.status.success(),
+            "the injected fault must fail the apply"
+        );
+        out
+    }
+
+    /// Deletes by hand (by its handle) the first rule of `inet <table>` chain `chain` whose
+    /// `nft -a` listing line `pick` accepts: drift for `verify` and CNI CHECK to find.
+    pub fn delete_nft_rule(&self, table: &str, chain: &str, pick: impl Fn(&str) -> bool) {
+        let listing = self.exec_ok(&["nft", "-a", "list", "chain", "inet", table, chain]);
+        let line = listing
+            .lines()
+            .find(|l| pick(l))
+            .unwrap_or_else(|| panic!("no such rule in {table} {chain}:\n{listing}"));
+        let handle = line.rsplit("# handle ").next().unwrap().trim();
+        self.exec_ok(&[
+            "nft", "delete", "rule", "inet", table, chain, "handle", handle,
+        ]);
+    }
+
+    /// Deletes by hand the IPv4 rule that lets the proxy's own traffic (uid 1337) out of
+    /// `ISTIO_OUTPUT`: drift for the iptables-legacy backend.
+    pub fn delete_legacy_proxy_uid_return(&self) {
+        self.exec_ok(&[
+            "iptables-legacy",
+            "-t",
+            "nat",
+            "-D",
+            "ISTIO_OUTPUT",
+            "-m",
+            "owner",
+            "--uid-owner",
+            "1337",
+            "-j",
+            "RETURN",
+        ]);
+    }
+
+    /// A foreign IPv4 `filter INPUT` rule (accept ssh) with `[packets:bytes]` counters.
+    pub fn add_legacy_ssh_accept(&self, packets: &str, bytes: &str) {
+        self.exec_ok(&[
+            "iptables-legacy",
+            "-t",
+            "filter",
+            "-A",
+            "INPUT",
+            "-c",
+            packets,
+            bytes,
+            "-p",
+            "tcp",
+            "--dport",
+            "22",
+            "-j",
+            "ACCEPT",
+        ]);
+    }
+
+    /// Applies `args` twice; the second apply changes nothing `state` shows and `verify`
+    /// passes. Returns the state after the first apply.
+    pub fn assert_reapply_is_idempotent(
+        &self,
+        args: &[String],
+        state: impl Fn(&TestNetns) -> String,
+    ) -> String {
+        self.mesh_ok("apply", args, &[]);
+        let first = state(self);
+        self.mesh_ok("apply", args, &[]);
+        assert_eq!(state(self), first, "re-apply is idempotent");
+        assert!(
+            self.mesh("verify", args, &[]).status.success(),
+            "verify passes right after apply"
+        );
+        first
     }
 }
 
@@ -376,8 +584,25 @@ pub fn env_map(env: &[(String, String)]) -> HashMap<String, String> {
 /// Makes `cmd` run in a private mount namespace where `/etc/group` is `group_file`, so that
 /// Istio's group names (`java`, `ftp`) resolve without touching the host.
 pub fn with_group_file(cmd: &mut Command, group_file: &Path) {
-    use std::os::unix::process::CommandExt;
     let file = group_file.to_path_buf();
+    with_private_mounts(cmd, move || {
+        nix::mount::mount(
+            Some(&file),
+            "/etc/group",
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    });
+}
+
+/// Makes `cmd` run in a private mount namespace (nothing propagates to the host) in which
+/// `mounts` runs between fork and exec; it must use only async-signal-safe calls.
+pub fn with_private_mounts(
+    cmd: &mut Command,
+    mounts: impl Fn() -> nix::Result<()> + Send + Sync + 'static,
+) {
+    use std::os::unix::process::CommandExt;
     // SAFETY: only async-signal-safe syscalls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -390,15 +615,41 @@ pub fn with_group_file(cmd: &mut Command, group_file: &Path) {
                 MsFlags::MS_REC | MsFlags::MS_PRIVATE,
                 None::<&str>,
             )?;
-            mount(
-                Some(&file),
-                "/etc/group",
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )?;
+            mounts()?;
             Ok(())
         });
+    }
+}
+
+/// A fresh directory under the system temporary directory, with `subdirs` made in it;
+/// removed with everything in it when dropped. Derefs to its path.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str, subdirs: &[&str]) -> TempDir {
+        let dir = TempDir(std::env::temp_dir().join(unique(tag)));
+        std::fs::create_dir_all(&dir.0).unwrap_or_else(|e| panic!("{}: {e}", dir.0.display()));
+        for d in subdirs {
+            std::fs::create_dir_all(dir.0.join(d)).unwrap();
+        }
+        dir
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
