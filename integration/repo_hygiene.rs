@@ -65,3 +65,135 @@ fn the_manifest_parser_reads_only_test_blocks() {
     let got: Vec<String> = declared_test_paths(manifest).into_iter().collect();
     assert_eq!(got, ["integration/a.rs", "integration/d.rs"]);
 }
+
+/// Functions in a Rust source text longer than `limit` lines, as `(first line, name,
+/// length)`, unless a comment starting with `// Long by design:` stands directly above
+/// them (between their doc comment and their signature). A brace counter that skips
+/// strings, characters and comments: enough for this repository's style (rustfmt).
+fn long_functions(text: &str, limit: usize) -> Vec<(usize, String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        let sig = t
+            .trim_start_matches("pub(crate) ")
+            .trim_start_matches("pub ")
+            .trim_start_matches("const ")
+            .trim_start_matches("unsafe ");
+        let Some(rest) = sig.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let excused = lines[..i]
+            .iter()
+            .rev()
+            .take_while(|l| l.trim_start().starts_with("//") || l.trim_start().starts_with("#["))
+            .any(|l| l.trim_start().starts_with("// Long by design:"));
+        let (mut depth, mut started) = (0i32, false);
+        for (j, l) in lines[i..].iter().enumerate() {
+            for c in code_only(l).chars() {
+                match c {
+                    '{' => {
+                        depth += 1;
+                        started = true
+                    }
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            if !started && code_only(l).trim_end().ends_with(';') {
+                break; // a declaration without a body (trait method)
+            }
+            if started && depth == 0 {
+                if j + 1 > limit && !excused {
+                    out.push((i + 1, name.clone(), j + 1));
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// A line without its string and character literals and its `//` comment.
+fn code_only(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            // A character literal ('{', '\'') but not a lifetime ('a).
+            '\'' if matches!(chars.clone().nth(1), Some('\'')) => {
+                chars.nth(1);
+            }
+            '\'' if chars.peek() == Some(&'\\') => {
+                while let Some(d) = chars.next() {
+                    if d == '\'' {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => break,
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("a readable directory") {
+        let p = e.expect("a directory entry").path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The architecture issue's rule: no function in `src/` over ~80 lines without a reason
+/// written next to it.
+#[test]
+fn no_function_in_src_is_over_80_lines_without_a_reason() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    assert!(files.len() > 40, "found the sources: {}", files.len());
+    let mut long = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("a readable source");
+        for (line, name, len) in long_functions(&text, 80) {
+            long.push(format!("{}:{line} {name} ({len} lines)", f.display()));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "over 80 lines without `// Long by design:`: {long:#?}"
+    );
+}
+
+#[test]
+fn the_function_length_scanner_counts_bodies_and_honours_reasons() {
+    let body = |n: usize| "    let x = '{';\n    // }\n    let s = \"}\";\n".repeat(n);
+    let text = format!(
+        "fn short() {{\n{}}}\n\n/// Doc.\n// Long by design: a table.\nfn excused() {{\n{}}}\n\nfn long<'a>(x: &'a str) {{\n{}}}\ntrait T {{\n    fn decl(&self);\n}}\n",
+        body(2),
+        body(40),
+        body(40)
+    );
+    let found = long_functions(&text, 80);
+    assert_eq!(found, [(135, "long".to_string(), 122)]);
+}

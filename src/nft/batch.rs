@@ -139,15 +139,8 @@ pub fn encode(plan: &Plan, shape: Shape, first_seq: u32) -> Batch {
 /// [`encode`], with the test-only failing last rule when `_poisoned` (fault injection).
 fn encode_batch(plan: &Plan, shape: Shape, first_seq: u32, _poisoned: bool) -> Batch {
     let mut b = Builder::new(first_seq);
-    b.message(
-        NFNL_MSG_BATCH_BEGIN,
-        NLM_F_REQUEST,
-        0,
-        NFNL_SUBSYS_NFTABLES,
-        "batch begin".into(),
-        |_| {},
-    );
-
+    b.batch_marker(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, "batch begin");
+    // `add table x; delete table x` deletes whether or not x exists.
     if shape != Shape::Create {
         for table in Table::ALL {
             b.table(table.nft_name(), NLM_F_CREATE);
@@ -157,55 +150,19 @@ fn encode_batch(plan: &Plan, shape: Shape, first_seq: u32, _poisoned: bool) -> B
     if shape != Shape::Delete {
         let resolved = plan.resolve_inet();
         for table in plan.tables() {
-            let tname = table.nft_name();
-            b.table(
-                tname,
-                NLM_F_CREATE
-                    | if shape == Shape::Create {
-                        NLM_F_EXCL
-                    } else {
-                        0
-                    },
-            );
+            let exclusive = if shape == Shape::Create {
+                NLM_F_EXCL
+            } else {
+                0
+            };
+            b.table(table.nft_name(), NLM_F_CREATE | exclusive);
             b.objects += 1;
             for chain in plan.chains(table) {
-                b.objects += 1;
-                b.nft(
-                    NFT_MSG_NEWCHAIN,
-                    NLM_F_CREATE,
-                    format!("chain inet {tname} {}", chain.nft_name()),
-                    |w| {
-                        w.attr_str(NFTA_CHAIN_TABLE, tname);
-                        w.attr_str(NFTA_CHAIN_NAME, chain.nft_name());
-                        if let Some(base) = chain.base(table) {
-                            let hook = w.nest_begin(NFTA_CHAIN_HOOK);
-                            let num = match base.hook {
-                                crate::model::Hook::Prerouting => NF_INET_PRE_ROUTING,
-                                crate::model::Hook::Output => NF_INET_LOCAL_OUT,
-                            };
-                            w.attr_u32(NFTA_HOOK_HOOKNUM, num);
-                            w.attr_u32(NFTA_HOOK_PRIORITY, base.priority as u32);
-                            w.nest_end(hook);
-                            w.attr_str(NFTA_CHAIN_TYPE, base.kind.name());
-                        }
-                    },
-                );
+                b.chain(table, chain);
             }
             for rc in resolved.iter().filter(|rc| rc.table == table) {
                 for (i, rule) in rc.rules.iter().enumerate() {
-                    let step = crate::model::Step {
-                        table,
-                        chain: rc.chain,
-                        position: crate::model::Position::Append,
-                        rule: rule.clone(),
-                    };
-                    let what = format!(
-                        "rule {} of inet {tname} {}: {}",
-                        i + 1,
-                        rc.chain.nft_name(),
-                        render::rule_text(&step)
-                    );
-                    rule_message(&mut b, tname, rc.chain.nft_name(), &lower(rule), what);
+                    b.rule(table, rc.chain, i, rule);
                 }
             }
         }
@@ -223,19 +180,71 @@ fn encode_batch(plan: &Plan, shape: Shape, first_seq: u32, _poisoned: bool) -> B
             }
         }
     }
-
-    b.message(
-        NFNL_MSG_BATCH_END,
-        NLM_F_REQUEST | NLM_F_ACK,
-        0,
-        NFNL_SUBSYS_NFTABLES,
-        "batch end".into(),
-        |_| {},
-    );
+    b.batch_marker(NFNL_MSG_BATCH_END, NLM_F_REQUEST | NLM_F_ACK, "batch end");
     Batch {
         bytes: b.w.buf,
         messages: b.messages,
         objects: b.objects,
+    }
+}
+
+impl Builder {
+    /// `BATCH_BEGIN` / `BATCH_END`: nfnetlink's own messages, addressed to the subsystem.
+    fn batch_marker(&mut self, msg_type: u16, flags: u16, what: &str) {
+        self.message(
+            msg_type,
+            flags,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            what.into(),
+            |_| {},
+        );
+    }
+
+    /// `chain inet TABLE NAME { type … hook … priority …; }` (the hook part for base chains).
+    fn chain(&mut self, table: Table, chain: crate::model::Chain) {
+        let tname = table.nft_name();
+        self.objects += 1;
+        let object = format!("chain inet {tname} {}", chain.nft_name());
+        self.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE, object, |w| {
+            w.attr_str(NFTA_CHAIN_TABLE, tname);
+            w.attr_str(NFTA_CHAIN_NAME, chain.nft_name());
+            if let Some(base) = chain.base(table) {
+                let hook = w.nest_begin(NFTA_CHAIN_HOOK);
+                let num = match base.hook {
+                    crate::model::Hook::Prerouting => NF_INET_PRE_ROUTING,
+                    crate::model::Hook::Output => NF_INET_LOCAL_OUT,
+                };
+                w.attr_u32(NFTA_HOOK_HOOKNUM, num);
+                w.attr_u32(NFTA_HOOK_PRIORITY, base.priority as u32);
+                w.nest_end(hook);
+                w.attr_str(NFTA_CHAIN_TYPE, base.kind.name());
+            }
+        });
+    }
+
+    /// Rule `index` (0-based) of a chain, appended, named in nft's text for error reports.
+    fn rule(
+        &mut self,
+        table: Table,
+        chain: crate::model::Chain,
+        index: usize,
+        rule: &crate::model::Rule,
+    ) {
+        let step = crate::model::Step {
+            table,
+            chain,
+            position: crate::model::Position::Append,
+            rule: rule.clone(),
+        };
+        let tname = table.nft_name();
+        let what = format!(
+            "rule {} of inet {tname} {}: {}",
+            index + 1,
+            chain.nft_name(),
+            render::rule_text(&step)
+        );
+        rule_message(self, tname, chain.nft_name(), &lower(rule), what);
     }
 }
 
@@ -323,6 +332,9 @@ fn expr_name(e: &Expr) -> &str {
     }
 }
 
+/// One expression's `NFTA_EXPR_NAME` and `NFTA_EXPR_DATA`.
+// Long by design: one arm per expression kind, the mirror of `readback::decode_expr`; each
+// kind's attribute numbers read best side by side, and splitting would only add indirection.
 fn encode_expr(w: &mut MessageWriter, e: &Expr, sets: &mut impl Iterator<Item = u32>) {
     w.attr_str(NFTA_EXPR_NAME, expr_name(e));
     let data = w.nest_begin(NFTA_EXPR_DATA);

@@ -6,9 +6,9 @@
 //! ```
 
 use super::expr::{lower, Expr};
-use super::readback::KernelTable;
+use super::readback::{KernelChain, KernelTable};
 use super::render;
-use crate::model::{Plan, Position, Step, Table};
+use crate::model::{Chain, Plan, Position, Rule, Step, Table};
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,73 +127,90 @@ pub fn diff(plan: &Plan, kernel: &[KernelTable]) -> Vec<Difference> {
             }
         }
         for chain in chains {
-            let cname = chain.nft_name().to_string();
-            let Some(kc) = found.chains.iter().find(|k| k.name == cname) else {
+            let Some(kc) = found.chains.iter().find(|k| k.name == chain.nft_name()) else {
                 out.push(Difference::MissingChain {
                     table: tname.clone(),
-                    chain: cname,
+                    chain: chain.nft_name().to_string(),
                 });
                 continue;
             };
-            let expected_base = chain.base(table).map(|b| {
-                format!(
-                    "type {} hook {} priority {}",
-                    b.kind.name(),
-                    b.hook.name(),
-                    b.priority
-                )
-            });
-            let found_base = kc.base.as_ref().map(|b| {
-                let hook = match b.hook {
-                    0 => "prerouting".to_string(),
-                    3 => "output".to_string(),
-                    n => format!("hook#{n}"),
-                };
-                format!("type {} hook {hook} priority {}", b.kind, b.priority)
-            });
-            if expected_base != found_base {
-                out.push(Difference::ChangedChain {
-                    table: tname.clone(),
-                    chain: cname.clone(),
-                    expected: expected_base.unwrap_or_else(|| "a regular chain".into()),
-                    found: found_base.unwrap_or_else(|| "a regular chain".into()),
-                });
-            }
             let rules = resolved
                 .iter()
                 .find(|r| r.table == table && r.chain == chain)
-                .map(|r| r.rules.clone())
+                .map(|r| r.rules.as_slice())
                 .unwrap_or_default();
-            let expected: Vec<Vec<Expr>> = rules
-                .iter()
-                .map(|r| lower(r).iter().map(Expr::normalized).collect())
-                .collect();
-            let actual: Vec<Vec<Expr>> = kc
-                .rules
-                .iter()
-                .map(|r| r.iter().map(Expr::normalized).collect())
-                .collect();
-            // The common case (no drift) needs no alignment, and no rule text at all.
-            if expected == actual {
-                continue;
-            }
-            let text = |i: usize| {
-                render::rule_text(&Step {
-                    table,
-                    chain,
-                    position: Position::Append,
-                    rule: rules[i].clone(),
-                })
-            };
-            let expected: Vec<(String, Vec<Expr>)> = expected
-                .into_iter()
-                .enumerate()
-                .map(|(i, e)| (text(i), e))
-                .collect();
-            rule_diff(&tname, &cname, &expected, &actual, &mut out);
+            chain_diff(table, chain, rules, kc, &mut out);
         }
     }
     out
+}
+
+/// `type nat hook output priority -100` for a base chain, as planned and as found.
+fn base_texts(table: Table, chain: Chain, kc: &KernelChain) -> (Option<String>, Option<String>) {
+    let expected = chain.base(table).map(|b| {
+        format!(
+            "type {} hook {} priority {}",
+            b.kind.name(),
+            b.hook.name(),
+            b.priority
+        )
+    });
+    let found = kc.base.as_ref().map(|b| {
+        let hook = match b.hook {
+            0 => "prerouting".to_string(),
+            3 => "output".to_string(),
+            n => format!("hook#{n}"),
+        };
+        format!("type {} hook {hook} priority {}", b.kind, b.priority)
+    });
+    (expected, found)
+}
+
+/// One chain's differences: its base-chain attributes, then its rules.
+fn chain_diff(
+    table: Table,
+    chain: Chain,
+    rules: &[Rule],
+    kc: &KernelChain,
+    out: &mut Vec<Difference>,
+) {
+    let (tname, cname) = (table.nft_name(), chain.nft_name());
+    let (expected_base, found_base) = base_texts(table, chain, kc);
+    if expected_base != found_base {
+        out.push(Difference::ChangedChain {
+            table: tname.into(),
+            chain: cname.into(),
+            expected: expected_base.unwrap_or_else(|| "a regular chain".into()),
+            found: found_base.unwrap_or_else(|| "a regular chain".into()),
+        });
+    }
+    let expected: Vec<Vec<Expr>> = rules
+        .iter()
+        .map(|r| lower(r).iter().map(Expr::normalized).collect())
+        .collect();
+    let actual: Vec<Vec<Expr>> = kc
+        .rules
+        .iter()
+        .map(|r| r.iter().map(Expr::normalized).collect())
+        .collect();
+    // The common case (no drift) needs no alignment, and no rule text at all.
+    if expected == actual {
+        return;
+    }
+    let expected: Vec<(String, Vec<Expr>)> = expected
+        .into_iter()
+        .zip(rules)
+        .map(|(e, rule)| {
+            let step = Step {
+                table,
+                chain,
+                position: Position::Append,
+                rule: rule.clone(),
+            };
+            (render::rule_text(&step), e)
+        })
+        .collect();
+    rule_diff(tname, cname, &expected, &actual, out);
 }
 
 /// A longest-common-subsequence diff of two rule lists, so one deleted or inserted rule

@@ -100,93 +100,102 @@ fn apply_message(
     set_ids: &mut HashMap<u32, String>,
 ) -> Result<(), i32> {
     match msg {
-        NFT_MSG_NEWTABLE => {
-            let name = str_attr(body, NFTA_TABLE_NAME);
-            match state.table(&name) {
-                Some(_) if flags & NLM_F_EXCL != 0 => return Err(libc::EEXIST),
-                Some(_) => {}
-                None => state.tables.push(FakeTable {
-                    name,
-                    ..FakeTable::default()
-                }),
-            }
-        }
+        NFT_MSG_NEWTABLE => new_table(state, flags, body),
         NFT_MSG_DELTABLE => {
             let name = str_attr(body, NFTA_TABLE_NAME);
             let i = state.tables.iter().position(|t| t.name == name);
             state.tables.remove(i.ok_or(libc::ENOENT)?);
+            Ok(())
         }
-        NFT_MSG_NEWCHAIN => {
-            let table = state
-                .table_mut(&str_attr(body, NFTA_CHAIN_TABLE))
-                .ok_or(libc::ENOENT)?;
-            let name = str_attr(body, NFTA_CHAIN_NAME);
-            let hook = find_attr(body, NFTA_CHAIN_HOOK).map(|h| Hook {
-                hooknum: h
-                    .find(NFTA_HOOK_HOOKNUM)
-                    .and_then(|a| a.u32_be())
-                    .unwrap_or(0),
-                priority: h
-                    .find(NFTA_HOOK_PRIORITY)
-                    .and_then(|a| a.u32_be())
-                    .unwrap_or(0) as i32,
-                kind: str_attr(body, NFTA_CHAIN_TYPE),
-            });
-            if !table.chains.iter().any(|c| c.name == name) {
-                table.chains.push(FakeChain { name, hook });
-            }
-        }
+        NFT_MSG_NEWCHAIN => new_chain(state, body),
         NFT_MSG_NEWSET => {
-            let table = state
-                .tables
-                .iter()
-                .position(|t| t.name == str_attr(body, NFTA_SET_TABLE));
-            let table = table.ok_or(libc::ENOENT)?;
             let name = format!("__set{}", state.next_set);
             state.next_set += 1;
+            let table = table_of(state, body, NFTA_SET_TABLE)?;
             let id = find_attr(body, NFTA_SET_ID)
                 .and_then(|a| a.u32_be())
                 .unwrap_or(0);
             set_ids.insert(id, name.clone());
-            state.tables[table].sets.push((name, Vec::new()));
+            table.sets.push((name, Vec::new()));
+            Ok(())
         }
-        NFT_MSG_NEWSETELEM => {
-            let id = find_attr(body, NFTA_SET_ELEM_LIST_SET_ID).and_then(|a| a.u32_be());
-            let name = id.and_then(|id| set_ids.get(&id)).ok_or(libc::ENOENT)?;
-            let table = state
-                .table_mut(&str_attr(body, NFTA_SET_ELEM_LIST_TABLE))
-                .ok_or(libc::ENOENT)?;
-            let set = table
-                .sets
-                .iter_mut()
-                .find(|s| &s.0 == name)
-                .ok_or(libc::ENOENT)?;
-            if let Some(list) = find_attr(body, NFTA_SET_ELEM_LIST_ELEMENTS) {
-                set.1.extend(list.nested().filter_map(|e| {
-                    let key = e.find(NFTA_SET_ELEM_KEY)?.find(NFTA_DATA_VALUE)?;
-                    Some(key.value.to_vec())
-                }));
-            }
-        }
-        NFT_MSG_NEWRULE => {
-            let table = state
-                .table_mut(&str_attr(body, NFTA_RULE_TABLE))
-                .ok_or(libc::ENOENT)?;
-            let chain = str_attr(body, NFTA_RULE_CHAIN);
-            if !table.chains.iter().any(|c| c.name == chain) {
-                return Err(libc::ENOENT);
-            }
-            let list = find_attr(body, NFTA_RULE_EXPRESSIONS).ok_or(libc::EINVAL)?;
-            for target in jump_targets(list) {
-                if !table.chains.iter().any(|c| c.name == target) {
-                    return Err(libc::ENOENT);
-                }
-            }
-            let expressions = name_lookup_sets(list, set_ids);
-            table.rules.push(FakeRule { chain, expressions });
-        }
-        _ => return Err(libc::EOPNOTSUPP),
+        NFT_MSG_NEWSETELEM => new_set_elements(state, body, set_ids),
+        NFT_MSG_NEWRULE => new_rule(state, body, set_ids),
+        _ => Err(libc::EOPNOTSUPP),
     }
+}
+
+/// The table a message names in attribute `ty` (`ENOENT` when it does not exist).
+fn table_of<'s>(state: &'s mut NftState, body: &[u8], ty: u16) -> Result<&'s mut FakeTable, i32> {
+    state.table_mut(&str_attr(body, ty)).ok_or(libc::ENOENT)
+}
+
+fn new_table(state: &mut NftState, flags: u16, body: &[u8]) -> Result<(), i32> {
+    let name = str_attr(body, NFTA_TABLE_NAME);
+    match state.table(&name) {
+        Some(_) if flags & NLM_F_EXCL != 0 => Err(libc::EEXIST),
+        Some(_) => Ok(()),
+        None => {
+            state.tables.push(FakeTable {
+                name,
+                ..FakeTable::default()
+            });
+            Ok(())
+        }
+    }
+}
+
+fn new_chain(state: &mut NftState, body: &[u8]) -> Result<(), i32> {
+    let table = table_of(state, body, NFTA_CHAIN_TABLE)?;
+    let name = str_attr(body, NFTA_CHAIN_NAME);
+    let u32_of = |h: &Attr<'_>, ty| h.find(ty).and_then(|a| a.u32_be()).unwrap_or(0);
+    let hook = find_attr(body, NFTA_CHAIN_HOOK).map(|h| Hook {
+        hooknum: u32_of(&h, NFTA_HOOK_HOOKNUM),
+        priority: u32_of(&h, NFTA_HOOK_PRIORITY) as i32,
+        kind: str_attr(body, NFTA_CHAIN_TYPE),
+    });
+    if !table.chains.iter().any(|c| c.name == name) {
+        table.chains.push(FakeChain { name, hook });
+    }
+    Ok(())
+}
+
+fn new_set_elements(
+    state: &mut NftState,
+    body: &[u8],
+    set_ids: &HashMap<u32, String>,
+) -> Result<(), i32> {
+    let id = find_attr(body, NFTA_SET_ELEM_LIST_SET_ID).and_then(|a| a.u32_be());
+    let name = id.and_then(|id| set_ids.get(&id)).ok_or(libc::ENOENT)?;
+    let table = table_of(state, body, NFTA_SET_ELEM_LIST_TABLE)?;
+    let set = table
+        .sets
+        .iter_mut()
+        .find(|s| &s.0 == name)
+        .ok_or(libc::ENOENT)?;
+    if let Some(list) = find_attr(body, NFTA_SET_ELEM_LIST_ELEMENTS) {
+        set.1.extend(list.nested().filter_map(|e| {
+            let key = e.find(NFTA_SET_ELEM_KEY)?.find(NFTA_DATA_VALUE)?;
+            Some(key.value.to_vec())
+        }));
+    }
+    Ok(())
+}
+
+fn new_rule(state: &mut NftState, body: &[u8], set_ids: &HashMap<u32, String>) -> Result<(), i32> {
+    let table = table_of(state, body, NFTA_RULE_TABLE)?;
+    let chain = str_attr(body, NFTA_RULE_CHAIN);
+    let known = |c: &str| table.chains.iter().any(|x| x.name == c);
+    if !known(&chain) {
+        return Err(libc::ENOENT);
+    }
+    let list = find_attr(body, NFTA_RULE_EXPRESSIONS).ok_or(libc::EINVAL)?;
+    // A jump to a chain that does not exist is refused (what fault injection relies on).
+    if jump_targets(list).iter().any(|t| !known(t)) {
+        return Err(libc::ENOENT);
+    }
+    let expressions = name_lookup_sets(list, set_ids);
+    table.rules.push(FakeRule { chain, expressions });
     Ok(())
 }
 
