@@ -192,3 +192,76 @@ impl Error {
         self.outcome().exit_code()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Outcome; 8] = [
+        Outcome::Drift,
+        Outcome::InvalidInput,
+        Outcome::Namespace,
+        Outcome::Refused,
+        Outcome::Node,
+        Outcome::PermissionDenied,
+        Outcome::KernelIo,
+        Outcome::NotRedirected,
+    ];
+
+    /// `| exit | CNI |` rows of the README's exit-code table.
+    fn readme_rows() -> Vec<(u8, Option<u32>)> {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let start = readme
+            .find("| exit | CNI | meaning |")
+            .expect("the exit-code table");
+        readme[start..]
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                (
+                    cells[1].parse().expect("an exit code"),
+                    cells[2].parse().ok(),
+                )
+            })
+            .filter(|(exit, _)| *exit != 0)
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_lists_exactly_these_exit_and_cni_codes() {
+        let mut ours: Vec<(u8, Option<u32>)> =
+            ALL.iter().map(|o| (o.exit_code(), o.cni_code())).collect();
+        ours.sort();
+        assert_eq!(readme_rows(), ours);
+    }
+
+    #[test]
+    fn exit_codes_are_distinct_and_permission_is_not_refusal() {
+        let mut codes: Vec<u8> = ALL.iter().map(|o| o.exit_code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), ALL.len());
+        let denied = std::io::Error::from_raw_os_error(libc::EPERM);
+        let e = EngineError::Route {
+            object: "ip rule fwmark 1337 lookup 133".into(),
+            op: RouteOp::Add,
+            source: denied,
+        };
+        assert_eq!(e.outcome(), Outcome::PermissionDenied);
+        let refused = EngineError::Route {
+            object: "x".into(),
+            op: RouteOp::Add,
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        };
+        assert_eq!(refused.outcome(), Outcome::Refused);
+        let unread = EngineError::Route {
+            object: "x".into(),
+            op: RouteOp::Read,
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        };
+        assert_eq!(unread.outcome(), Outcome::KernelIo);
+    }
+}
