@@ -23,6 +23,8 @@
 //! | [`probe`] | connection helpers for the in-pod probe and the demo |
 //! | [`validate`] | the in-pod probe (`istio-validation`) |
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod cli;
 pub mod cni;

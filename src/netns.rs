@@ -9,18 +9,31 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// Why a namespace could not be used.
 #[derive(Debug, Error)]
 pub enum NetnsError {
+    /// `--netns` is neither a path nor a valid name.
     #[error("invalid value {0:?} for --netns: a name must not contain '/', or give a path")]
     InvalidName(String),
     #[error("network namespace {arg:?} not found ({path}): {source}")]
+    /// The namespace file could not be opened.
     NotFound {
+        /// What the user gave.
         arg: String,
+        /// The path it resolved to.
         path: String,
+        /// Why it could not be opened.
         source: std::io::Error,
     },
     #[error("{path} is not a network namespace: {source}")]
-    Enter { path: String, source: nix::Error },
+    /// `setns` refused it.
+    Enter {
+        /// The namespace path.
+        path: String,
+        /// `setns`' errno.
+        source: nix::Error,
+    },
+    /// The thread running inside the namespace panicked.
     #[error("the namespace worker thread panicked")]
     Panicked,
 }
@@ -48,6 +61,7 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// Opens a namespace given as a path or a name.
     pub fn open(arg: &str) -> Result<Netns, NetnsError> {
         let path = resolve(arg)?;
         let file = File::open(&path).map_err(|source| NetnsError::NotFound {
@@ -61,6 +75,7 @@ impl Netns {
         })
     }
 
+    /// The namespace's path.
     pub fn path(&self) -> &str {
         &self.path
     }

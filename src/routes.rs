@@ -25,9 +25,21 @@ const AF_INET6: u8 = libc::AF_INET6 as u8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteObject {
     /// `ip rule add fwmark MARK lookup TABLE` for a family.
-    FwmarkRule { family: u8, mark: u32, table: u32 },
+    FwmarkRule {
+        /// `AF_INET` or `AF_INET6`.
+        family: u8,
+        /// The firewall mark.
+        mark: u32,
+        /// The routing table.
+        table: u32,
+    },
     /// `ip route add local default dev lo table TABLE` for a family.
-    LocalDefault { family: u8, table: u32 },
+    LocalDefault {
+        /// `AF_INET` or `AF_INET6`.
+        family: u8,
+        /// The routing table.
+        table: u32,
+    },
     /// `::6/128` on `lo`.
     PassthroughV6,
 }

@@ -3,9 +3,12 @@
 
 use super::consts::*;
 
+/// Size of `struct nlmsghdr`.
 pub const NLMSG_HDRLEN: usize = 16;
+/// Size of `struct nfgenmsg` (nfnetlink's family header).
 pub const NFGENMSG_LEN: usize = 4;
 
+/// Rounds up to netlink's 4-byte alignment.
 pub fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
@@ -13,6 +16,7 @@ pub fn align4(n: usize) -> usize {
 /// A growing buffer of netlink messages.
 #[derive(Debug, Default, Clone)]
 pub struct MessageWriter {
+    /// The messages written so far.
     pub buf: Vec<u8>,
 }
 
@@ -52,11 +56,13 @@ impl MessageWriter {
         start
     }
 
+    /// Patches the length of the message started at `start`.
     pub fn end_message(&mut self, start: usize) {
         let len = (self.buf.len() - start) as u32;
         self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
     }
 
+    /// One attribute with a raw value (padded to 4 bytes).
     pub fn attr(&mut self, ty: u16, data: &[u8]) {
         let len = 4 + data.len();
         self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
@@ -65,6 +71,7 @@ impl MessageWriter {
         self.buf.resize(self.buf.len() + align4(len) - len, 0);
     }
 
+    /// A 32-bit attribute in network byte order (nf_tables' convention).
     pub fn attr_u32(&mut self, ty: u16, value: u32) {
         self.attr(ty, &value.to_be_bytes());
     }
@@ -77,6 +84,7 @@ impl MessageWriter {
         self.attr(ty, &v);
     }
 
+    /// Starts a nested attribute; returns its offset for [`MessageWriter::nest_end`].
     pub fn nest_begin(&mut self, ty: u16) -> usize {
         let start = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
@@ -85,6 +93,7 @@ impl MessageWriter {
         start
     }
 
+    /// Patches the length of the nested attribute started at `start`.
     pub fn nest_end(&mut self, start: usize) {
         let len = (self.buf.len() - start) as u16;
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
@@ -94,8 +103,11 @@ impl MessageWriter {
 /// One netlink message read from a buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct Message<'a> {
+    /// `nlmsg_type`.
     pub msg_type: u16,
+    /// `nlmsg_flags`.
     pub flags: u16,
+    /// `nlmsg_seq`.
     pub seq: u32,
     /// Everything after the 16-byte header.
     pub payload: &'a [u8],
@@ -125,15 +137,19 @@ pub fn messages(mut buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
 /// One attribute: its type (flags masked off) and value.
 #[derive(Debug, Clone, Copy)]
 pub struct Attr<'a> {
+    /// The type, without the nested and byte-order flags.
     pub ty: u16,
+    /// The value, without padding.
     pub value: &'a [u8],
 }
 
 impl<'a> Attr<'a> {
+    /// The value as a big-endian `u32` (nf_tables' numbers).
     pub fn u32_be(&self) -> Option<u32> {
         Some(u32::from_be_bytes(self.value.get(..4)?.try_into().ok()?))
     }
 
+    /// The value as a NUL-terminated string.
     pub fn str(&self) -> Option<&'a str> {
         let end = self
             .value
@@ -143,15 +159,18 @@ impl<'a> Attr<'a> {
         std::str::from_utf8(&self.value[..end]).ok()
     }
 
+    /// The attributes nested in this one.
     pub fn nested(&self) -> impl Iterator<Item = Attr<'a>> {
         attrs(self.value)
     }
 
+    /// The first nested attribute of type `ty`.
     pub fn find(&self, ty: u16) -> Option<Attr<'a>> {
         self.nested().find(|a| a.ty == ty)
     }
 }
 
+/// Splits an attribute area into attributes; stops at a truncated tail.
 pub fn attrs(mut buf: &[u8]) -> impl Iterator<Item = Attr<'_>> {
     std::iter::from_fn(move || {
         if buf.len() < 4 {
@@ -171,6 +190,7 @@ pub fn attrs(mut buf: &[u8]) -> impl Iterator<Item = Attr<'_>> {
     })
 }
 
+/// The first attribute of type `ty` in an attribute area.
 pub fn find_attr(buf: &[u8], ty: u16) -> Option<Attr<'_>> {
     attrs(buf).find(|a| a.ty == ty)
 }

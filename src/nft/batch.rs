@@ -20,16 +20,22 @@ use crate::netlink::wire::MessageWriter;
 /// What a message of the batch creates, for error reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageInfo {
+    /// The message's sequence number.
     pub seq: u32,
     /// Byte offset of the message in the batch (extended acks report offsets into it).
     pub offset: usize,
+    /// Length of the message in bytes.
     pub len: usize,
+    /// What it creates or deletes, in words (`chain inet istio-proxy-nat output`).
     pub object: String,
 }
 
+/// One encoded nf_tables transaction.
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// The bytes sent in one `send`.
     pub bytes: Vec<u8>,
+    /// Every message, in order.
     pub messages: Vec<MessageInfo>,
     /// Number of tables, chains, sets and rules created.
     pub objects: usize,
@@ -42,6 +48,7 @@ impl Batch {
     }
 }
 
+/// What a batch does with our tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     /// No table of ours exists: create only.

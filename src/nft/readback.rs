@@ -8,23 +8,34 @@ use crate::kernel::{NfDump, NfTables};
 use crate::netlink::wire::{attrs, find_attr, Attr};
 use std::collections::HashMap;
 
+/// A base chain's hook as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseSpec {
+    /// `NF_INET_*` hook number.
     pub hook: u32,
+    /// Priority.
     pub priority: i32,
+    /// Chain type (`nat`, `filter`, `route`).
     pub kind: String,
 }
 
+/// A chain read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelChain {
+    /// Name.
     pub name: String,
+    /// `Some` for a base chain.
     pub base: Option<BaseSpec>,
+    /// Its rules' expressions, in order.
     pub rules: Vec<Vec<Expr>>,
 }
 
+/// An `inet` table read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelTable {
+    /// Name.
     pub name: String,
+    /// Its chains.
     pub chains: Vec<KernelChain>,
 }
 

@@ -11,30 +11,34 @@ use super::render;
 use crate::model::{Chain, Plan, Position, Rule, Step, Table};
 use std::fmt;
 
+/// One difference between our tables in the kernel and the plan. Fields: the table and
+/// chain it is in, the rule's 1-based position, and the rule or chain in nft's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // the fields are the same few everywhere; the type's doc says them
 pub enum Difference {
+    /// A planned table is not there.
     MissingTable(String),
+    /// A table of ours is there but not planned.
     ExtraTable(String),
-    MissingChain {
-        table: String,
-        chain: String,
-    },
-    ExtraChain {
-        table: String,
-        chain: String,
-    },
+    /// A planned chain is not there.
+    MissingChain { table: String, chain: String },
+    /// A chain in our table that the plan does not have.
+    ExtraChain { table: String, chain: String },
+    /// A chain whose type, hook or priority differ.
     ChangedChain {
         table: String,
         chain: String,
         expected: String,
         found: String,
     },
+    /// A planned rule is not there.
     MissingRule {
         table: String,
         chain: String,
         index: usize,
         rule: String,
     },
+    /// A rule that the plan does not have.
     ExtraRule {
         table: String,
         chain: String,
