@@ -140,7 +140,7 @@ fn code_only(line: &str) -> String {
                 chars.nth(1);
             }
             '\'' if chars.peek() == Some(&'\\') => {
-                while let Some(d) = chars.next() {
+                for d in chars.by_ref() {
                     if d == '\'' {
                         break;
                     }

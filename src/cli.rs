@@ -59,51 +59,7 @@ pub enum Command {
     },
     /// Prove the redirect works from inside a pod's namespace (what istio-validation does):
     /// exit 0 when a probe connection is redirected, 126 with the reason when it is not.
-    Validate {
-        /// Run in this namespace (default: the one we are in, as an init container).
-        #[arg(long, value_name = "PATH|NAME")]
-        netns: Option<String>,
-        /// The port the probe connects to (on 127.0.0.6, or ::6 with --ipv6).
-        #[arg(
-            long = "iptables-probe-port",
-            default_value = "15002",
-            value_name = "PORT"
-        )]
-        probe_port: String,
-        /// The inbound capture port the probe must land on.
-        #[arg(
-            short = 'z',
-            long = "inbound-capture-port",
-            default_value = "15006",
-            value_name = "PORT"
-        )]
-        inbound_capture_port: String,
-        /// The outbound capture port (also listened on).
-        #[arg(
-            short = 'p',
-            long = "envoy-port",
-            default_value = "15001",
-            value_name = "PORT"
-        )]
-        proxy_port: String,
-        /// The proxy's uid and gid the probe connects as.
-        #[arg(
-            short = 'u',
-            long = "proxy-uid",
-            default_value = "1337",
-            value_name = "UID"
-        )]
-        uid: String,
-        /// The proxy's gid the probe connects as (default: the uid).
-        #[arg(short = 'g', long = "proxy-gid", value_name = "GID")]
-        gid: Option<String>,
-        /// Probe over IPv6 (::6 → [::1]:15006).
-        #[arg(long)]
-        ipv6: bool,
-        /// How long to keep trying.
-        #[arg(long = "probe-timeout", default_value = "5s", value_name = "DURATION")]
-        timeout: String,
-    },
+    Validate(ValidateArgs),
     /// Node installer (run by the DaemonSet): copy this binary into the CNI bin dir, write
     /// the plugin's kubeconfig, chain the plugin into the primary CNI configuration; then
     /// watch and repair until SIGTERM (unless --once).
@@ -496,4 +452,52 @@ mod tests {
              regenerate it with MESH_REDIRECT_REGENERATE=1 cargo test --lib readme"
         );
     }
+}
+
+/// `validate`'s flags (Istio's `istio-iptables` probe flags).
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Run in this namespace (default: the one we are in, as an init container).
+    #[arg(long, value_name = "PATH|NAME")]
+    pub netns: Option<String>,
+    /// The port the probe connects to (on 127.0.0.6, or ::6 with --ipv6).
+    #[arg(
+        long = "iptables-probe-port",
+        default_value = "15002",
+        value_name = "PORT"
+    )]
+    pub probe_port: String,
+    /// The inbound capture port the probe must land on.
+    #[arg(
+        short = 'z',
+        long = "inbound-capture-port",
+        default_value = "15006",
+        value_name = "PORT"
+    )]
+    pub inbound_capture_port: String,
+    /// The outbound capture port (also listened on).
+    #[arg(
+        short = 'p',
+        long = "envoy-port",
+        default_value = "15001",
+        value_name = "PORT"
+    )]
+    pub proxy_port: String,
+    /// The proxy's uid and gid the probe connects as.
+    #[arg(
+        short = 'u',
+        long = "proxy-uid",
+        default_value = "1337",
+        value_name = "UID"
+    )]
+    pub uid: String,
+    /// The proxy's gid the probe connects as (default: the uid).
+    #[arg(short = 'g', long = "proxy-gid", value_name = "GID")]
+    pub gid: Option<String>,
+    /// Probe over IPv6 (::6 → [::1]:15006).
+    #[arg(long)]
+    pub ipv6: bool,
+    /// How long to keep trying.
+    #[arg(long = "probe-timeout", default_value = "5s", value_name = "DURATION")]
+    pub timeout: String,
 }

@@ -3,7 +3,7 @@
 //! [`Error`] that knows its exit code (`mesh_redirect::error` lists them all).
 
 use clap::Parser;
-use mesh_redirect::cli::{Backend, Cli, Command, NodeArgs, RedirectArgs, Target};
+use mesh_redirect::cli::{Backend, Cli, Command, NodeArgs, RedirectArgs, Target, ValidateArgs};
 use mesh_redirect::config::{parse, Config, ConfigError, HostGroups};
 use mesh_redirect::engine;
 use mesh_redirect::error::{Error, Operation};
@@ -186,18 +186,6 @@ fn cmd_remove(t: &Target, redirect: &RedirectArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// `validate`'s flags, as the command line gives them.
-struct ValidateArgs {
-    netns: Option<String>,
-    probe_port: String,
-    inbound_capture_port: String,
-    proxy_port: String,
-    uid: String,
-    gid: Option<String>,
-    ipv6: bool,
-    timeout: String,
-}
-
 fn validate_options(a: &ValidateArgs) -> Result<mesh_redirect::validate::ValidateOptions, Error> {
     let uid = parse::number_u32("--proxy-uid", &a.uid, "uid").map_err(input)?;
     let timeout = mesh_redirect::cni::netconf::duration(
@@ -281,25 +269,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Apply { target, redirect } => cmd_apply(&target, &redirect),
         Command::Verify { target, redirect } => cmd_verify(&target, &redirect),
         Command::Remove { target, redirect } => cmd_remove(&target, &redirect),
-        Command::Validate {
-            netns,
-            probe_port,
-            inbound_capture_port,
-            proxy_port,
-            uid,
-            gid,
-            ipv6,
-            timeout,
-        } => cmd_validate(ValidateArgs {
-            netns,
-            probe_port,
-            inbound_capture_port,
-            proxy_port,
-            uid,
-            gid,
-            ipv6,
-            timeout,
-        }),
+        Command::Validate(args) => cmd_validate(args),
         Command::Install {
             node,
             once,

@@ -74,21 +74,20 @@ impl fmt::Display for Difference {
                 chain,
                 index,
                 rule,
-            } => {
-                write!(
-                    f,
-                    "table inet {table}, chain {chain}: missing rule {index}: {rule}"
-                )
             }
-            Difference::ExtraRule {
+            | Difference::ExtraRule {
                 table,
                 chain,
                 index,
                 rule,
             } => {
+                let what = match self {
+                    Difference::MissingRule { .. } => "missing",
+                    _ => "unexpected",
+                };
                 write!(
                     f,
-                    "table inet {table}, chain {chain}: unexpected rule {index}: {rule}"
+                    "table inet {table}, chain {chain}: {what} rule {index}: {rule}"
                 )
             }
         }

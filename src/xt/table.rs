@@ -353,6 +353,25 @@ impl Table {
         })
     }
 
+    /// A table as the kernel instantiates it: the built-in chains of `hooks`, no rules,
+    /// ACCEPT policies.
+    pub fn instantiated(name: &str, hooks: &[usize]) -> Table {
+        Table {
+            name: name.into(),
+            valid_hooks: hooks.iter().map(|h| 1 << h).sum(),
+            chains: hooks
+                .iter()
+                .map(|&h| Chain {
+                    name: BUILTIN_NAMES[h].into(),
+                    hook: Some(h),
+                    policy: Some((VERDICT_ACCEPT, Counters::default(), None)),
+                    rules: vec![],
+                })
+                .collect(),
+            num_entries: hooks.len() + 1,
+        }
+    }
+
     /// The chain named `name`.
     pub fn chain(&self, name: &str) -> Option<&Chain> {
         self.chains.iter().find(|c| c.name == name)
@@ -670,23 +689,6 @@ mod tests {
     /// A rule without counters or provenance: ip, matches, target.
     type RuleShape = (Vec<u8>, Vec<Extension>, Target);
 
-    fn empty_table(name: &str, hooks: &[usize]) -> Table {
-        Table {
-            name: name.into(),
-            valid_hooks: hooks.iter().map(|h| 1 << h).sum(),
-            chains: hooks
-                .iter()
-                .map(|&h| Chain {
-                    name: BUILTIN_NAMES[h].into(),
-                    hook: Some(h),
-                    policy: Some((VERDICT_ACCEPT, Counters::default(), None)),
-                    rules: vec![],
-                })
-                .collect(),
-            num_entries: hooks.len() + 1,
-        }
-    }
-
     #[test]
     fn decode_of_encode_gives_back_the_model_tables() {
         let raw = RawConfig {
@@ -709,7 +711,7 @@ mod tests {
                 (ModelTable::Raw, &[0, 3]),
             ] {
                 let model = merge(
-                    &empty_table(table.iptables_name(), hooks),
+                    &Table::instantiated(table.iptables_name(), hooks),
                     &plan,
                     table,
                     family,

@@ -5,9 +5,9 @@
 
 use super::{Call, State};
 use crate::kernel::XtTables;
-use crate::xt::abi::{Layout, VERDICT_ACCEPT};
+use crate::xt::abi::Layout;
 use crate::xt::socket::Info;
-use crate::xt::table::{Chain, Counters, Encoded, Rule, Table, BUILTIN_NAMES};
+use crate::xt::table::{Counters, Encoded, Rule, Table};
 use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;
@@ -27,24 +27,6 @@ fn builtin_hooks(name: &str) -> Option<&'static [usize]> {
         "raw" => Some(&[0, 3]),
         "filter" => Some(&[1, 2, 3]),
         _ => None,
-    }
-}
-
-/// A freshly instantiated table: built-in chains, no rules, ACCEPT policies.
-fn instantiate(name: &str, hooks: &[usize]) -> Table {
-    Table {
-        name: name.into(),
-        valid_hooks: hooks.iter().map(|h| 1 << h).sum(),
-        chains: hooks
-            .iter()
-            .map(|&h| Chain {
-                name: BUILTIN_NAMES[h].into(),
-                hook: Some(h),
-                policy: Some((VERDICT_ACCEPT, Counters::default(), None)),
-                rules: vec![],
-            })
-            .collect(),
-        num_entries: hooks.len() + 1,
     }
 }
 
@@ -88,7 +70,8 @@ impl XtState {
         if self.table(l, name).is_none() {
             let hooks =
                 builtin_hooks(name).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-            self.tables.insert(0, (l.ipv6, instantiate(name, hooks)));
+            self.tables
+                .insert(0, (l.ipv6, Table::instantiated(name, hooks)));
         }
         Ok(self.table(l, name).expect("just instantiated"))
     }
