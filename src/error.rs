@@ -21,8 +21,11 @@
 //! pod.
 
 use crate::backend::BackendError;
+use crate::config::ConfigError;
 use crate::engine::{EngineError, RouteOp};
+use crate::install::InstallError;
 use crate::netns::NetnsError;
+use crate::validate::ValidateError;
 use crate::xt::apply::XtOp;
 use thiserror::Error;
 
@@ -160,18 +163,28 @@ pub enum Error {
     /// The namespace could not be opened.
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    /// Bad input (flags, variables, settings).
-    #[error("{0}")]
-    Input(String),
+    /// A redirect flag, variable or setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Another flag's value is invalid.
+    #[error("invalid value {value:?} for {flag}: {expected}")]
+    InvalidFlag {
+        /// The flag.
+        flag: &'static str,
+        /// What was given.
+        value: String,
+        /// What is accepted.
+        expected: &'static str,
+    },
     /// `verify` found differences (already printed).
     #[error("{0} difference(s)")]
     Drift(usize),
     /// The node installer failed.
-    #[error("{0}")]
-    Node(String),
-    /// `validate`: the redirect does not work.
-    #[error("{0}")]
-    NotRedirected(String),
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    /// `validate` could not listen, or the redirect does not work.
+    #[error(transparent)]
+    Validate(#[from] ValidateError),
 }
 
 impl Error {
@@ -180,10 +193,12 @@ impl Error {
         match self {
             Error::Engine { source, .. } => source.outcome(),
             Error::Netns(e) => netns_outcome(e),
-            Error::Input(_) => Outcome::InvalidInput,
+            Error::Config(_) | Error::InvalidFlag { .. } => Outcome::InvalidInput,
             Error::Drift(_) => Outcome::Drift,
-            Error::Node(_) => Outcome::Node,
-            Error::NotRedirected(_) => Outcome::NotRedirected,
+            Error::Install(_) => Outcome::Node,
+            // A port already taken is the caller's problem, not a missing redirect.
+            Error::Validate(ValidateError::Listen { .. }) => Outcome::InvalidInput,
+            Error::Validate(_) => Outcome::NotRedirected,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use mesh_redirect::cli::{Backend, Cli, Command, NodeArgs, RedirectArgs, Target, ValidateArgs};
-use mesh_redirect::config::{parse, Config, ConfigError, HostGroups};
+use mesh_redirect::config::{parse, Config, HostGroups};
 use mesh_redirect::engine;
 use mesh_redirect::error::{Error, Operation};
 use mesh_redirect::netns::Netns;
@@ -13,15 +13,11 @@ use mesh_redirect::xt::render::render as render_iptables;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn input(e: ConfigError) -> Error {
-    Error::Input(e.to_string())
-}
-
 fn config(args: &RedirectArgs) -> Result<Config, Error> {
     // A value that is not UTF-8 is kept (lossily) so that validation rejects it naming the
     // variable, instead of silently falling back to the default.
     let raw = args.to_raw(&|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()));
-    raw.validate(&HostGroups::default()).map_err(input)
+    raw.validate(&HostGroups::default()).map_err(Error::from)
 }
 
 /// The validated configuration and the opened namespace of a namespace command.
@@ -53,9 +49,11 @@ fn install_options(
         Some(text) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(m)) => m,
             _ => {
-                return Err(Error::Input(format!(
-                    "invalid value {text:?} for --plugin-config: expected a JSON object"
-                )))
+                return Err(Error::InvalidFlag {
+                    flag: "--plugin-config",
+                    value: text.to_string(),
+                    expected: "expected a JSON object",
+                })
             }
         },
     };
@@ -187,25 +185,23 @@ fn cmd_remove(t: &Target, redirect: &RedirectArgs) -> Result<(), Error> {
 }
 
 fn validate_options(a: &ValidateArgs) -> Result<mesh_redirect::validate::ValidateOptions, Error> {
-    let uid = parse::number_u32("--proxy-uid", &a.uid, "uid").map_err(input)?;
+    let uid = parse::number_u32("--proxy-uid", &a.uid, "uid")?;
     let timeout = mesh_redirect::cni::netconf::duration(
         "--probe-timeout",
         &serde_json::Value::String(a.timeout.clone()),
     )
-    .map_err(|_| {
-        Error::Input(format!(
-            "invalid value {:?} for --probe-timeout: expected a duration such as 5s",
-            a.timeout
-        ))
+    .map_err(|_| Error::InvalidFlag {
+        flag: "--probe-timeout",
+        value: a.timeout.clone(),
+        expected: "expected a duration such as 5s",
     })?;
     Ok(mesh_redirect::validate::ValidateOptions {
-        probe_port: parse::port("--iptables-probe-port", &a.probe_port).map_err(input)?,
-        inbound_capture_port: parse::port("--inbound-capture-port", &a.inbound_capture_port)
-            .map_err(input)?,
-        proxy_port: parse::port("--envoy-port", &a.proxy_port).map_err(input)?,
+        probe_port: parse::port("--iptables-probe-port", &a.probe_port)?,
+        inbound_capture_port: parse::port("--inbound-capture-port", &a.inbound_capture_port)?,
+        proxy_port: parse::port("--envoy-port", &a.proxy_port)?,
         uid,
         gid: match &a.gid {
-            Some(g) => parse::number_u32("--proxy-gid", g, "gid").map_err(input)?,
+            Some(g) => parse::number_u32("--proxy-gid", g, "gid")?,
             None => uid,
         },
         ipv6: a.ipv6,
@@ -214,23 +210,18 @@ fn validate_options(a: &ValidateArgs) -> Result<mesh_redirect::validate::Validat
 }
 
 fn cmd_validate(a: ValidateArgs) -> Result<(), Error> {
-    use mesh_redirect::validate::{validate, ValidateError};
+    use mesh_redirect::validate::validate;
     let opts = validate_options(&a)?;
     let result = match &a.netns {
         Some(n) => Netns::open(n)?.run(|| validate(&opts))?,
         None => validate(&opts),
     };
-    match result {
-        Ok(v) => {
-            println!(
-                "redirect validated: a connection to {} as uid {} landed on {} (original destination {})",
-                v.probe, opts.uid, v.landed_on, v.original_destination
-            );
-            Ok(())
-        }
-        Err(e @ ValidateError::Listen { .. }) => Err(Error::Input(e.to_string())),
-        Err(e) => Err(Error::NotRedirected(e.to_string())),
-    }
+    let v = result?;
+    println!(
+        "redirect validated: a connection to {} as uid {} landed on {} (original destination {})",
+        v.probe, opts.uid, v.landed_on, v.original_destination
+    );
+    Ok(())
 }
 
 fn cmd_install(
@@ -244,15 +235,14 @@ fn cmd_install(
     opts.ready_file = ready_file;
     opts.cleanup_on_exit = match cleanup_on_exit {
         None => false,
-        Some(v) => parse::boolean("--cleanup-on-exit", v).map_err(input)?,
+        Some(v) => parse::boolean("--cleanup-on-exit", v)?,
     };
-    mesh_redirect::install::run(&opts).map_err(|e| Error::Node(e.to_string()))
+    Ok(mesh_redirect::install::run(&opts)?)
 }
 
 fn cmd_uninstall(node: &NodeArgs) -> Result<(), Error> {
     let opts = install_options(node)?;
-    let report =
-        mesh_redirect::install::uninstall(&opts).map_err(|e| Error::Node(e.to_string()))?;
+    let report = mesh_redirect::install::uninstall(&opts)?;
     tracing::info!(
         conflists_updated = report.conflists_updated.len(),
         conflists_deleted = report.conflists_deleted.len(),
