@@ -60,7 +60,7 @@ NSEXEC="$work/nsexec"
 
 # The iptables payloads: the CNI plugin's default golden for IPv4, and its IPv6 form by the
 # rules of istio-semantics.md §8.2. Check the committed copies against the golden.
-golden=../shared/conformance/istio/cni-plugin/basic.txt.golden
+golden=integration/fixtures/conformance/istio/cni-plugin/basic.txt.golden
 if [ -f "$golden" ]; then
   cmp -s "$golden" benches/istio/cni-default.v4.rules ||
     { echo "compare.sh: benches/istio/cni-default.v4.rules differs from $golden" >&2; exit 1; }

@@ -1,7 +1,7 @@
 //! Pod → redirect configuration, without root and without an API server: for each of
 //! Istio's 9 CNI-plugin cases, the configuration the plugin derives from the pod (its
 //! annotations, the istio-proxy container's env and securityContext) equals the
-//! `effective_config` Istio derives (`../shared/conformance/cases.json`).
+//! `effective_config` Istio derives (`integration/fixtures/conformance/cases.json`).
 
 mod support;
 

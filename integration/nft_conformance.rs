@@ -1,4 +1,4 @@
-//! Istio conformance by kernel state (`../shared/conformance/README.md`): for each of the 28
+//! Istio conformance by kernel state (`integration/fixtures/conformance/README.md`): for each of the 28
 //! capture cases with an nftables golden, `nft list ruleset` after our `apply` in a fresh
 //! namespace equals `nft list ruleset` after `nft -f` of Istio's golden in another one.
 

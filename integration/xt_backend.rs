@@ -1,7 +1,7 @@
 //! The iptables-legacy backend as a user and as other tools see it:
 //!
 //! * the `iptables -t nat -L -n -v` listing a user checks by hand equals the one the product
-//!   documentation shows (`../shared/conformance/seed/`), with only today's Istio changes;
+//!   documentation shows (`integration/fixtures/conformance/seed/`), with only today's Istio changes;
 //! * rules of other tools keep their bytes and `[packets:bytes]` counters through apply,
 //!   re-apply and remove, in every table and both families;
 //! * concurrent applies, and an `iptables-legacy -A` racing our writes, end consistent;

@@ -14,12 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-pub fn shared_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
-
+/// Istio's golden files and the case index (`integration/fixtures/conformance/NOTICE`).
 pub fn conformance_dir() -> PathBuf {
-    shared_dir().join("conformance")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures/conformance")
 }
 
 pub fn binary() -> &'static str {
