@@ -62,7 +62,8 @@ impl Podman {
         }
         if let Some(prepare) = prepared {
             prepare(dir.path(), &bridge);
-            return Podman::finish(dir, bridge, "k8s-pod-network");
+            // The installer keeps the primary's network name (`bridge-net` below).
+            return Podman::finish(dir, bridge, "bridge-net");
         }
         std::fs::copy(binary(), dir.join("bin/mesh-redirect")).unwrap();
         let conflist = serde_json::json!({

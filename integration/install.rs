@@ -330,9 +330,9 @@ fn changed_settings_update_our_entry_in_place_at_the_end() {
 
 #[test]
 fn single_plugin_conf_becomes_a_conflist() {
-    for (name, list_name, version) in [
-        ("10-bridge.conf", "10-bridge.conflist", "1.0.0"),
-        ("05-cilium.conf", "05-cilium.conflist", "0.3.1"),
+    for (name, list_name, version, network) in [
+        ("10-bridge.conf", "10-bridge.conflist", "1.0.0", "mynet"),
+        ("05-cilium.conf", "05-cilium.conflist", "0.3.1", "cilium"),
     ] {
         let node = Node::with_primary("conf", name);
         let report = install(&node.opts).unwrap();
@@ -346,7 +346,8 @@ fn single_plugin_conf_becomes_a_conflist() {
             ["cniVersion", "name", "plugins"]
         );
         assert_eq!(now["cniVersion"], version, "the primary's version moved up");
-        assert_eq!(now["name"], "k8s-pod-network");
+        // The network keeps its name: host-local's allocations are kept under it.
+        assert_eq!(now["name"], network, "the network is not renamed");
         // The primary, minus its cniVersion, every other key in place.
         let mut primary = parse(&fixture(name));
         primary.shift_remove("cniVersion");

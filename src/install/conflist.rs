@@ -1,10 +1,13 @@
 //! Chaining our plugin into the primary CNI's configuration: pure JSON, no I/O.
 //!
-//! The rules are istio-cni's (`cni/pkg/install/cniconfig.go`, spec §12.2/§15.2), with two
+//! The rules are istio-cni's (`cni/pkg/install/cniconfig.go`, spec §12.2/§15.2), with three
 //! deliberate differences that keep the primary's configuration intact:
 //! * A configuration with a top-level `type` is a single plugin, whatever the file's
-//!   extension, and is wrapped into `{"cniVersion", "name": "k8s-pod-network", "plugins":
-//!   [primary, ours]}`. Istio always writes `cniVersion` 0.3.1 there; we move the primary's
+//!   extension, and is wrapped into `{"cniVersion", "name", "plugins": [primary, ours]}`.
+//!   The list keeps the network's own `name` (Istio renames it to `k8s-pod-network`, and
+//!   `host-local` keeps its address allocations under the network's name, so a rename could
+//!   hand an existing pod's address out again); only a nameless configuration gets
+//!   `k8s-pod-network`. Istio always writes `cniVersion` 0.3.1 there; we move the primary's
 //!   own `cniVersion` up to the list (0.3.1 only when it has none, or one older than 0.3.0,
 //!   which predates lists), so the primary keeps being called with the version it was written
 //!   for.
@@ -24,7 +27,8 @@ pub const PLUGIN_TYPE: &str = "mesh-redirect";
 /// Istio's plugin: left in place (the operator may be migrating), but worth a warning since
 /// both would program the same pod.
 pub const ISTIO_CNI_TYPE: &str = "istio-cni";
-/// The list name istio-cni gives a wrapped single-plugin configuration.
+/// The list name istio-cni gives a wrapped single-plugin configuration (ours only for a
+/// primary without a name of its own).
 pub const WRAPPED_NAME: &str = "k8s-pod-network";
 /// The list version istio-cni writes; also ours when the primary states none.
 pub const WRAPPED_DEFAULT_VERSION: &str = "0.3.1";
@@ -152,9 +156,13 @@ pub fn chain(
                 Some(Value::String(v)) if list_capable(&v) => v,
                 _ => WRAPPED_DEFAULT_VERSION.to_string(),
             };
+            let name = match primary.get("name") {
+                Some(Value::String(n)) if !n.is_empty() => n.clone(),
+                _ => WRAPPED_NAME.to_string(),
+            };
             let mut list = Map::new();
             list.insert("cniVersion".into(), Value::String(version));
-            list.insert("name".into(), Value::String(WRAPPED_NAME.into()));
+            list.insert("name".into(), Value::String(name));
             list.insert("plugins".into(), Value::Array(vec![Value::Object(primary)]));
             list
         }
@@ -265,12 +273,17 @@ mod tests {
         assert_eq!(c.shape, Shape::Single);
         assert_eq!(
             Value::Object(c.config),
-            json!({"cniVersion": "1.0.0", "name": "k8s-pod-network",
+            json!({"cniVersion": "1.0.0", "name": "n",
                    "plugins": [{"name": "n", "type": "bridge"}, Value::Object(ours())]})
         );
         for old in [json!("0.2.0"), json!(null), json!(3), json!("garbage")] {
             let c = chain(obj(json!({"cniVersion": old, "type": "b"})), ours()).unwrap();
             assert_eq!(c.config["cniVersion"], json!("0.3.1"));
+            assert_eq!(
+                c.config["name"],
+                json!(WRAPPED_NAME),
+                "a nameless network gets Istio's"
+            );
         }
     }
 
