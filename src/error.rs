@@ -18,7 +18,7 @@
 //! The CNI plugin's other codes come from the protocol itself (`crate::cni::protocol::Code`):
 //! 1 incompatible version, 4 bad environment, 6 undecodable configuration, 11 the API did
 //! not answer in time, 50 not ready, 101 API access denied, 102 the API's answer is not a
-//! pod.
+//! pod, 106 the plugin panicked (a bug; the answer still reaches the runtime).
 
 use crate::backend::BackendError;
 use crate::config::ConfigError;

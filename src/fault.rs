@@ -5,7 +5,8 @@
 //!   not exist, and the last xtables table written gets a target the kernel does not know,
 //!   so the kernel refuses the change at its very end;
 //! * `race`: between our read and our write of each xtables table, another writer appends
-//!   a rule, so the kernel answers `EAGAIN` once.
+//!   a rule, so the kernel answers `EAGAIN` once;
+//! * `panic`: the CNI plugin panics after reading its configuration.
 //!
 //! Only [`active`] exists without the `fault-injection` feature, as a constant `false`;
 //! the injectors themselves are compiled only with the feature, so release builds contain
@@ -19,6 +20,8 @@ pub enum Fault {
     LastMessage,
     /// Another writer changes each xtables table between our read and our write, once.
     Race,
+    /// The CNI plugin panics while handling the request (to prove the panic hook answers).
+    Panic,
 }
 
 /// Whether `fault` was asked for (always `false` without the `fault-injection` feature).
@@ -27,6 +30,7 @@ pub fn active(fault: Fault) -> bool {
     let name = match fault {
         Fault::LastMessage => "last-message",
         Fault::Race => "race",
+        Fault::Panic => "panic",
     };
     std::env::var("MESH_REDIRECT_FAULT")
         .map(|v| v.split(',').any(|f| f == name))

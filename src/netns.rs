@@ -6,6 +6,8 @@
 
 use nix::sched::{setns, CloneFlags};
 use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -15,8 +17,8 @@ pub enum NetnsError {
     /// `--netns` is neither a path nor a valid name.
     #[error("invalid value {0:?} for --netns: a name must not contain '/', or give a path")]
     InvalidName(String),
-    #[error("network namespace {arg:?} not found ({path}): {source}")]
     /// The namespace file could not be opened.
+    #[error("network namespace {arg:?} not found ({path}): {source}")]
     NotFound {
         /// What the user gave.
         arg: String,
@@ -25,8 +27,16 @@ pub enum NetnsError {
         /// Why it could not be opened.
         source: std::io::Error,
     },
-    #[error("{path} is not a network namespace: {source}")]
+    /// The path exists but is not a network namespace (a FIFO, a file, another namespace).
+    #[error("{path} is not a network namespace: it is {what}")]
+    NotANetns {
+        /// The path.
+        path: String,
+        /// What it is instead (`a FIFO`, `a directory`, `a mount namespace`, …).
+        what: String,
+    },
     /// `setns` refused it.
+    #[error("cannot enter the network namespace {path}: {}", enter_hint(*.source))]
     Enter {
         /// The namespace path.
         path: String,
@@ -36,6 +46,54 @@ pub enum NetnsError {
     /// The thread running inside the namespace panicked.
     #[error("the namespace worker thread panicked")]
     Panicked,
+}
+
+/// `setns`' error in words: `EPERM` means the capability is missing, not a bad path.
+fn enter_hint(e: nix::Error) -> String {
+    match e {
+        nix::Error::EPERM => "not permitted: entering a network namespace needs CAP_SYS_ADMIN \
+                              (run as root)"
+            .to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `NS_GET_NSTYPE` (`_IO(0xb7, 0x3)` in `linux/nsfs.h`): the namespace type of an nsfs file.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// What the opened file is when it is not a network namespace, in words; `None` when it is.
+fn not_a_netns(file: &File) -> Option<String> {
+    // SAFETY: an ioctl without argument on a valid descriptor.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind >= 0 {
+        return match kind {
+            libc::CLONE_NEWNET => None,
+            libc::CLONE_NEWNS => Some("a mount namespace".into()),
+            libc::CLONE_NEWPID => Some("a PID namespace".into()),
+            libc::CLONE_NEWUTS => Some("a UTS namespace".into()),
+            libc::CLONE_NEWIPC => Some("an IPC namespace".into()),
+            libc::CLONE_NEWUSER => Some("a user namespace".into()),
+            libc::CLONE_NEWCGROUP => Some("a cgroup namespace".into()),
+            other => Some(format!("a namespace of type {other:#x}")),
+        };
+    }
+    let ft = file.metadata().ok()?.file_type();
+    Some(
+        if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_dir() {
+            "a directory"
+        } else if ft.is_file() {
+            "a regular file"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else {
+            "not a namespace file"
+        }
+        .to_string(),
+    )
 }
 
 /// Where `ip netns` keeps named namespaces.
@@ -64,15 +122,21 @@ impl Netns {
     /// Opens a namespace given as a path or a name.
     pub fn open(arg: &str) -> Result<Netns, NetnsError> {
         let path = resolve(arg)?;
-        let file = File::open(&path).map_err(|source| NetnsError::NotFound {
-            arg: arg.to_string(),
-            path: path.display().to_string(),
-            source,
-        })?;
-        Ok(Netns {
-            file,
-            path: path.display().to_string(),
-        })
+        // Non-blocking: opening a FIFO for reading would otherwise wait for a writer forever.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+            .open(&path)
+            .map_err(|source| NetnsError::NotFound {
+                arg: arg.to_string(),
+                path: path.display().to_string(),
+                source,
+            })?;
+        let path = path.display().to_string();
+        if let Some(what) = not_a_netns(&file) {
+            return Err(NetnsError::NotANetns { path, what });
+        }
+        Ok(Netns { file, path })
     }
 
     /// The namespace's path.

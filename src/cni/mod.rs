@@ -31,8 +31,30 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// The `cniVersion` of the request being answered, for the panic hook's error document.
+static REQUEST_VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// A panic must still answer the runtime: an error document on stdout (code 106) and exit
+/// status 1, never an empty answer (and, with `panic = "abort"`, a signal).
+fn answer_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let version = REQUEST_VERSION.get().map(String::as_str).unwrap_or(LATEST);
+        let e = CniError::new(
+            Code::Internal,
+            "mesh-redirect failed unexpectedly (a bug); the pod's redirect state is unknown",
+            info.to_string(),
+        );
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{}", e.to_json(version));
+        let _ = stdout.flush();
+        let _ = writeln!(std::io::stderr(), "{e}: {info}");
+        std::process::exit(1);
+    }));
+}
+
 /// Runs one CNI invocation: environment, stdin, stdout, exit code.
 pub fn main() -> ExitCode {
+    answer_panics();
     let env = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
@@ -70,6 +92,10 @@ pub fn invoke(
         return Ok(Some(protocol::version_result(requested.as_deref())));
     }
     let conf = NetConf::parse(stdin).map_err(|e| (e, LATEST.to_string()))?;
+    let _ = REQUEST_VERSION.set(conf.cni_version.clone());
+    if crate::fault::active(crate::fault::Fault::Panic) {
+        panic!("fault injection: a panic in the plugin");
+    }
     init_logging(&conf);
     let version = conf.cni_version.clone();
     let fail = |e: CniError| (e, version.clone());

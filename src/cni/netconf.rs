@@ -124,12 +124,8 @@ pub fn duration(key: &str, v: &Value) -> Result<Duration, CniError> {
             "expected a duration such as \"10s\" or \"500ms\", between 100ms and 10m",
         )
     };
-    let d = match v {
-        Value::Number(n) => n
-            .as_f64()
-            .filter(|f| f.is_finite() && *f >= 0.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(bad)?,
+    let secs = match v {
+        Value::Number(n) => n.as_f64().ok_or_else(bad)?,
         Value::String(s) => {
             let (num, unit) = s.trim().split_at(
                 s.trim()
@@ -137,20 +133,21 @@ pub fn duration(key: &str, v: &Value) -> Result<Duration, CniError> {
                     .unwrap_or(s.trim().len()),
             );
             let n: f64 = num.parse().map_err(|_| bad())?;
-            let secs = match unit {
+            match unit {
                 "ms" => n / 1000.0,
                 "s" | "" => n,
                 "m" => n * 60.0,
                 _ => return Err(bad()),
-            };
-            Duration::from_secs_f64(secs)
+            }
         }
         _ => return Err(bad()),
     };
-    if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+    // Checked as a number first: `Duration::from_secs_f64` panics on values it cannot hold
+    // (1e20, infinity, NaN), and a panic would leave the runtime without a CNI answer.
+    if !(secs.is_finite() && (0.1..=600.0).contains(&secs)) {
         return Err(bad());
     }
-    Ok(d)
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// The object at `key`, if set; anything else but null is error 7 saying `why`.
@@ -381,6 +378,19 @@ mod tests {
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","api_timeout":"20m"}"#,
+                "api_timeout",
+            ),
+            // Values `Duration::from_secs_f64` cannot hold: rejected, never a panic.
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","api_timeout":1e20}"#,
+                "api_timeout",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","api_timeout":"99999999999999999910s"}"#,
+                "api_timeout",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","api_timeout":-5}"#,
                 "api_timeout",
             ),
             (

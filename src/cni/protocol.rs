@@ -51,6 +51,8 @@ pub enum Code {
     PermissionDenied = 104,
     /// The kernel's state could not be read (a failed socket or dump).
     KernelIo = 105,
+    /// The plugin failed unexpectedly (a bug: it panicked); the answer still reaches the runtime.
+    Internal = 106,
 }
 
 /// An error as the spec's JSON document.

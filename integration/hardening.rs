@@ -1,0 +1,199 @@
+//! Hostile and broken input never hangs, aborts or answers nothing: a FIFO (or another file
+//! that is not a network namespace) as the namespace fails within a second with exit 3 (CNI
+//! code 3) saying what the path is; a timeout too large for a `Duration` is a validation
+//! error, not a panic; and a panic in the CNI plugin still answers the runtime with an error
+//! document on stdout.
+
+mod support;
+
+use serde_json::json;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Runs `cmd` with stdin closed, killing it (and failing) if it runs past `limit`.
+fn run_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "still running after {limit:?} (killed); stderr: {}",
+                stderr_of(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A FIFO, a regular file, a directory and a mount namespace, each with what it is.
+fn not_netns_paths(dir: &TempDir) -> Vec<(String, &'static str)> {
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    vec![
+        (fifo.display().to_string(), "a FIFO"),
+        (file.display().to_string(), "a regular file"),
+        (dir.path().display().to_string(), "a directory"),
+        ("/proc/self/ns/mnt".to_string(), "a mount namespace"),
+    ]
+}
+
+#[test]
+fn a_path_that_is_not_a_network_namespace_fails_fast_with_exit_3_naming_what_it_is() {
+    require_root();
+    let dir = TempDir::new("notns", &[]);
+    for (path, what) in not_netns_paths(&dir) {
+        for sub in ["apply", "verify", "remove"] {
+            let out = run_within(
+                Command::new(binary()).args([sub, "--netns", &path]),
+                Duration::from_secs(2),
+            );
+            assert_eq!(
+                out.status.code(),
+                Some(3),
+                "{sub} {path}: {}",
+                stderr_of(&out)
+            );
+            let err = stderr_of(&out);
+            assert!(
+                err.contains(&format!("{path} is not a network namespace: it is {what}")),
+                "{sub} {path}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cni_add_with_a_fifo_as_netns_answers_code_3_at_once() {
+    require_root();
+    let dir = TempDir::new("notns-cni", &[]);
+    let (fifo, _) = not_netns_paths(&dir).remove(0);
+    let conf =
+        json!({"cniVersion": "1.0.0", "name": "n", "type": "mesh-redirect", "mode": "static"});
+    let mut cmd = Command::new(binary());
+    cmd.env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "c1")
+        .env("CNI_NETNS", &fifo)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(2) {
+            let _ = child.kill();
+            panic!("CNI ADD on a FIFO still running after 2 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let answer = stdout_json(&out);
+    assert_eq!(answer["code"], 3, "{answer}");
+    assert!(
+        answer["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("it is a FIFO"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn an_api_timeout_too_large_for_a_duration_is_error_7_not_a_panic() {
+    let ns = TestNetns::new("bigtimeout");
+    for timeout in [json!(1e20), json!("99999999999999999910s"), json!(-1)] {
+        let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "mesh-redirect",
+                          "api_timeout": timeout});
+        let out = cni(
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_NETNS", ns.path().as_str()),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", "/opt/cni/bin"),
+            ],
+            &conf.to_string(),
+        );
+        assert_eq!(out.status.code(), Some(1), "{timeout}: {}", stderr_of(&out));
+        let answer = stdout_json(&out);
+        assert_eq!(answer["code"], 7, "{answer}");
+        assert!(
+            answer["msg"].as_str().unwrap().contains("api_timeout"),
+            "{answer}"
+        );
+    }
+    assert_eq!(ns.ruleset().trim(), "", "nothing was applied");
+}
+
+#[test]
+fn a_probe_timeout_too_large_for_a_duration_is_invalid_input() {
+    let out = run_within(
+        Command::new(binary()).args(["validate", "--probe-timeout", "99999999999999999999s"]),
+        Duration::from_secs(5),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("--probe-timeout"));
+}
+
+#[test]
+fn a_panic_in_the_plugin_still_answers_with_a_cni_error() {
+    if !cfg!(feature = "fault-injection") {
+        panic!("run the tests with --features fault-injection (see README)");
+    }
+    let ns = TestNetns::new("panic");
+    let conf =
+        json!({"cniVersion": "0.4.0", "name": "n", "type": "mesh-redirect", "mode": "static"});
+    let out = cni(
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", ns.path().as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+            ("MESH_REDIRECT_FAULT", "panic"),
+        ],
+        &conf.to_string(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "not a signal: {}",
+        stderr_of(&out)
+    );
+    let answer = stdout_json(&out);
+    assert_eq!(answer["code"], 106, "{answer}");
+    assert_eq!(answer["cniVersion"], "0.4.0", "{answer}");
+    assert!(
+        answer["details"]
+            .as_str()
+            .unwrap()
+            .contains("fault injection"),
+        "{answer}"
+    );
+}
