@@ -197,3 +197,43 @@ fn a_panic_in_the_plugin_still_answers_with_a_cni_error() {
         "{answer}"
     );
 }
+
+#[test]
+fn a_huge_stdin_is_refused_with_error_6_before_parsing() {
+    let ns = TestNetns::new("bigstdin");
+    // 6 MiB of a syntactically valid document: the cap, not the parser, refuses it.
+    let padding = "x".repeat(6 << 20);
+    let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "mesh-redirect",
+                      "mode": "static", "padding": padding});
+    let mut child = Command::new(binary())
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "c1")
+        .env("CNI_NETNS", ns.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        // The plugin stops reading at the cap and answers: EPIPE here is expected (Go's
+        // os/exec, which libcni uses, ignores it the same way).
+        let _ = stdin.write_all(conf.to_string().as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let answer = stdout_json(&out);
+    assert_eq!(answer["code"], 6, "{answer}");
+    assert!(
+        answer["msg"]
+            .as_str()
+            .unwrap()
+            .contains("larger than 4 MiB"),
+        "{answer}"
+    );
+    assert_eq!(ns.ruleset().trim(), "", "nothing was applied");
+}

@@ -56,9 +56,11 @@ fn answer_panics() {
 pub fn main() -> ExitCode {
     answer_panics();
     let env = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
-    let mut stdin = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut stdin);
-    let (out, ok) = match invoke(&env, &stdin) {
+    let answer = match read_stdin(std::io::stdin().lock()) {
+        Ok(stdin) => invoke(&env, &stdin),
+        Err(e) => Err((e, LATEST.to_string())),
+    };
+    let (out, ok) = match answer {
         Ok(out) => (out, true),
         Err((e, version)) => {
             tracing::error!("{e}");
@@ -75,6 +77,37 @@ pub fn main() -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// The largest configuration accepted on stdin. A conflist entry with a `prevResult` is a
+/// few KiB; 4 MiB is far above any real one and keeps the plugin's memory bounded.
+pub const MAX_STDIN: u64 = 4 << 20;
+
+/// Reads the network configuration from stdin, refusing more than [`MAX_STDIN`] bytes (error
+/// 6) instead of buffering whatever a caller sends.
+pub fn read_stdin(input: impl Read) -> Result<Vec<u8>, CniError> {
+    let mut stdin = Vec::new();
+    input
+        .take(MAX_STDIN + 1)
+        .read_to_end(&mut stdin)
+        .map_err(|e| {
+            CniError::new(
+                Code::Io,
+                "cannot read the configuration on stdin",
+                e.to_string(),
+            )
+        })?;
+    if stdin.len() as u64 > MAX_STDIN {
+        return Err(CniError::new(
+            Code::Decode,
+            format!(
+                "the configuration on stdin is larger than {} MiB",
+                MAX_STDIN >> 20
+            ),
+            "refused before parsing; a CNI configuration with prevResult is a few KiB",
+        ));
+    }
+    Ok(stdin)
 }
 
 type Failure = (CniError, String);
