@@ -237,3 +237,38 @@ fn a_huge_stdin_is_refused_with_error_6_before_parsing() {
     );
     assert_eq!(ns.ruleset().trim(), "", "nothing was applied");
 }
+
+/// An explicit backend that differs from the one in place migrates (both directions): the
+/// other backend's rules of ours are gone afterwards, and the log says so.
+#[test]
+fn switching_backends_leaves_only_the_new_one() {
+    for (from, to) in [
+        ("iptables-legacy", "nftables"),
+        ("nftables", "iptables-legacy"),
+    ] {
+        let ns = TestNetns::new("migrate");
+        ns.mesh_ok("apply", &strings(&["--backend", from, "--ipv6=true"]), &[]);
+        let out = ns.mesh_ok("apply", &strings(&["--backend", to, "--ipv6=true"]), &[]);
+        assert!(
+            stderr_of(&out).contains(&format!("migrated_from=\"{from}\"")),
+            "{from} → {to}: {}",
+            stderr_of(&out)
+        );
+        let legacy = ns.legacy_saved(false);
+        let nft = ns.ruleset();
+        if to == "nftables" {
+            assert!(
+                !legacy.contains("ISTIO_"),
+                "legacy rules left behind:\n{legacy}"
+            );
+            assert!(nft.contains("table inet istio-proxy-nat"), "{nft}");
+        } else {
+            assert!(
+                !nft.contains("istio-proxy"),
+                "nftables tables left behind:\n{nft}"
+            );
+            assert!(legacy.contains("ISTIO_OUTPUT"), "{legacy}");
+        }
+        ns.mesh_ok("verify", &strings(&["--backend", to, "--ipv6=true"]), &[]);
+    }
+}

@@ -140,6 +140,7 @@ fn cmd_apply(t: &Target, redirect: &RedirectArgs) -> Result<(), Error> {
         replaced = report.replaced,
         routes = report.routes_added.len(),
         retries = report.retries,
+        migrated_from = report.migrated_from.map(|b| b.name()).unwrap_or("-"),
         apply_us = report.elapsed.as_micros() as u64,
         "applied"
     );

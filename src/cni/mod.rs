@@ -447,6 +447,7 @@ fn add(env: &Environment, conf: &NetConf) -> Result<Option<Value>, CniError> {
                 backend = report.decision.backend.name(),
                 because = report.decision.reason,
                 objects = report.objects,
+                migrated_from = report.migrated_from.map(|b| b.name()).unwrap_or("-"),
                 apply_us = report.elapsed.as_micros() as u64,
                 "redirect applied"
             );

@@ -79,6 +79,9 @@ pub struct ApplyReport {
     pub routes_added: Vec<RouteObject>,
     /// iptables-legacy: table writes retried because another writer changed the table.
     pub retries: usize,
+    /// The other backend, when rules of ours were in place there and were removed after this
+    /// apply succeeded (an explicit `--backend` that differs from the one in place migrates).
+    pub migrated_from: Option<Backend>,
     /// Wall time on the namespace thread.
     pub elapsed: Duration,
 }
@@ -230,6 +233,12 @@ pub fn apply_in<K: Kernel>(
     let start = Instant::now();
     let (decision, mut backend) = select(k, choice)?;
     let plan = plan(cfg, decision.backend);
+    // `auto` follows the backend in place; an explicit choice that differs from it migrates,
+    // so the namespace never ends up with both (Istio's bug class, istio/istio#58353).
+    let mut previous = match choice {
+        BackendChoice::Auto => None,
+        _ => other_in_place(k, decision.backend)?,
+    };
     let wanted = wanted_routes(cfg);
     let mut rsock = match wanted.is_empty() {
         true => None,
@@ -242,23 +251,54 @@ pub fn apply_in<K: Kernel>(
         Some(rs) => add_routes(rs, &wanted)?,
         None => Vec::new(),
     };
-    match backend.apply(&plan) {
-        Ok(a) => Ok(ApplyReport {
-            decision,
-            objects: a.objects,
-            messages: a.messages,
-            replaced: a.replaced,
-            routes_added: added,
-            retries: a.retries,
-            elapsed: start.elapsed(),
-        }),
+    let a = match backend.apply(&plan) {
+        Ok(a) => a,
         Err(e) => {
             if let Some(rs) = &mut rsock {
                 undo_routes(rs, &added);
             }
-            Err(e.into())
+            return Err(e.into());
         }
-    }
+    };
+    // The new rules capture first, then the old ones go: no moment without a redirect.
+    let migrated_from = match &mut previous {
+        Some(old) => {
+            old.remove(&self::plan(cfg, old.kind()))?;
+            tracing::info!(
+                from = old.kind().name(),
+                to = decision.backend.name(),
+                "migrated: removed our rules from the backend previously in place"
+            );
+            Some(old.kind())
+        }
+        None => None,
+    };
+    Ok(ApplyReport {
+        decision,
+        objects: a.objects,
+        messages: a.messages,
+        replaced: a.replaced,
+        routes_added: added,
+        retries: a.retries,
+        migrated_from,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The other backend, opened, when it holds rules of ours.
+fn other_in_place<'k, K: Kernel>(
+    k: &'k K,
+    chosen: Backend,
+) -> Result<Option<Box<dyn RedirectBackend + 'k>>, EngineError> {
+    let mut other: Box<dyn RedirectBackend + 'k> = match chosen {
+        Backend::IptablesLegacy => match k.nftables() {
+            Ok(sock) => Box::new(Nftables::new(sock)),
+            // No nf_tables in this kernel: nothing of ours can be there.
+            Err(_) => return Ok(None),
+        },
+        Backend::Nftables => Box::new(IptablesLegacy::new(k)),
+    };
+    Ok(other.exists()?.then_some(other))
 }
 
 /// Differences between the kernel and the plan, one readable line each; empty when they match.
@@ -331,5 +371,7 @@ pub fn remove_in<K: Kernel>(k: &K, cfg: &Config) -> Result<RemoveReport, EngineE
     })
 }
 
+#[cfg(test)]
+mod migration_tests;
 #[cfg(test)]
 mod tests;
