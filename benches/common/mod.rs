@@ -85,7 +85,7 @@ impl Spec {
 }
 
 /// `n` distinct CIDRs, alternately IPv4 (`10.B.x.0/24`) and IPv6 (`fd00:B:x::/48`).
-fn cidr_list(n: usize, base: usize) -> String {
+pub fn cidr_list(n: usize, base: usize) -> String {
     (0..n)
         .map(|i| {
             let k = i / 2;

@@ -31,7 +31,7 @@ pub enum BlobError {
 }
 
 /// A match or target: name, revision and the data after the 32-byte header (padded).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Extension {
     /// The extension's name (empty for the standard target).
     pub name: String,
@@ -68,7 +68,7 @@ impl Extension {
 }
 
 /// What a rule does.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     /// A standard verdict: ACCEPT (−2), DROP (−1), RETURN (−5).
     Verdict(i32),
