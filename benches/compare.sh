@@ -59,7 +59,7 @@ NSEXEC="$work/nsexec"
 "$BIN" render --ipv6 >"$work/istio.nft"
 
 # The iptables payloads: the CNI plugin's default golden for IPv4, and its IPv6 form by the
-# rules of istio-semantics.md §8.2. Check the committed copies against the golden.
+# rules of docs/istio-semantics.md §7.2. Check the committed copies against the golden.
 golden=integration/fixtures/conformance/istio/cni-plugin/basic.txt.golden
 if [ -f "$golden" ]; then
   cmp -s "$golden" benches/istio/cni-default.v4.rules ||

@@ -197,3 +197,66 @@ fn the_function_length_scanner_counts_bodies_and_honours_reasons() {
     let found = long_functions(&text, 80);
     assert_eq!(found, [(135, "long".to_string(), 122)]);
 }
+
+/// Every file under `dir`, skipping build output and git's own data.
+fn repository_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("a readable directory") {
+        let p = e.expect("a directory entry").path();
+        let name = p.file_name().unwrap_or_default();
+        if name == "target" || name == ".git" {
+            continue;
+        }
+        if p.is_dir() {
+            repository_files(&p, out);
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+}
+
+/// The files under `root` whose bytes contain `needle`, as root-relative paths.
+fn files_containing(root: &Path, needle: &[u8]) -> Vec<String> {
+    let mut files = Vec::new();
+    repository_files(root, &mut files);
+    let mut found: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            let bytes = std::fs::read(f).expect("a readable file");
+            bytes.windows(needle.len()).any(|w| w == needle)
+        })
+        .map(|f| f.strip_prefix(root).unwrap_or(f).display().to_string())
+        .collect();
+    found.sort();
+    found
+}
+
+/// The repository stands alone: the shared build inputs beside it are an input to its
+/// developers, never something a file here may point to (a clone elsewhere has no such
+/// directory). What the code relies on is summarised in `docs/`.
+#[test]
+fn no_file_refers_to_the_shared_directory_outside_the_repository() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Assembled at run time so that this file does not name it itself.
+    let needle = ["..", "/shared"].concat();
+    let found = files_containing(root, needle.as_bytes());
+    assert!(
+        found.is_empty(),
+        "files referring to `{needle}` (cite docs/ instead): {found:#?}"
+    );
+}
+
+#[test]
+fn the_file_scanner_finds_a_needle_and_skips_build_output() {
+    let dir = std::env::temp_dir().join(format!("repo-hygiene-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for sub in ["a/b", "target", ".git"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    std::fs::write(dir.join("a/b/hit.md"), "see ../elsewhere/x").unwrap();
+    std::fs::write(dir.join("a/miss.rs"), "// nothing here").unwrap();
+    std::fs::write(dir.join("target/built"), "../elsewhere").unwrap();
+    std::fs::write(dir.join(".git/config"), "../elsewhere").unwrap();
+    let found = files_containing(&dir, b"../elsewhere");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(found, ["a/b/hit.md"]);
+}

@@ -52,7 +52,7 @@ fn log_field(stderr: &str, message: &str, key: &str) -> Option<String> {
 // 1. The listing the user checks by hand
 // ------------------------------------------------------------------------------------------
 
-/// Istio's CNI plugin (`sidecar_redirect.go`, istio-semantics §12.4): the
+/// Istio's CNI plugin (`sidecar_redirect.go`, `docs/istio-semantics.md` §8.4): the
 /// `excludeInboundPorts` annotation, trimmed, `,` appended if missing, `15020,15021,15090`
 /// appended, de-duplicated with the first occurrence winning.
 fn cni_exclude_inbound_ports(annotation: &str) -> String {
@@ -189,7 +189,7 @@ fn parse_listing(text: &str) -> BTreeMap<String, Listed> {
 fn seed_for_todays_istio(mut seed: BTreeMap<String, Listed>) -> BTreeMap<String, Listed> {
     let out = seed.get_mut("ISTIO_OUTPUT").expect("seed has ISTIO_OUTPUT");
     // (a) Documented (seed README): today's Istio also excludes UDP 15020 outbound; Istio's
-    // generator emits it right after the TCP one (istio-semantics §4.3 step 9).
+    // generator emits it right after the TCP one (`docs/istio-semantics.md` §4.2 step 9).
     let tcp = out
         .rows
         .iter()
@@ -217,10 +217,11 @@ fn seed_for_todays_istio(mut seed: BTreeMap<String, Listed>) -> BTreeMap<String,
         "seed: one loopback in-redirect rule per uid and gid"
     );
     // (c) Not in the seed README, found by this test: the seed's `OUTPUT -p tcp -j
-    // ISTIO_OUTPUT` is `OUTPUT -j ISTIO_OUTPUT` (all protocols) in today's Istio (istio-semantics
-    // §4.3 step 8, §8.1 rule 13, CNI golden basic.txt.golden). Reason: ISTIO_OUTPUT now holds
-    // UDP rules that a TCP-only jump would never reach — the UDP 15020 exclusion of (a) and,
-    // with DNS capture, the UDP port 53 redirect to the agent (ISTIO_OUTPUT_DNS).
+    // ISTIO_OUTPUT` is `OUTPUT -j ISTIO_OUTPUT` (all protocols) in today's Istio
+    // (`docs/istio-semantics.md` §4.2 step 8, §7.1 rule 13, CNI golden basic.txt.golden).
+    // Reason: ISTIO_OUTPUT now holds UDP rules that a TCP-only jump would never reach — the UDP
+    // 15020 exclusion of (a) and, with DNS capture, the UDP port 53 redirect to the agent
+    // (ISTIO_OUTPUT_DNS).
     let output = seed.get_mut("OUTPUT").expect("seed has OUTPUT");
     assert_eq!(output.rows.len(), 1, "seed: one rule in OUTPUT");
     assert_eq!(

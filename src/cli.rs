@@ -1,8 +1,8 @@
 //! The command line: `istio-iptables` flag names, short forms and environment variables, with
-//! Istio's precedence (spec §2.1): a flag beats the environment, and a second ("additional")
-//! variable beats the first (`ISTIO_META_DNS_CAPTURE` over `REDIRECT_DNS`). The redirect
-//! flags are not declared here: [`RedirectArgs`] builds them from the knob table
-//! ([`knobs::ALL`]).
+//! Istio's precedence (`docs/istio-semantics.md` §2.1): a flag beats the environment, and a
+//! second ("additional") variable beats the first (`ISTIO_META_DNS_CAPTURE` over
+//! `REDIRECT_DNS`). The redirect flags are not declared here: [`RedirectArgs`] builds them from
+//! the knob table ([`knobs::ALL`]).
 
 use crate::config::knobs::{self, Fallback, Knob, Syntax};
 use crate::config::RawConfig;

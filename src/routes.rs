@@ -1,4 +1,5 @@
-//! TPROXY policy routing and the IPv6 passthrough address, over rtnetlink (spec §6):
+//! TPROXY policy routing and the IPv6 passthrough address, over rtnetlink
+//! (`docs/istio-semantics.md` §6):
 //!
 //! ```text
 //! ip rule add fwmark 1337 lookup 133                 (and -6 with IPv6)

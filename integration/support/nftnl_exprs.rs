@@ -1,6 +1,6 @@
 //! The libnftnl side of our encoder checks (shared by `integration/libnftnl_oracle.rs` and
 //! the encoder benchmark): the expressions the `nftnl` crate lacks, written against libnftnl
-//! directly (kernel-notes §1.1), and nft's conventions for addresses and dependencies.
+//! directly (`docs/kernel-facts.md` §3.2), and nft's conventions for addresses and dependencies.
 #![allow(dead_code)]
 
 use mesh_redirect::config::Cidr;
@@ -23,7 +23,7 @@ pub const NFT_CT_ZONE: u32 = 17;
 pub const NFT_REG_1: u32 = libc::NFT_REG_1 as u32;
 
 // ---------------------------------------------------------------------------------------
-// Expressions the crate lacks (kernel-notes §1.1), written against libnftnl directly.
+// Expressions the crate lacks (`docs/kernel-facts.md` §3.2), written against libnftnl directly.
 // ---------------------------------------------------------------------------------------
 
 /// An expression just allocated by libnftnl, not yet handed to a rule.

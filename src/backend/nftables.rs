@@ -65,10 +65,10 @@ impl<S: NfTables> Nftables<S> {
         } else {
             Shape::Replace
         };
-        // Our tables are there already: when they hold exactly the plan, leave them (and
-        // their counters) alone. A replace deletes, and a deleting batch makes the socket's
-        // close wait for an RCU grace period (≈ 15 ms, kernel-notes §1.5); a no-op costs one
-        // read-back.
+        // Our tables are there already: when they hold exactly the plan, leave them (and their
+        // counters) alone. A replace deletes, and a deleting batch makes the socket's close
+        // wait for an RCU grace period (≈ 15 ms, `docs/kernel-facts.md` §2.3); a no-op costs
+        // one read-back.
         let forced = crate::fault::active(crate::fault::Fault::LastMessage);
         if shape == Shape::Replace && !forced {
             let kernel = readback::read_tables(&mut self.sock, &our_table_names())?;

@@ -1,5 +1,5 @@
 //! From a Pod object to "redirect or not" and the redirect settings, exactly as Istio's CNI
-//! plugin decides (spec §12.3 step 10–12, §12.4, errata §15.3–15.4).
+//! plugin decides (`docs/istio-semantics.md` §8.3 steps 10–12, §8.4).
 //!
 //! Settings keep the annotation (or container field) they came from as their origin, so a
 //! bad value is rejected naming it:

@@ -20,7 +20,8 @@ pub enum Syntax {
 pub enum Fallback {
     /// Nothing: an empty value (an empty list, `false`).
     Empty,
-    /// This value, parsed like a given one (Istio's CNI-plugin sidecar defaults, spec §8.1).
+    /// This value, parsed like a given one (Istio's CNI-plugin sidecar defaults,
+    /// `docs/istio-semantics.md` §7.1).
     Value(&'static str),
     /// Derived from another knob; the text says from what (for `--help` and the README).
     Derived(&'static str),

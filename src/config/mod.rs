@@ -1,5 +1,5 @@
 //! The validated redirect configuration: every knob of Istio's sidecar capture
-//! (`../shared/reference/istio-semantics.md` §2–3), typed.
+//! (`docs/istio-semantics.md` §2–3), typed.
 //!
 //! A [`Config`] can only be built through [`RawConfig::validate`], so the rule model never
 //! sees a port that is not a number, a CIDR of the wrong family or an interface name the
@@ -84,7 +84,8 @@ pub enum OwnerGroups {
     Only(Vec<Group>),
 }
 
-/// DNS capture after Istio's gate (§3.5): `Off` when disabled or when it would capture nothing.
+/// DNS capture after Istio's gate (`docs/istio-semantics.md` §3.5): `Off` when disabled or when
+/// it would capture nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DnsCapture {
     /// No DNS capture.
@@ -153,7 +154,8 @@ impl Config {
         self.interception == InterceptionMode::Tproxy
     }
 
-    /// Whether TPROXY policy routing (fwmark rule + local route, spec §6) is part of the apply.
+    /// Whether TPROXY policy routing (fwmark rule + local route, `docs/istio-semantics.md` §6)
+    /// is part of the apply.
     pub fn needs_tproxy_routes(&self) -> bool {
         self.is_tproxy() && self.inbound_ports != InboundPorts::None
     }

@@ -276,8 +276,8 @@ impl RawConfig {
         cidr_list(f, v)
     }
 
-    /// `--dns-servers-v4` / `--dns-servers-v6` after Istio's gate (§3.5): resolver-only
-    /// capture with no resolvers captures nothing.
+    /// `--dns-servers-v4` / `--dns-servers-v6` after Istio's gate (`docs/istio-semantics.md`
+    /// §3.5): resolver-only capture with no resolvers captures nothing.
     fn dns(&self, redirect_dns: bool, capture_all_dns: bool) -> Result<DnsCapture, ConfigError> {
         let v4 = self.dns_servers(&knobs::DNS_SERVERS_V4, &knobs::DNS_SERVERS_V6, true)?;
         let v6 = self.dns_servers(&knobs::DNS_SERVERS_V6, &knobs::DNS_SERVERS_V4, false)?;

@@ -1,7 +1,7 @@
 //! Chaining our plugin into the primary CNI's configuration: pure JSON, no I/O.
 //!
-//! The rules are istio-cni's (`cni/pkg/install/cniconfig.go`, spec §12.2/§15.2), with three
-//! deliberate differences that keep the primary's configuration intact:
+//! The rules are istio-cni's (`cni/pkg/install/cniconfig.go`, `docs/istio-semantics.md` §8.2),
+//! with three deliberate differences that keep the primary's configuration intact:
 //! * A configuration with a top-level `type` is a single plugin, whatever the file's
 //!   extension, and is wrapped into `{"cniVersion", "name", "plugins": [primary, ours]}`.
 //!   The list keeps the network's own `name` (Istio renames it to `k8s-pod-network`, and

@@ -1,7 +1,7 @@
 //! The node installer: puts the plugin on a node and keeps it there.
 //!
 //! Run from a DaemonSet that mounts the host's CNI directories, it does what istio-cni's
-//! install-cni does for `istio-cni` (spec §12.2/§15.2):
+//! install-cni does for `istio-cni` (`docs/istio-semantics.md` §8.2):
 //! 1. copies this binary to `<cni_bin_dir>/mesh-redirect` (the name is the plugin `type`);
 //! 2. writes the plugin's kubeconfig from the pod's service account
 //!    ([`kubeconfig`]) into the CNI configuration directory;
@@ -11,7 +11,7 @@
 //! The order matters: the configuration is what makes the runtime call us, so it is written
 //! last, when the binary and its kubeconfig are already in place.
 //!
-//! Then [`run`] stays, because the node does not stay put (peers.md §9 pain point 4): the
+//! Then [`run`] stays, because the node does not stay put (`docs/field-pains.md` §2, §5): the
 //! primary CNI rewrites its configuration on restart or upgrade and drops our entry, the
 //! primary may not have written anything yet when we start, kubelet rotates the token, and
 //! an upgrade can remove the binary. [`run_until`] repairs each of these from inotify events.

@@ -1,7 +1,7 @@
-//! Istio's rule generator, step by step (spec §4.3; nftables forms §7.3): one `step_…` method
-//! per step, called in the spec's order by [`Builder::build`]. Step numbers in the comments
-//! are the spec's. The nftables rule text each step produces is shown next to it; the
-//! iptables form is in the spec.
+//! Istio's rule generator, step by step (`docs/istio-semantics.md` §4.2; nftables forms
+//! §5.2): one `step_…` method per step, called in that document's order by
+//! [`Builder::build`]. Step numbers in the comments are its numbers. The nftables rule text
+//! each step produces is shown next to it; the iptables form is in the document.
 
 use super::*;
 use crate::config::{Config, DnsCapture, Group, InboundPorts, OutboundRanges, OwnerGroups};
@@ -231,7 +231,7 @@ impl<'c> Builder<'c> {
         self.cfg.dns != DnsCapture::Off
     }
 
-    /// Every step, in Istio's order (spec §4.3).
+    /// Every step, in Istio's order (`docs/istio-semantics.md` §4.2).
     fn build(mut self) -> Plan {
         self.step_exclude_interfaces(); // 1
         self.step_virtual_interfaces(); // 2

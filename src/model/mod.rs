@@ -1,9 +1,9 @@
 //! The backend-neutral rule model: the one place where Istio's capture semantics live.
 //!
-//! [`build`] turns a validated [`Config`](crate::config::Config) into a [`Plan`]: Istio's
-//! rules in Istio's emission order (spec §4.3 for iptables, §7.3 for nftables), each with
-//! its table, chain, address family, matches, action and position (append, or insert at an
-//! index). Backends never decide what a rule means; they only lower it:
+//! [`build`] turns a validated [`Config`](crate::config::Config) into a [`Plan`]: Istio's rules
+//! in Istio's emission order (`docs/istio-semantics.md` §4.2 for iptables, §5.2 for nftables),
+//! each with its table, chain, address family, matches, action and position (append, or insert
+//! at an index). Backends never decide what a rule means; they only lower it:
 //!
 //! * the nftables backend lowers a rule to expressions (`oifname "lo" meta l4proto tcp
 //!   ip daddr != 127.0.0.1 tcp dport != 15008 meta skuid 1337 counter jump istio-in-redirect`);
@@ -63,8 +63,9 @@ impl Table {
         }
     }
 
-    /// The chains of this table in the order Istio declares them (spec §7.2); nftables lists
-    /// chains in creation order, so this order is visible in `nft list ruleset`.
+    /// The chains of this table in the order Istio declares them (`docs/istio-semantics.md`
+    /// §5.1); nftables lists chains in creation order, so this order is visible in `nft list
+    /// ruleset`.
     #[rustfmt::skip] // one line per table reads as the spec's table
     pub fn chain_order(self) -> &'static [Chain] {
         use Chain::*;
@@ -103,7 +104,7 @@ pub enum Chain {
     Drop,
 }
 
-/// The kind of a base chain, with its hook and priority (spec §7.2).
+/// The kind of a base chain, with its hook and priority (`docs/istio-semantics.md` §5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BaseChain {
     /// The chain type.

@@ -1,6 +1,7 @@
 //! A netlink socket with the three exchanges we need: a request answered by one ACK, a dump
 //! answered by many messages and `NLMSG_DONE`, and a batch whose replies are already queued
-//! when `send` returns (nfnetlink handles a batch inside `sendmsg`, kernel-notes §2).
+//! when `send` returns (nfnetlink handles a batch inside `sendmsg`, `docs/kernel-facts.md`
+//! §2.2).
 
 use super::consts::*;
 use super::error::ErrorReply;

@@ -1,15 +1,15 @@
 //! The plan as one nf_tables transaction: `BATCH_BEGIN`, tables, chains, anonymous sets,
 //! rules, `BATCH_END`. The kernel applies all of it or nothing.
 //!
-//! Two shapes (kernel-notes §1.5): on a namespace without our tables a **create-only**
-//! batch (`NEWTABLE` with `NLM_F_EXCL`: no delete, so no RCU wait at socket close); when
-//! our tables exist, a **replace** batch that first re-declares and deletes each of the
-//! three tables (`add table; delete table`, which works whether or not it exists) and then
-//! builds them anew. Rules are written in their final order with `NLM_F_APPEND`
-//! ([`Plan::resolve_inet`]). Only `BATCH_END` asks for an ACK (kernels ≥ 6.10 send it after
-//! the commit): the kernel handles the batch inside `sendmsg` and reports every error, each
-//! tied to its message by sequence number, so the absence of errors is the commit, and we
-//! spare the kernel (and us) one reply per message.
+//! Two shapes (`docs/kernel-facts.md` §2.3): on a namespace without our tables a
+//! **create-only** batch (`NEWTABLE` with `NLM_F_EXCL`: no delete, so no RCU wait at socket
+//! close); when our tables exist, a **replace** batch that first re-declares and deletes each
+//! of the three tables (`add table; delete table`, which works whether or not it exists) and
+//! then builds them anew. Rules are written in their final order with `NLM_F_APPEND`
+//! ([`Plan::resolve_inet`]). Only `BATCH_END` asks for an ACK (kernels ≥ 6.10 send it after the
+//! commit): the kernel handles the batch inside `sendmsg` and reports every error, each tied to
+//! its message by sequence number, so the absence of errors is the commit, and we spare the
+//! kernel (and us) one reply per message.
 
 use super::abi::*;
 use super::expr::{lower, CmpOp, Expr, Verdict};
@@ -262,8 +262,8 @@ fn data_value(w: &mut MessageWriter, ty: u16, value: &[u8]) {
     w.nest_end(n);
 }
 
-/// An anonymous constant set per lookup (a set can be bound to one rule only, kernel-notes
-/// §1.6), then the rule.
+/// An anonymous constant set per lookup (a set can be bound to one rule only,
+/// `docs/kernel-facts.md` §2.4), then the rule.
 fn rule_message(b: &mut Builder, table: &str, chain: &str, exprs: &[Expr], what: String) {
     let mut set_ids = Vec::new();
     for e in exprs {

@@ -1,6 +1,6 @@
-//! The plan as the nft transaction Istio pipes to `nft -f -` (the format of Istio's
-//! nftables goldens, spec §7.4). Used by `mesh-redirect render`; the kernel never sees this
-//! text, but it is the easiest way for a person to read what `apply` will program:
+//! The plan as the nft transaction Istio pipes to `nft -f -` (the format of Istio's nftables
+//! goldens, `docs/istio-semantics.md` §5.3). Used by `mesh-redirect render`; the kernel never
+//! sees this text, but it is the easiest way for a person to read what `apply` will program:
 //!
 //! ```text
 //! add table inet istio-proxy-nat
@@ -40,7 +40,7 @@ pub fn render(plan: &Plan) -> String {
             }
         }
         // Istio turns an insert into an append when the chain has no rule from this
-        // transaction yet or the index is past its end (spec §7.4).
+        // transaction yet or the index is past its end (`docs/istio-semantics.md` §5.3).
         let mut emitted: HashMap<Chain, usize> = HashMap::new();
         for step in plan.steps.iter().filter(|s| s.table == table) {
             let count = emitted.entry(step.chain).or_default();

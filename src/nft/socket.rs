@@ -1,10 +1,10 @@
 //! The `NETLINK_NETFILTER` socket: sending a batch and reading every reply, and dumps.
 //!
 //! nfnetlink processes a batch synchronously inside `sendmsg`, so when `send` returns every
-//! reply is already queued; we drain them without blocking (kernel-notes §2). A batch is
-//! committed only if **no** reply carries an error (the kernel reports every error even for
-//! messages that asked for no ACK, and ACKs the messages it parsed even when it then aborts
-//! the transaction, so ACKs prove nothing).
+//! reply is already queued; we drain them without blocking (`docs/kernel-facts.md` §2.2). A
+//! batch is committed only if **no** reply carries an error (the kernel reports every error
+//! even for messages that asked for no ACK, and ACKs the messages it parsed even when it then
+//! aborts the transaction, so ACKs prove nothing).
 
 use super::abi::*;
 use super::batch::Batch;

@@ -1,4 +1,5 @@
-//! The plan as Istio's iptables transcript (the format of its iptables goldens, spec §4.4):
+//! The plan as Istio's iptables transcript (the format of its iptables goldens,
+//! `docs/istio-semantics.md` §4.3):
 //!
 //! ```text
 //! iptables-save
