@@ -272,3 +272,28 @@ fn switching_backends_leaves_only_the_new_one() {
         ns.mesh_ok("verify", &strings(&["--backend", to, "--ipv6=true"]), &[]);
     }
 }
+
+#[test]
+fn a_detached_boolean_value_gets_a_hint() {
+    let out = run(Command::new(binary()).args(["render", "--ipv6", "true"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("hint: write --ipv6=true"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn tproxy_with_ipv6_and_lo_down_says_to_bring_lo_up() {
+    let ns = TestNetns::new("lodown");
+    ns.exec_ok(&["ip", "link", "set", "lo", "down"]);
+    let out = ns.mesh("apply", &strings(&["-m", "TPROXY", "--ipv6=true"]), &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("bring `lo` up"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(ns.ruleset().trim(), "", "nothing was applied");
+}

@@ -271,6 +271,24 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
+/// `--ipv6 true`: an on/off flag takes its value attached (`--ipv6=true`), so clap sees a
+/// stray `true`; say how to write it.
+fn detached_bool_hint(args: impl Iterator<Item = String>) -> Option<String> {
+    let args: Vec<String> = args.collect();
+    args.windows(2).find_map(|w| {
+        let is_bool_flag = mesh_redirect::config::knobs::ALL.iter().any(|k| {
+            k.syntax == mesh_redirect::config::knobs::Syntax::Bool && k.flag == Some(w[0].as_str())
+        });
+        let is_bool = matches!(w[1].as_str(), "true" | "false" | "1" | "0");
+        (is_bool_flag && is_bool).then(|| {
+            format!(
+                "hint: write {}={} (the value of an on/off flag is attached with '=')",
+                w[0], w[1]
+            )
+        })
+    })
+}
+
 fn main() -> ExitCode {
     // Run by a container runtime as a CNI plugin.
     if std::env::var_os("CNI_COMMAND").is_some() {
@@ -281,6 +299,9 @@ fn main() -> ExitCode {
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
             let _ = e.print();
+            if let Some(hint) = detached_bool_hint(std::env::args()) {
+                eprintln!("{hint}");
+            }
             return ExitCode::from(code);
         }
     };

@@ -130,6 +130,9 @@ pub fn invoke(
         panic!("fault injection: a panic in the plugin");
     }
     init_logging(&conf);
+    if !conf.unknown_keys.is_empty() {
+        tracing::warn!(keys = ?conf.unknown_keys, "ignoring unknown configuration keys");
+    }
     let version = conf.cni_version.clone();
     let fail = |e: CniError| (e, version.clone());
     let needs = |min: &str, what: &str| -> Result<(), Failure> {

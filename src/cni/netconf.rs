@@ -68,6 +68,8 @@ pub struct NetConf {
     pub mode: Mode,
     /// Redirect settings: defaults for absent annotations, or the whole setting in static mode.
     pub redirect: Map<String, Value>,
+    /// Top-level keys neither the CNI spec nor we know: ignored, as CNI expects, and logged.
+    pub unknown_keys: Vec<String>,
 }
 
 /// `api_timeout` when the configuration does not set it.
@@ -287,6 +289,76 @@ fn mode(m: &Map<String, Value>) -> Result<Mode, CniError> {
     }
 }
 
+/// The keys of our `redirect` object: the annotations' names without their prefix. A typo
+/// here would silently apply a default, so an unknown key is an error.
+pub const REDIRECT_KEYS: [&str; 15] = [
+    "interceptionMode",
+    "includeOutboundIPRanges",
+    "excludeOutboundIPRanges",
+    "includeInboundPorts",
+    "excludeInboundPorts",
+    "includeOutboundPorts",
+    "excludeOutboundPorts",
+    "excludeInterfaces",
+    "rerouteVirtualInterfaces",
+    "proxyUID",
+    "proxyGID",
+    "dnsCapture",
+    "invalidDrop",
+    "dualStack",
+    "ipv6",
+];
+
+/// Top-level keys that are not logged as unknown: the CNI spec's and ours (Istio's included).
+const TOP_LEVEL_KEYS: [&str; 20] = [
+    "cniVersion",
+    "cniVersions",
+    "name",
+    "type",
+    "args",
+    "capabilities",
+    "runtimeConfig",
+    "prevResult",
+    "disableCheck",
+    "exclude_namespaces",
+    "kubernetes",
+    "cni_agent_run_dir",
+    "plugin_log_level",
+    "log_level",
+    "native_nftables",
+    "backend",
+    "api_timeout",
+    "log_file",
+    "mode",
+    "redirect",
+];
+
+/// The known name closest to `key` (Levenshtein distance, case-insensitive).
+fn closest<'k>(key: &str, known: &[&'k str]) -> &'k str {
+    let distance = |a: &str, b: &str| {
+        let (a, b): (Vec<char>, Vec<char>) = (
+            a.to_lowercase().chars().collect(),
+            b.to_lowercase().chars().collect(),
+        );
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.iter().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    };
+    known
+        .iter()
+        .min_by_key(|k| distance(key, k))
+        .copied()
+        .unwrap_or_default()
+}
+
 impl NetConf {
     /// Parses stdin. Undecodable JSON is error 6, an unsupported `cniVersion` error 1, a bad
     /// value error 7.
@@ -306,13 +378,34 @@ impl NetConf {
             Some(v) => duration("api_timeout", v)?,
         };
         let log_level = log_level(&m)?;
-        let log_file = string(&m, "log_file")?
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from);
+        let log_file = string(&m, "log_file")?.filter(|s| !s.is_empty());
+        if let Some(f) = log_file.filter(|f| f.contains('\0')) {
+            return Err(bad_value("log_file", f, "a path cannot contain a NUL byte"));
+        }
+        let log_file = log_file.map(PathBuf::from);
         let mode = mode(&m)?;
         let redirect = object(&m, "redirect", "expected an object of redirect settings")?
             .cloned()
             .unwrap_or_default();
+        if let Some(key) = redirect
+            .keys()
+            .find(|k| !REDIRECT_KEYS.contains(&k.as_str()))
+        {
+            let closest = closest(key, &REDIRECT_KEYS);
+            return Err(bad_value(
+                &format!("redirect.{key}"),
+                &redirect[key].to_string(),
+                &format!(
+                    "unknown setting (did you mean {closest:?}?); known: {}",
+                    REDIRECT_KEYS.join(", ")
+                ),
+            ));
+        }
+        let unknown_keys = m
+            .keys()
+            .filter(|k| !TOP_LEVEL_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
         Ok(NetConf {
             cni_version,
             name,
@@ -325,6 +418,7 @@ impl NetConf {
             log_file,
             mode,
             redirect,
+            unknown_keys,
         })
     }
 }
@@ -335,6 +429,21 @@ mod tests {
 
     fn parse(s: &str) -> Result<NetConf, CniError> {
         NetConf::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn a_typo_in_redirect_names_the_closest_key_and_unknown_top_level_keys_are_kept() {
+        let e = parse(r#"{"cniVersion":"1.0.0","name":"n","redirect":{"excludeOutbondIPRanges":"10.0.0.0/8"}}"#)
+            .unwrap_err();
+        assert_eq!(e.code, Code::InvalidConfig);
+        assert!(
+            e.details.contains("\"excludeOutboundIPRanges\""),
+            "{}",
+            e.details
+        );
+        let c = parse(r#"{"cniVersion":"1.0.0","name":"n","type":"mesh-redirect","someFutureKey":1,"ipam":{}}"#)
+            .unwrap();
+        assert_eq!(c.unknown_keys, ["someFutureKey", "ipam"]);
     }
 
     #[test]
@@ -379,6 +488,15 @@ mod tests {
             (
                 r#"{"cniVersion":"1.0.0","name":"n","api_timeout":"20m"}"#,
                 "api_timeout",
+            ),
+            // A typo inside our own object would silently apply a default.
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","redirect":{"excludeOutbondIPRanges":"10.0.0.0/8"}}"#,
+                "redirect.excludeOutbondIPRanges",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","log_file":"/var/log/a\u0000b"}"#,
+                "log_file",
             ),
             // Values `Duration::from_secs_f64` cannot hold: rejected, never a panic.
             (

@@ -44,7 +44,7 @@ pub enum EngineError {
     #[error(transparent)]
     Backend(#[from] BackendError),
     /// The policy routing could not be read or written.
-    #[error("{object}: {source}")]
+    #[error("{object}: {source}{}", route_hint(source))]
     Route {
         /// The object (`ip rule fwmark 1337 lookup 133`) or `rtnetlink socket`.
         object: String,
@@ -53,6 +53,17 @@ pub enum EngineError {
         /// The kernel's answer.
         source: std::io::Error,
     },
+}
+
+/// What to do about a routing error that has a usual cause.
+fn route_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENETDOWN) => {
+            " (the namespace's loopback interface is down: bring `lo` up first, as the \
+             container runtime does)"
+        }
+        _ => "",
+    }
 }
 
 /// The backend used and why.
