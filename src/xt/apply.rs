@@ -8,7 +8,7 @@
 //! again, merge again and retry.
 
 use super::abi::{Layout, IPV4, IPV6};
-use super::merge::{has_ours, lowered_steps, merge, our_part, same_rule, strip};
+use super::merge::{has_ours, has_shaped, lowered_steps, merge, our_part, same_rule, strip};
 use super::socket::read_table;
 use super::table::{Counters, Extension, Rule as XtRule, Table as XtTable, Target};
 use crate::kernel::{Kernel, XtTables};
@@ -266,7 +266,7 @@ fn planned_table(
     // Ours already intact and in order: leave the table alone, so rules other tools
     // appended after ours stay after them (Istio writes nothing then).
     let planned = lowered_steps(plan, t, family_of(l), l);
-    if !poisoned && same_part(&our_part(&new, &planned), &our_part(current, &planned)) {
+    if !poisoned && same_part(&our_part(&new, &planned, l), &our_part(current, &planned, l)) {
         return None;
     }
     #[cfg(feature = "fault-injection")]
@@ -362,7 +362,7 @@ pub fn remove<K: Kernel>(k: &K, plan: &Plan) -> Result<usize, XtError> {
             let s = open(k, l, table_name(t))?;
             let planned = lowered_steps(plan, t, family_of(l), l);
             let (changed, _) = replace_with(&s, table_name(t), &|current| {
-                has_ours(current).then(|| strip(current, &planned))
+                (has_ours(current) || has_shaped(current, l)).then(|| strip(current, &planned, l))
             })?;
             removed += changed.is_some() as usize;
         }
@@ -416,13 +416,13 @@ pub fn verify<K: Kernel>(k: &K, plan: &Plan) -> Result<Vec<XtDifference>, XtErro
             let s = open(k, l, name)?;
             let (_, current) = read_table(&s, name).map_err(err(l, name, XtOp::Read))?;
             let expected_table = if planned.is_empty() {
-                strip(&current, &planned)
+                strip(&current, &planned, l)
             } else {
-                merge(&strip(&current, &planned), plan, t, family_of(l), l)
+                merge(&strip(&current, &planned, l), plan, t, family_of(l), l)
             };
             compare_parts(
-                &our_part(&expected_table, &planned),
-                &our_part(&current, &planned),
+                &our_part(&expected_table, &planned, l),
+                &our_part(&current, &planned, l),
                 &mut differ,
             );
         }
