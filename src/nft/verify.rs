@@ -14,9 +14,8 @@
 
 use super::abi::{
     NFT_CHAIN_BASE, NFT_CHAIN_BINDING, NFT_CHAIN_HW_OFFLOAD, NFT_TABLE_F_DORMANT,
-    NFT_TABLE_F_OWNER, NFT_TABLE_F_PERSIST, NF_ACCEPT, NF_DROP, NF_INET_FORWARD,
-    NF_INET_INGRESS, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING,
-    NF_INET_PRE_ROUTING,
+    NFT_TABLE_F_OWNER, NFT_TABLE_F_PERSIST, NF_ACCEPT, NF_DROP, NF_INET_FORWARD, NF_INET_INGRESS,
+    NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING,
 };
 use super::batch::hook_number;
 use super::expr::{lower, Expr};
@@ -257,7 +256,10 @@ fn chain_text(base: Option<&BaseSpec>, flags: u32) -> String {
             " {}",
             flags_text(
                 extra,
-                &[(NFT_CHAIN_HW_OFFLOAD, "offload"), (NFT_CHAIN_BINDING, "binding")]
+                &[
+                    (NFT_CHAIN_HW_OFFLOAD, "offload"),
+                    (NFT_CHAIN_BINDING, "binding")
+                ]
             )
         );
     }
