@@ -338,12 +338,17 @@ fn an_unchanged_re_apply_sends_nothing_and_keeps_the_nft_counters() {
     );
 
     let out = ns.mesh_ok("apply", &[], &[]);
+    // The counters first: what a user loses when a re-apply replaces.
+    assert_eq!(
+        ns.ruleset(),
+        counted,
+        "an unchanged re-apply keeps every counter"
+    );
     assert!(
         stderr_of(&out).contains("objects=0 messages=0"),
         "an unchanged re-apply sends nothing: {}",
         stderr_of(&out)
     );
-    assert_eq!(ns.ruleset(), counted, "and keeps every counter");
 
     // More traffic after the no-op still counts in the same rules.
     traffic(&ns);
@@ -401,13 +406,13 @@ fn an_unchanged_re_apply_keeps_the_legacy_counters_and_a_replace_carries_the_for
     );
 
     let out = ns.mesh_ok("apply", &args, &[]);
+    assert_eq!(ns.legacy_saved(true), counted, "every counter kept");
     assert_eq!(
         sent_messages(&out),
         0,
         "no table written: {}",
         stderr_of(&out)
     );
-    assert_eq!(ns.legacy_saved(true), counted, "every counter kept");
 
     // A changed configuration rewrites the nat table; the foreign rule keeps its counters
     // (the kernel zeroes them on replace, we add them back), and so do the built-in chains.
