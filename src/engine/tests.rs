@@ -283,6 +283,92 @@ fn nft_verify_names_a_rule_added_by_hand() {
     assert!(d[0].contains("unexpected rule"), "{d:?}");
 }
 
+/// Changes our tables with `drift` as another tool would; `verify` must report exactly
+/// `expected`, an apply must replace (a no-op would keep the drift), and afterwards the
+/// tables verify clean, are as a fresh apply leaves them, and a further apply sends nothing.
+fn nft_drift_is_reported_and_repaired(
+    drift: impl FnOnce(&mut crate::kernel::fake::nft::NftState),
+    expected: &str,
+) {
+    let k = FakeKernel::default();
+    apply_in(&k, &default_cfg(), NFT).unwrap();
+    let fresh = k.state().nft.tables.clone();
+    drift(&mut k.state().nft);
+    let d = verify_in(&k, &default_cfg(), NFT).unwrap().differences;
+    assert_eq!(d, [expected]);
+    let r = apply_in(&k, &default_cfg(), NFT).unwrap();
+    assert!(
+        r.replaced && r.messages > 0,
+        "drift is replaced, not skipped: {r:?}"
+    );
+    assert!(verify_in(&k, &default_cfg(), NFT)
+        .unwrap()
+        .differences
+        .is_empty());
+    assert_eq!(k.state().nft.tables, fresh, "repaired as a fresh apply");
+    let r = apply_in(&k, &default_cfg(), NFT).unwrap();
+    assert_eq!((r.objects, r.messages), (0, 0), "then nothing to do");
+}
+
+fn nat_output(s: &mut crate::kernel::fake::nft::NftState) -> &mut crate::kernel::fake::nft::Hook {
+    s.chain_mut("istio-proxy-nat", "output")
+        .and_then(|c| c.hook.as_mut())
+        .expect("our nat output base chain")
+}
+
+#[test]
+fn nft_verify_names_a_base_chain_policy_changed_to_drop_and_apply_repairs_it() {
+    nft_drift_is_reported_and_repaired(
+        |s| nat_output(s).policy = crate::nft::abi::NF_DROP as u32,
+        "table inet istio-proxy-nat, chain output: expected type nat hook output priority -100 \
+         policy accept, found type nat hook output priority -100 policy drop",
+    );
+}
+
+#[test]
+fn nft_verify_names_a_base_chain_priority_change_and_apply_repairs_it() {
+    nft_drift_is_reported_and_repaired(
+        |s| nat_output(s).priority = 0,
+        "table inet istio-proxy-nat, chain output: expected type nat hook output priority -100 \
+         policy accept, found type nat hook output priority 0 policy accept",
+    );
+}
+
+#[test]
+fn nft_verify_names_a_base_chain_hook_change_and_apply_repairs_it() {
+    nft_drift_is_reported_and_repaired(
+        |s| nat_output(s).hooknum = crate::nft::abi::NF_INET_POST_ROUTING,
+        "table inet istio-proxy-nat, chain output: expected type nat hook output priority -100 \
+         policy accept, found type nat hook postrouting priority -100 policy accept",
+    );
+}
+
+#[test]
+fn nft_verify_names_a_base_chain_type_change_and_apply_repairs_it() {
+    nft_drift_is_reported_and_repaired(
+        |s| nat_output(s).kind = "filter".into(),
+        "table inet istio-proxy-nat, chain output: expected type nat hook output priority -100 \
+         policy accept, found type filter hook output priority -100 policy accept",
+    );
+}
+
+#[test]
+fn nft_verify_names_a_dormant_table_and_apply_repairs_it() {
+    nft_drift_is_reported_and_repaired(
+        |s| s.table_mut("istio-proxy-nat").unwrap().flags = crate::nft::abi::NFT_TABLE_F_DORMANT,
+        "table inet istio-proxy-nat: expected no flags, found flags dormant",
+    );
+}
+
+#[test]
+fn nft_verify_names_a_base_chain_turned_regular() {
+    nft_drift_is_reported_and_repaired(
+        |s| s.chain_mut("istio-proxy-nat", "output").unwrap().hook = None,
+        "table inet istio-proxy-nat, chain output: expected type nat hook output priority -100 \
+         policy accept, found a regular chain",
+    );
+}
+
 #[test]
 fn verify_reports_missing_policy_routing() {
     let k = FakeKernel::default();

@@ -37,8 +37,22 @@ pub const NFTA_CHAIN_NAME: u16 = 3;
 pub const NFTA_CHAIN_HOOK: u16 = 4;
 pub const NFTA_CHAIN_POLICY: u16 = 5;
 pub const NFTA_CHAIN_TYPE: u16 = 7;
+pub const NFTA_CHAIN_FLAGS: u16 = 10;
 pub const NFTA_HOOK_HOOKNUM: u16 = 1;
 pub const NFTA_HOOK_PRIORITY: u16 = 2;
+pub const NFTA_HOOK_DEV: u16 = 3;
+pub const NFTA_HOOK_DEVS: u16 = 4;
+pub const NFTA_DEVICE_NAME: u16 = 1;
+
+// enum nft_table_flags
+pub const NFT_TABLE_F_DORMANT: u32 = 0x1;
+pub const NFT_TABLE_F_OWNER: u32 = 0x2;
+pub const NFT_TABLE_F_PERSIST: u32 = 0x4;
+
+// enum nft_chain_flags
+pub const NFT_CHAIN_BASE: u32 = 0x1;
+pub const NFT_CHAIN_HW_OFFLOAD: u32 = 0x2;
+pub const NFT_CHAIN_BINDING: u32 = 0x4;
 
 pub const NFTA_RULE_TABLE: u16 = 1;
 pub const NFTA_RULE_CHAIN: u16 = 2;
@@ -141,7 +155,11 @@ pub const NFTA_SET_ELEM_KEY: u16 = 1;
 pub const NFT_DATATYPE_INET_SERVICE: u32 = 13;
 
 pub const NF_INET_PRE_ROUTING: u32 = 0;
+pub const NF_INET_LOCAL_IN: u32 = 1;
+pub const NF_INET_FORWARD: u32 = 2;
 pub const NF_INET_LOCAL_OUT: u32 = 3;
+pub const NF_INET_POST_ROUTING: u32 = 4;
+pub const NF_INET_INGRESS: u32 = 5;
 
 // Connection-tracking state bits (`NF_CT_STATE_BIT`).
 pub const NF_CT_STATE_INVALID_BIT: u32 = 1;

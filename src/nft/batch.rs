@@ -136,6 +136,14 @@ impl Builder {
     }
 }
 
+/// The `NF_INET_*` number of a hook.
+pub(crate) fn hook_number(hook: crate::model::Hook) -> u32 {
+    match hook {
+        crate::model::Hook::Prerouting => NF_INET_PRE_ROUTING,
+        crate::model::Hook::Output => NF_INET_LOCAL_OUT,
+    }
+}
+
 /// Encodes `plan` (an nftables-flavoured plan) as one batch. `first_seq` keeps sequence
 /// numbers unique on a socket that sends several batches.
 pub fn encode(plan: &Plan, shape: Shape, first_seq: u32) -> Batch {
@@ -218,11 +226,7 @@ impl Builder {
             w.attr_str(NFTA_CHAIN_NAME, chain.nft_name());
             if let Some(base) = chain.base(table) {
                 let hook = w.nest_begin(NFTA_CHAIN_HOOK);
-                let num = match base.hook {
-                    crate::model::Hook::Prerouting => NF_INET_PRE_ROUTING,
-                    crate::model::Hook::Output => NF_INET_LOCAL_OUT,
-                };
-                w.attr_u32(NFTA_HOOK_HOOKNUM, num);
+                w.attr_u32(NFTA_HOOK_HOOKNUM, hook_number(base.hook));
                 w.attr_u32(NFTA_HOOK_PRIORITY, base.priority as u32);
                 w.nest_end(hook);
                 w.attr_str(NFTA_CHAIN_TYPE, base.kind.name());

@@ -8,7 +8,8 @@ use crate::kernel::{NfDump, NfTables};
 use crate::netlink::wire::{attrs, find_attr, Attr};
 use std::collections::HashMap;
 
-/// A base chain's hook as the kernel reports it.
+/// A base chain's hook as the kernel reports it: every attribute that decides which
+/// packets the chain sees and what happens to those no rule decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseSpec {
     /// `NF_INET_*` hook number.
@@ -17,6 +18,11 @@ pub struct BaseSpec {
     pub priority: i32,
     /// Chain type (`nat`, `filter`, `route`).
     pub kind: String,
+    /// `NFTA_CHAIN_POLICY`: the verdict for packets no rule decides (`NF_ACCEPT`,
+    /// `NF_DROP`); `None` when the kernel did not report one.
+    pub policy: Option<u32>,
+    /// Devices of an `ingress` hook (`NFTA_HOOK_DEV`, `NFTA_HOOK_DEVS`); empty otherwise.
+    pub devices: Vec<String>,
 }
 
 /// A chain read back.
@@ -26,6 +32,8 @@ pub struct KernelChain {
     pub name: String,
     /// `Some` for a base chain.
     pub base: Option<BaseSpec>,
+    /// `NFTA_CHAIN_FLAGS` (`NFT_CHAIN_BASE` for a base chain; 0 when not reported).
+    pub flags: u32,
     /// Its rules' expressions, in order.
     pub rules: Vec<Vec<Expr>>,
 }
@@ -35,21 +43,30 @@ pub struct KernelChain {
 pub struct KernelTable {
     /// Name.
     pub name: String,
+    /// `NFTA_TABLE_FLAGS` (`NFT_TABLE_F_DORMANT`, `_OWNER`, `_PERSIST`; 0 when not reported).
+    pub flags: u32,
     /// Its chains.
     pub chains: Vec<KernelChain>,
 }
 
-/// Names of the `inet` tables that exist in the socket's namespace.
-pub fn inet_tables(sock: &mut impl NfTables) -> Result<Vec<String>, NetlinkError> {
+/// The `inet` tables that exist in the socket's namespace: name and flags.
+fn table_list(sock: &mut impl NfTables) -> Result<Vec<(String, u32)>, NetlinkError> {
     let replies = sock.dump(NfDump::Tables)?;
     Ok(replies
         .iter()
         .filter_map(|r| {
-            find_attr(r, NFTA_TABLE_NAME)
-                .and_then(|a| a.str())
-                .map(str::to_string)
+            let name = find_attr(r, NFTA_TABLE_NAME).and_then(|a| a.str())?;
+            let flags = find_attr(r, NFTA_TABLE_FLAGS)
+                .and_then(|a| a.u32_be())
+                .unwrap_or(0);
+            Some((name.to_string(), flags))
         })
         .collect())
+}
+
+/// Names of the `inet` tables that exist in the socket's namespace.
+pub fn inet_tables(sock: &mut impl NfTables) -> Result<Vec<String>, NetlinkError> {
+    Ok(table_list(sock)?.into_iter().map(|(n, _)| n).collect())
 }
 
 /// Reads the named `inet` tables (those that exist) with all their chains and rules.
@@ -57,11 +74,10 @@ pub fn read_tables(
     sock: &mut impl NfTables,
     wanted: &[&str],
 ) -> Result<Vec<KernelTable>, NetlinkError> {
-    let existing = inet_tables(sock)?;
-    let names: Vec<&str> = wanted
+    let existing = table_list(sock)?;
+    let names: Vec<(&str, u32)> = wanted
         .iter()
-        .copied()
-        .filter(|w| existing.iter().any(|e| e == w))
+        .filter_map(|w| existing.iter().find(|e| e.0 == *w).map(|e| (*w, e.1)))
         .collect();
     if names.is_empty() {
         return Ok(Vec::new());
@@ -69,7 +85,7 @@ pub fn read_tables(
     let chain_replies = sock.dump(NfDump::Chains)?;
     let set_replies = sock.dump(NfDump::Sets)?;
     let mut tables = Vec::new();
-    for table in names {
+    for (table, flags) in names {
         let sets = set_elements(sock, table, &set_replies)?;
         let mut chains: Vec<KernelChain> = chain_replies
             .iter()
@@ -92,6 +108,7 @@ pub fn read_tables(
         }
         tables.push(KernelTable {
             name: table.to_string(),
+            flags,
             chains,
         });
     }
@@ -127,7 +144,8 @@ fn set_elements(
     Ok(sets)
 }
 
-/// A `GETCHAIN` reply: name, and hook, priority and type for a base chain.
+/// A `GETCHAIN` reply: name, flags, and for a base chain its hook, priority, type, policy
+/// and devices.
 fn decode_chain(c: &[u8]) -> KernelChain {
     KernelChain {
         name: find_attr(c, NFTA_CHAIN_NAME)
@@ -135,21 +153,37 @@ fn decode_chain(c: &[u8]) -> KernelChain {
             .unwrap_or_default()
             .to_string(),
         base: find_attr(c, NFTA_CHAIN_HOOK).map(|h| BaseSpec {
-            hook: h
-                .find(NFTA_HOOK_HOOKNUM)
-                .and_then(|a| a.u32_be())
-                .unwrap_or(u32::MAX),
-            priority: h
-                .find(NFTA_HOOK_PRIORITY)
-                .and_then(|a| a.u32_be())
-                .unwrap_or(0) as i32,
+            hook: reg_u32(&h, NFTA_HOOK_HOOKNUM).unwrap_or(u32::MAX),
+            priority: reg_u32(&h, NFTA_HOOK_PRIORITY).unwrap_or(0) as i32,
             kind: find_attr(c, NFTA_CHAIN_TYPE)
                 .and_then(|a| a.str())
                 .unwrap_or_default()
                 .to_string(),
+            policy: find_attr(c, NFTA_CHAIN_POLICY).and_then(|a| a.u32_be()),
+            devices: hook_devices(&h),
         }),
+        flags: find_attr(c, NFTA_CHAIN_FLAGS)
+            .and_then(|a| a.u32_be())
+            .unwrap_or(0),
         rules: Vec::new(),
     }
+}
+
+/// The devices of a hook: one `NFTA_HOOK_DEV`, or the `NFTA_HOOK_DEVS` list.
+fn hook_devices(h: &Attr<'_>) -> Vec<String> {
+    let mut devices: Vec<String> = h
+        .find(NFTA_HOOK_DEV)
+        .and_then(|d| d.str())
+        .map(|d| vec![d.to_string()])
+        .unwrap_or_default();
+    if let Some(list) = h.find(NFTA_HOOK_DEVS) {
+        devices.extend(
+            list.nested()
+                .filter(|d| d.ty == NFTA_DEVICE_NAME)
+                .filter_map(|d| d.str().map(str::to_string)),
+        );
+    }
+    devices
 }
 
 fn reg_u32(a: &Attr<'_>, ty: u16) -> Option<u32> {

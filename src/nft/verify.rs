@@ -3,10 +3,23 @@
 //! ```text
 //! table inet istio-proxy-nat, chain istio-output: missing rule 4: skuid 1337 counter return
 //! table inet istio-proxy-nat, chain istio-output: unexpected rule 4: [meta load skgid] [cmp eq 0x39050000] …
+//! table inet istio-proxy-nat, chain output: expected type nat hook output priority -100 policy accept, found type nat hook output priority -100 policy drop
+//! table inet istio-proxy-nat: expected no flags, found flags dormant
 //! ```
+//!
+//! Everything the kernel reports about our tables and chains that changes what they do is
+//! compared: table flags (a dormant table sees no packet), each base chain's type, hook,
+//! priority, policy and devices, chain flags, and every rule. Handles, use counts and
+//! comments (`NFTA_*_USERDATA`) are not: they change no packet's fate.
 
+use super::abi::{
+    NFT_CHAIN_BASE, NFT_CHAIN_BINDING, NFT_CHAIN_HW_OFFLOAD, NFT_TABLE_F_DORMANT,
+    NFT_TABLE_F_OWNER, NFT_TABLE_F_PERSIST, NF_ACCEPT, NF_DROP, NF_INET_FORWARD, NF_INET_INGRESS,
+    NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING,
+};
+use super::batch::hook_number;
 use super::expr::{lower, Expr};
-use super::readback::{KernelChain, KernelTable};
+use super::readback::{BaseSpec, KernelChain, KernelTable};
 use super::render;
 use crate::model::{Chain, Plan, Position, Rule, Step, Table};
 use std::fmt;
@@ -20,11 +33,18 @@ pub enum Difference {
     MissingTable(String),
     /// A table of ours is there but not planned.
     ExtraTable(String),
+    /// A table whose flags differ from ours (we program none).
+    ChangedTable {
+        table: String,
+        expected: String,
+        found: String,
+    },
     /// A planned chain is not there.
     MissingChain { table: String, chain: String },
     /// A chain in our table that the plan does not have.
     ExtraChain { table: String, chain: String },
-    /// A chain whose type, hook or priority differ.
+    /// A chain whose type, hook, priority, policy, devices or flags differ (or a regular
+    /// chain where a base chain is planned, and the reverse).
     ChangedChain {
         table: String,
         chain: String,
@@ -52,6 +72,11 @@ impl fmt::Display for Difference {
         match self {
             Difference::MissingTable(t) => write!(f, "table inet {t}: missing"),
             Difference::ExtraTable(t) => write!(f, "table inet {t}: present but not expected"),
+            Difference::ChangedTable {
+                table,
+                expected,
+                found,
+            } => write!(f, "table inet {table}: expected {expected}, found {found}"),
             Difference::MissingChain { table, chain } => {
                 write!(f, "table inet {table}: missing chain {chain}")
             }
@@ -120,6 +145,13 @@ pub fn diff(plan: &Plan, kernel: &[KernelTable]) -> Vec<Difference> {
             out.push(Difference::ExtraTable(tname));
             continue;
         }
+        if found.flags != 0 {
+            out.push(Difference::ChangedTable {
+                table: tname.clone(),
+                expected: table_flags_text(0),
+                found: table_flags_text(found.flags),
+            });
+        }
         let chains = plan.chains(table);
         for kc in &found.chains {
             if !chains.iter().any(|c| c.nft_name() == kc.name) {
@@ -148,25 +180,102 @@ pub fn diff(plan: &Plan, kernel: &[KernelTable]) -> Vec<Difference> {
     out
 }
 
-/// `type nat hook output priority -100` for a base chain, as planned and as found.
-fn base_texts(table: Table, chain: Chain, kc: &KernelChain) -> (Option<String>, Option<String>) {
-    let expected = chain.base(table).map(|b| {
-        format!(
-            "type {} hook {} priority {}",
-            b.kind.name(),
-            b.hook.name(),
-            b.priority
-        )
-    });
-    let found = kc.base.as_ref().map(|b| {
-        let hook = match b.hook {
-            0 => "prerouting".to_string(),
-            3 => "output".to_string(),
-            n => format!("hook#{n}"),
-        };
-        format!("type {} hook {hook} priority {}", b.kind, b.priority)
-    });
-    (expected, found)
+/// `no flags`, `flags dormant`, `flags owner,0x10`: table flags in nft's words.
+fn table_flags_text(flags: u32) -> String {
+    flags_text(
+        flags,
+        &[
+            (NFT_TABLE_F_DORMANT, "dormant"),
+            (NFT_TABLE_F_OWNER, "owner"),
+            (NFT_TABLE_F_PERSIST, "persist"),
+        ],
+    )
+}
+
+/// Named bits of `flags`, then any unnamed rest in hex.
+fn flags_text(flags: u32, names: &[(u32, &str)]) -> String {
+    if flags == 0 {
+        return "no flags".into();
+    }
+    let mut words: Vec<String> = names
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| n.to_string())
+        .collect();
+    let rest = names.iter().fold(flags, |f, (bit, _)| f & !bit);
+    if rest != 0 {
+        words.push(format!("{rest:#x}"));
+    }
+    format!("flags {}", words.join(","))
+}
+
+fn hook_name(hook: u32) -> String {
+    match hook {
+        NF_INET_PRE_ROUTING => "prerouting".into(),
+        NF_INET_LOCAL_IN => "input".into(),
+        NF_INET_FORWARD => "forward".into(),
+        NF_INET_LOCAL_OUT => "output".into(),
+        NF_INET_POST_ROUTING => "postrouting".into(),
+        NF_INET_INGRESS => "ingress".into(),
+        n => format!("hook#{n}"),
+    }
+}
+
+fn policy_name(policy: Option<u32>) -> String {
+    match policy.map(|p| p as i32) {
+        Some(NF_ACCEPT) => "accept".into(),
+        Some(NF_DROP) => "drop".into(),
+        Some(n) => format!("verdict#{n}"),
+        None => "(none reported)".into(),
+    }
+}
+
+/// `type nat hook output priority -100 policy accept` (plus ` devices …` and ` flags …`
+/// when there are any), or `a regular chain`.
+fn chain_text(base: Option<&BaseSpec>, flags: u32) -> String {
+    let mut text = match base {
+        Some(b) => {
+            let mut t = format!(
+                "type {} hook {} priority {} policy {}",
+                b.kind,
+                hook_name(b.hook),
+                b.priority,
+                policy_name(b.policy)
+            );
+            if !b.devices.is_empty() {
+                t += &format!(" devices {}", b.devices.join(","));
+            }
+            t
+        }
+        None => "a regular chain".into(),
+    };
+    // The kernel marks base chains with NFT_CHAIN_BASE; that says nothing `base` does not.
+    let extra = flags & !NFT_CHAIN_BASE;
+    if extra != 0 {
+        text += &format!(
+            " {}",
+            flags_text(
+                extra,
+                &[
+                    (NFT_CHAIN_HW_OFFLOAD, "offload"),
+                    (NFT_CHAIN_BINDING, "binding")
+                ]
+            )
+        );
+    }
+    text
+}
+
+/// The chain as we program it: for a base chain its type, hook and priority, and the policy
+/// accept (we send none, and accept is the kernel's default); no devices, no flags.
+fn planned_base(table: Table, chain: Chain) -> Option<BaseSpec> {
+    chain.base(table).map(|b| BaseSpec {
+        hook: hook_number(b.hook),
+        priority: b.priority,
+        kind: b.kind.name().to_string(),
+        policy: Some(NF_ACCEPT as u32),
+        devices: Vec::new(),
+    })
 }
 
 /// One chain's differences: its base-chain attributes, then its rules.
@@ -178,13 +287,13 @@ fn chain_diff(
     out: &mut Vec<Difference>,
 ) {
     let (tname, cname) = (table.nft_name(), chain.nft_name());
-    let (expected_base, found_base) = base_texts(table, chain, kc);
-    if expected_base != found_base {
+    let expected_base = planned_base(table, chain);
+    if kc.base != expected_base || kc.flags & !NFT_CHAIN_BASE != 0 {
         out.push(Difference::ChangedChain {
             table: tname.into(),
             chain: cname.into(),
-            expected: expected_base.unwrap_or_else(|| "a regular chain".into()),
-            found: found_base.unwrap_or_else(|| "a regular chain".into()),
+            expected: chain_text(expected_base.as_ref(), 0),
+            found: chain_text(kc.base.as_ref(), kc.flags),
         });
     }
     let expected: Vec<Vec<Expr>> = rules

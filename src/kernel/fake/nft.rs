@@ -1,8 +1,11 @@
 //! nf_tables in memory. A batch is interpreted message by message on a copy of the state
 //! and committed only if no message was refused, as the kernel's transaction does; dumps
-//! answer with the attributes the kernel sends (`NFTA_TABLE_NAME`, `NFTA_CHAIN_HOOK`, the
-//! rule's expression list with lookups naming their set), so `crate::nft::readback`
-//! decodes them unchanged.
+//! answer with the attributes the kernel sends (`NFTA_TABLE_NAME` and `_FLAGS`,
+//! `NFTA_CHAIN_HOOK`, `_TYPE`, `_POLICY` and `_FLAGS`, the rule's expression list with
+//! lookups naming their set), so `crate::nft::readback` decodes them unchanged.
+//!
+//! To change the state as another tool would (`nft add chain … { policy drop; }`, a table
+//! made dormant), use [`NftState::chain_mut`] and [`NftState::table_mut`].
 
 use super::{Call, State};
 use crate::kernel::{NfDump, NfTables};
@@ -15,7 +18,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// A base chain's hook: number, priority, type.
+/// A base chain's hook: number, priority, type, policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hook {
     /// `NF_INET_*` hook number.
@@ -24,6 +27,9 @@ pub struct Hook {
     pub priority: i32,
     /// `nat`, `filter`, `route`.
     pub kind: String,
+    /// `NF_ACCEPT` or `NF_DROP`: the kernel's default is accept when the creating message
+    /// names none (ours never does).
+    pub policy: u32,
 }
 
 /// One chain.
@@ -49,6 +55,8 @@ pub struct FakeRule {
 pub struct FakeTable {
     /// Name.
     pub name: String,
+    /// `NFTA_TABLE_FLAGS` (`NFT_TABLE_F_DORMANT`, …).
+    pub flags: u32,
     /// Chains in creation order.
     pub chains: Vec<FakeChain>,
     /// Anonymous sets by kernel-assigned name, with their keys.
@@ -76,6 +84,15 @@ impl NftState {
     /// A table by name, to change it as another tool would.
     pub fn table_mut(&mut self, name: &str) -> Option<&mut FakeTable> {
         self.tables.iter_mut().find(|t| t.name == name)
+    }
+
+    /// A chain of a table by name, to change it as another tool would (its hook, priority,
+    /// type or policy).
+    pub fn chain_mut(&mut self, table: &str, chain: &str) -> Option<&mut FakeChain> {
+        self.table_mut(table)?
+            .chains
+            .iter_mut()
+            .find(|c| c.name == chain)
     }
 
     /// Names of the tables, in creation order.
@@ -130,14 +147,24 @@ fn table_of<'s>(state: &'s mut NftState, body: &[u8], ty: u16) -> Result<&'s mut
     state.table_mut(&str_attr(body, ty)).ok_or(libc::ENOENT)
 }
 
+/// `NEWTABLE`: creates the table, or updates an existing one's flags when the message
+/// names them (as the kernel does: `add table` of an existing dormant table with flags 0
+/// wakes it).
 fn new_table(state: &mut NftState, flags: u16, body: &[u8]) -> Result<(), i32> {
     let name = str_attr(body, NFTA_TABLE_NAME);
-    match state.table(&name) {
+    let table_flags = find_attr(body, NFTA_TABLE_FLAGS).and_then(|a| a.u32_be());
+    match state.table_mut(&name) {
         Some(_) if flags & NLM_F_EXCL != 0 => Err(libc::EEXIST),
-        Some(_) => Ok(()),
+        Some(t) => {
+            if let Some(f) = table_flags {
+                t.flags = f;
+            }
+            Ok(())
+        }
         None => {
             state.tables.push(FakeTable {
                 name,
+                flags: table_flags.unwrap_or(0),
                 ..FakeTable::default()
             });
             Ok(())
@@ -145,17 +172,41 @@ fn new_table(state: &mut NftState, flags: u16, body: &[u8]) -> Result<(), i32> {
     }
 }
 
+/// `NEWCHAIN`: creates the chain (a base chain's policy defaults to accept), or updates an
+/// existing one as the kernel does: the policy may change, the hook, priority and type may
+/// not (`EEXIST`).
 fn new_chain(state: &mut NftState, body: &[u8]) -> Result<(), i32> {
     let table = table_of(state, body, NFTA_CHAIN_TABLE)?;
     let name = str_attr(body, NFTA_CHAIN_NAME);
     let u32_of = |h: &Attr<'_>, ty| h.find(ty).and_then(|a| a.u32_be()).unwrap_or(0);
+    let policy = find_attr(body, NFTA_CHAIN_POLICY).and_then(|a| a.u32_be());
     let hook = find_attr(body, NFTA_CHAIN_HOOK).map(|h| Hook {
         hooknum: u32_of(&h, NFTA_HOOK_HOOKNUM),
         priority: u32_of(&h, NFTA_HOOK_PRIORITY) as i32,
         kind: str_attr(body, NFTA_CHAIN_TYPE),
+        policy: policy.unwrap_or(NF_ACCEPT as u32),
     });
-    if !table.chains.iter().any(|c| c.name == name) {
-        table.chains.push(FakeChain { name, hook });
+    match table.chains.iter_mut().find(|c| c.name == name) {
+        None => table.chains.push(FakeChain { name, hook }),
+        Some(existing) => match (&mut existing.hook, hook) {
+            (Some(old), Some(new)) => {
+                let same = (old.hooknum, old.priority, &old.kind)
+                    == (new.hooknum, new.priority, &new.kind);
+                if !same {
+                    return Err(libc::EEXIST);
+                }
+                if let Some(p) = policy {
+                    old.policy = p;
+                }
+            }
+            (None, Some(_)) => return Err(libc::EEXIST),
+            (Some(old), None) => {
+                if let Some(p) = policy {
+                    old.policy = p;
+                }
+            }
+            (None, None) => {}
+        },
     }
     Ok(())
 }
@@ -318,7 +369,7 @@ impl NfTables for FakeNfSocket {
                 .map(|t| {
                     one(&|w| {
                         w.attr_str(NFTA_TABLE_NAME, &t.name);
-                        w.attr_u32(NFTA_TABLE_FLAGS, 0);
+                        w.attr_u32(NFTA_TABLE_FLAGS, t.flags);
                     })
                 })
                 .collect(),
@@ -385,6 +436,8 @@ fn chain_reply(w: &mut MessageWriter, table: &str, c: &FakeChain) {
         w.attr_u32(NFTA_HOOK_HOOKNUM, h.hooknum);
         w.attr_u32(NFTA_HOOK_PRIORITY, h.priority as u32);
         w.nest_end(n);
+        w.attr_u32(NFTA_CHAIN_POLICY, h.policy);
         w.attr_str(NFTA_CHAIN_TYPE, &h.kind);
+        w.attr_u32(NFTA_CHAIN_FLAGS, NFT_CHAIN_BASE);
     }
 }
