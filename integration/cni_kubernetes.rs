@@ -1,10 +1,12 @@
 //! The CNI plugin in Kubernetes mode through the real binary, against a local HTTPS API
 //! server with its own CA (127.0.0.1 only) that serves real-shaped Pod objects:
 //!
-//! * Istio's 9 CNI-plugin cases, both backends: the kernel state equals what Istio's golden
-//!   produces (iptables-legacy: `iptables-legacy-restore` of the golden; nftables: `nft -f`
-//!   of the transaction `render` prints for the case's effective configuration, which is
-//!   Istio's nftables generator's text, see `render_conformance`), and `prevResult` comes back;
+//! * Istio's 9 CNI-plugin cases, both backends: the kernel state equals an independent
+//!   reference (iptables-legacy: `iptables-legacy-restore` of Istio's golden; nftables: `nft -f`
+//!   of `integration/fixtures/cni-nftables/<case>.nft`, the transaction Istio's nftables
+//!   generator emits for the case's effective configuration, written by hand from the spec —
+//!   Istio has no nftables golden for CNI cases — never produced by our `render`), and
+//!   `prevResult` comes back;
 //! * the API down, slower than the deadline, 404, 500, garbage, a wrong token: the right CNI
 //!   error within the deadline and an untouched namespace;
 //! * each eligibility rule: `prevResult` back unchanged and nothing programmed;
@@ -16,7 +18,7 @@ mod support;
 
 use apiserver::{dead_port, pod_path, ApiServer, Reply};
 use serde_json::{json, Value};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -86,18 +88,48 @@ fn istio_legacy_state(golden: &std::path::Path) -> String {
     legacy_saved(&ns)
 }
 
-/// Istio's nftables transaction for the case's effective configuration, applied with nft.
+/// The hand-written nftables reference of a CNI case (see that directory's README).
+fn cni_nft_reference(case: &Case) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("integration/fixtures/cni-nftables")
+        .join(format!("{}.nft", case.name))
+}
+
+/// The case's hand-written reference transaction loaded with the real `nft -f` into a
+/// fresh namespace: the kernel state Istio's nftables generator would leave.
 fn istio_nft_state(case: &Case) -> String {
-    let rendered = run_ok(
-        Command::new(binary())
-            .arg("render")
-            .args(&case.args)
-            .envs(case.env.iter().map(|(k, v)| (k, v))),
+    let reference = cni_nft_reference(case);
+    assert!(
+        reference.is_file(),
+        "{}: no nftables reference {}",
+        case.name,
+        reference.display()
     );
-    let file = TempFile::new("nft", &rendered);
     let ns = TestNetns::new("kn");
-    ns.exec_ok(&["nft", "-f", file.0.to_str().unwrap()]);
-    ns.ruleset()
+    ns.exec_ok(&["nft", "-f", reference.to_str().unwrap()]);
+    let listing = ns.ruleset();
+    assert!(
+        listing.contains("table inet istio-proxy-nat"),
+        "{}: the reference programmed nothing",
+        case.name
+    );
+    listing
+}
+
+/// One reference per CNI case, and no reference for a case that does not exist.
+#[test]
+fn every_cni_case_has_exactly_one_nftables_reference() {
+    let names: std::collections::BTreeSet<String> =
+        cni_cases().into_iter().map(|c| c.name).collect();
+    assert_eq!(names.len(), 9, "Istio has 9 CNI-plugin cases");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures/cni-nftables");
+    let files: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter_map(|f| f.strip_suffix(".nft").map(str::to_string))
+        .collect();
+    assert_eq!(files, names, "integration/fixtures/cni-nftables/<case>.nft");
 }
 
 #[test]
