@@ -315,7 +315,10 @@ fn the_users_own_listing_matches_the_documented_one() {
 // ------------------------------------------------------------------------------------------
 
 /// Foreign IPv4 rules in all four tables: policy counters, inserts at the top, appends, a
-/// foreign user chain with a jump to it, matches we do not model, all with counters.
+/// foreign user chain with a jump to it, matches we do not model, all with counters. (The
+/// mangle insert is `-i eth9 -j ACCEPT`: a bare `-i IFACE -j RETURN` in a built-in chain of a
+/// table holding our chains has the shape of Istio's exclude-interface rule, which counts as
+/// ours — README, "What counts as ours".)
 const FOREIGN_V4: &str = "\
 *nat
 :PREROUTING ACCEPT [11:660]
@@ -339,7 +342,7 @@ COMMIT
 [9:540] -A OUTPUT -p udp --dport 9999 -j MARK --set-mark 0x7
 [2:2] -A OUTPUT -m limit --limit 3/min -j FOREIGN_MANGLE
 [1:1] -A FOREIGN_MANGLE -j RETURN
-[6:6] -I PREROUTING 1 -i eth9 -j RETURN
+[6:6] -I PREROUTING 1 -i eth9 -j ACCEPT
 COMMIT
 *raw
 :OUTPUT ACCEPT [31:1860]

@@ -8,7 +8,7 @@
 //! again, merge again and retry.
 
 use super::abi::{Layout, IPV4, IPV6};
-use super::merge::{has_ours, has_shaped, lowered_steps, merge, our_part, same_rule, strip};
+use super::merge::{has_ours, lowered_steps, merge, our_part, same_rule, strip};
 use super::socket::read_table;
 use super::table::{Counters, Extension, Rule as XtRule, Table as XtTable, Target};
 use crate::kernel::{Kernel, XtTables};
@@ -362,7 +362,7 @@ pub fn remove<K: Kernel>(k: &K, plan: &Plan) -> Result<usize, XtError> {
             let s = open(k, l, table_name(t))?;
             let planned = lowered_steps(plan, t, family_of(l), l);
             let (changed, _) = replace_with(&s, table_name(t), &|current| {
-                (has_ours(current) || has_shaped(current, l)).then(|| strip(current, &planned, l))
+                has_ours(current).then(|| strip(current, &planned, l))
             })?;
             removed += changed.is_some() as usize;
         }

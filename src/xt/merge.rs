@@ -173,29 +173,23 @@ pub fn ours_by_shape(table: &str, chain: &str, r: &XtRule, l: Layout) -> bool {
         .any(|(t, c, s)| *t == table && *c == chain && *s == shape)
 }
 
-/// Whether a rule in built-in chain `chain` of `t` is ours: it jumps into our chains, or has
-/// the shape of one Istio writes there, or equals one the plan writes there.
+/// Whether a rule in built-in chain `chain` of `t` is ours: it jumps into our chains, or
+/// equals one the plan writes there, or — in a table that holds chains of ours, as every
+/// table we write does — has the shape of one Istio writes there. A table without anything
+/// of ours keeps even rules of our shapes: they cannot be left over from us.
 fn ours_in_builtin(
     t: &XtTable,
+    table_is_ours: bool,
     chain: &str,
     r: &XtRule,
     planned: &[(Chain, Position, XtRule)],
     l: Layout,
 ) -> bool {
     jumps_to_ours(r)
-        || ours_by_shape(&t.name, chain, r, l)
+        || (table_is_ours && ours_by_shape(&t.name, chain, r, l))
         || planned
             .iter()
             .any(|(ch, _, p)| ch.is_builtin() && builtin_name(*ch) == chain && same_rule(p, r))
-}
-
-/// Whether a table holds a built-in-chain rule of ours by shape (what `remove` also takes
-/// away when no chain of ours is left).
-pub fn has_shaped(t: &XtTable, l: Layout) -> bool {
-    t.chains
-        .iter()
-        .filter(|c| c.hook.is_some())
-        .any(|c| c.rules.iter().any(|r| ours_by_shape(&t.name, &c.name, r, l)))
 }
 
 /// Whether a table holds anything of ours.
@@ -208,11 +202,12 @@ pub fn has_ours(t: &XtTable) -> bool {
 /// `t` without anything of ours (`planned` adds the built-in rules the plan would write).
 pub fn strip(t: &XtTable, planned: &[(Chain, Position, XtRule)], l: Layout) -> XtTable {
     let mut out = t.clone();
+    let ours = has_ours(t);
     out.chains
         .retain(|c| c.hook.is_some() || !is_our_chain(&c.name));
     for c in out.chains.iter_mut().filter(|c| c.hook.is_some()) {
         let name = c.name.clone();
-        c.rules.retain(|r| !ours_in_builtin(t, &name, r, planned, l));
+        c.rules.retain(|r| !ours_in_builtin(t, ours, &name, r, planned, l));
     }
     out
 }
@@ -271,12 +266,13 @@ pub fn our_part(
     l: Layout,
 ) -> Vec<(String, Vec<XtRule>)> {
     let mut out: Vec<(String, Vec<XtRule>)> = Vec::new();
+    let ours = has_ours(t);
     for c in &t.chains {
         if c.hook.is_some() {
             let rules: Vec<XtRule> = c
                 .rules
                 .iter()
-                .filter(|r| ours_in_builtin(t, &c.name, r, planned, l))
+                .filter(|r| ours_in_builtin(t, ours, &c.name, r, planned, l))
                 .cloned()
                 .collect();
             if !rules.is_empty() {
