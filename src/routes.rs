@@ -93,19 +93,27 @@ pub fn wanted(tproxy_routes: bool, ipv6: bool, mark: u32, table: u32) -> Vec<Rou
     out
 }
 
-/// Policy routing objects `remove` takes away (the passthrough address stays: it is
-/// harmless, and other software in the pod may use it).
-pub fn removable(mark: u32, table: u32) -> Vec<RouteObject> {
+/// The policy routing of ours in the namespace, recognised by shape whatever its mark and
+/// table: a `fwmark M lookup T` rule whose table holds only `local default dev lo`, and that
+/// route. `remove` takes these away with no flags, and `apply` those it does not want (the
+/// passthrough address stays: it is harmless, and other software in the pod may use it).
+pub fn ours_in_place(rs: &mut impl RouteOps) -> io::Result<Vec<RouteObject>> {
     let mut out = Vec::new();
-    for family in [AF_INET, AF_INET6] {
-        out.push(RouteObject::FwmarkRule {
-            family,
-            mark,
-            table,
-        });
-        out.push(RouteObject::LocalDefault { family, table });
+    for rule in rs.fwmark_rules()? {
+        let RouteObject::FwmarkRule { family, table, .. } = rule else {
+            continue;
+        };
+        if rs.holds_only_local_default(family, table)? {
+            if !out.contains(&rule) {
+                out.push(rule);
+            }
+            let route = RouteObject::LocalDefault { family, table };
+            if !out.contains(&route) {
+                out.push(route);
+            }
+        }
     }
-    out
+    Ok(out)
 }
 
 /// An rtnetlink socket in the namespace of the thread that opened it.
@@ -130,6 +138,27 @@ impl RouteSocket {
         })
     }
 
+    /// A dump of `msg_type` with `header`: hands each answer's header and attributes to
+    /// `each`.
+    fn dump_each(
+        &mut self,
+        msg_type: u16,
+        header: &[u8],
+        mut each: impl FnMut(&[u8], &[u8]),
+    ) -> io::Result<()> {
+        let seq = self.sock.reserve_seqs(1);
+        let mut w = MessageWriter::default();
+        let start = w.begin_plain(msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, header);
+        w.end_message(start);
+        self.sock.send(&w.buf)?;
+        let len = header.len();
+        self.sock.dump(seq, |payload| {
+            if payload.len() >= len {
+                each(&payload[..len], &payload[len..]);
+            }
+        })
+    }
+
     /// A dump of `msg_type` with `header`: whether any answer's header and attributes
     /// satisfy `matches`.
     fn dump_any(
@@ -138,18 +167,8 @@ impl RouteSocket {
         header: &[u8],
         matches: impl Fn(&[u8], &[u8]) -> bool,
     ) -> io::Result<bool> {
-        let seq = self.sock.reserve_seqs(1);
-        let mut w = MessageWriter::default();
-        let start = w.begin_plain(msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, header);
-        w.end_message(start);
-        self.sock.send(&w.buf)?;
         let mut found = false;
-        let len = header.len();
-        self.sock.dump(seq, |payload| {
-            if payload.len() >= len {
-                found |= matches(&payload[..len], &payload[len..]);
-            }
-        })?;
+        self.dump_each(msg_type, header, |h, a| found |= matches(h, a))?;
         Ok(found)
     }
 
@@ -258,6 +277,51 @@ impl RouteOps for RouteSocket {
             }
             Err(e) => Err(e),
         }
+    }
+
+    fn fwmark_rules(&mut self) -> io::Result<Vec<RouteObject>> {
+        let mut out = Vec::new();
+        for family in [AF_INET, AF_INET6] {
+            let hdr = FibRuleHdr {
+                family,
+                ..Default::default()
+            };
+            self.dump_each(RTM_GETRULE, &hdr.to_bytes(), |h, a| {
+                let to_table = FibRuleHdr::parse(h).is_some_and(|h| h.action == FR_ACT_TO_TBL);
+                if let (true, Some(mark), Some(table)) =
+                    (to_table, u32_attr(a, FRA_FWMARK), u32_attr(a, FRA_TABLE))
+                {
+                    out.push(RouteObject::FwmarkRule {
+                        family,
+                        mark,
+                        table,
+                    });
+                }
+            })?;
+        }
+        Ok(out)
+    }
+
+    fn holds_only_local_default(&mut self, family: u8, table: u32) -> io::Result<bool> {
+        let lo = loopback_index()?;
+        let hdr = RtMsg {
+            family,
+            ..Default::default()
+        };
+        let (mut ours, mut other) = (0, 0);
+        self.dump_each(RTM_GETROUTE, &hdr.to_bytes(), |h, a| {
+            let Some(h) = RtMsg::parse(h) else { return };
+            if u32_attr(a, RTA_TABLE).unwrap_or(h.table as u32) != table {
+                return;
+            }
+            let local_default = h.dst_len == 0 && h.kind == RTN_LOCAL;
+            if local_default && u32_attr(a, RTA_OIF) == Some(lo) {
+                ours += 1;
+            } else {
+                other += 1;
+            }
+        })?;
+        Ok(ours > 0 && other == 0)
     }
 
     fn present(&mut self, obj: RouteObject) -> io::Result<bool> {

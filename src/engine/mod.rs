@@ -271,6 +271,18 @@ pub fn apply_in<K: Kernel>(
             return Err(e.into());
         }
     };
+    // Policy routing of ours this configuration does not want (another mark or table, or
+    // TPROXY no more): looked for where something of ours was in place before.
+    if !wanted.is_empty() || a.replaced || a.objects == 0 {
+        let rs = match &mut rsock {
+            Some(rs) => rs,
+            None => rsock.insert(
+                k.routes()
+                    .map_err(route_error("rtnetlink socket", RouteOp::Open))?,
+            ),
+        };
+        remove_stale_routes(rs, &wanted)?;
+    }
     // The new rules capture first, then the old ones go: no moment without a redirect.
     let migrated_from = match &mut previous {
         Some(old) => {
@@ -294,6 +306,17 @@ pub fn apply_in<K: Kernel>(
         migrated_from,
         elapsed: start.elapsed(),
     })
+}
+
+/// Deletes the policy routing of ours that is not in `wanted`.
+fn remove_stale_routes<R: RouteOps>(rs: &mut R, wanted: &[RouteObject]) -> Result<(), EngineError> {
+    let ours = routes::ours_in_place(rs).map_err(route_error("policy routing", RouteOp::Read))?;
+    for obj in ours.into_iter().filter(|o| !wanted.contains(o)) {
+        rs.delete_all(obj)
+            .map_err(route_error(obj, RouteOp::Delete))?;
+        tracing::info!(object = %obj, "removed policy routing of ours this configuration does not want");
+    }
+    Ok(())
 }
 
 /// The other backend, opened, when it holds rules of ours.
@@ -330,17 +353,21 @@ pub fn verify_in<K: Kernel>(
     let (decision, mut backend) = select(k, choice)?;
     let plan = plan(cfg, decision.backend);
     let mut differences = backend.verify(&plan)?;
-    // The policy routing and the passthrough address belong to the redirect too.
+    // The policy routing and the passthrough address belong to the redirect too: missing
+    // ones, and ours that this configuration does not want (another mark or table).
     let wanted = wanted_routes(cfg);
-    if !wanted.is_empty() {
-        let mut rs = k
-            .routes()
-            .map_err(route_error("rtnetlink socket", RouteOp::Open))?;
-        for obj in wanted {
-            if !rs.present(obj).map_err(route_error(obj, RouteOp::Read))? {
-                differences.push(format!("missing {obj}"));
-            }
+    let mut rs = k
+        .routes()
+        .map_err(route_error("rtnetlink socket", RouteOp::Open))?;
+    for &obj in &wanted {
+        if !rs.present(obj).map_err(route_error(obj, RouteOp::Read))? {
+            differences.push(format!("missing {obj}"));
         }
+    }
+    let ours =
+        routes::ours_in_place(&mut rs).map_err(route_error("policy routing", RouteOp::Read))?;
+    for obj in ours.into_iter().filter(|o| !wanted.contains(o)) {
+        differences.push(format!("unexpected {obj}"));
     }
     Ok(VerifyReport {
         decision,
@@ -368,7 +395,9 @@ pub fn remove_in<K: Kernel>(k: &K, cfg: &Config) -> Result<RemoveReport, EngineE
         .routes()
         .map_err(route_error("rtnetlink socket", RouteOp::Open))?;
     let mut routes_removed = Vec::new();
-    for obj in routes::removable(cfg.tproxy_mark, cfg.tproxy_route_table) {
+    let ours =
+        routes::ours_in_place(&mut rs).map_err(route_error("policy routing", RouteOp::Read))?;
+    for obj in ours {
         if rs
             .delete_all(obj)
             .map_err(route_error(obj, RouteOp::Delete))?

@@ -87,6 +87,11 @@ pub trait RouteOps {
     fn delete(&mut self, obj: RouteObject) -> io::Result<bool>;
     /// Whether `obj` is in the namespace (for `verify` and CNI CHECK).
     fn present(&mut self, obj: RouteObject) -> io::Result<bool>;
+    /// Every `fwmark M lookup T` policy rule of both families, as [`RouteObject::FwmarkRule`].
+    fn fwmark_rules(&mut self) -> io::Result<Vec<RouteObject>>;
+    /// Whether routing table `table` of `family` holds routes, all of them
+    /// `local default dev lo` (the table TPROXY's policy rule points to).
+    fn holds_only_local_default(&mut self, family: u8, table: u32) -> io::Result<bool>;
 
     /// Deletes every copy of `obj` (earlier tools may have added a rule more than once).
     fn delete_all(&mut self, obj: RouteObject) -> io::Result<bool> {

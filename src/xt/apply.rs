@@ -266,7 +266,12 @@ fn planned_table(
     // Ours already intact and in order: leave the table alone, so rules other tools
     // appended after ours stay after them (Istio writes nothing then).
     let planned = lowered_steps(plan, t, family_of(l), l);
-    if !poisoned && same_part(&our_part(&new, &planned, l), &our_part(current, &planned, l)) {
+    if !poisoned
+        && same_part(
+            &our_part(&new, &planned, l),
+            &our_part(current, &planned, l),
+        )
+    {
         return None;
     }
     #[cfg(feature = "fault-injection")]

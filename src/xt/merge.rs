@@ -131,12 +131,17 @@ fn shapes(l: Layout) -> &'static [(&'static str, &'static str, XtRule)] {
     let cell = if l.ipv6 { &V6 } else { &V4 };
     cell.get_or_init(|| {
         let family = if l.ipv6 { Family::V6 } else { Family::V4 };
-        let plan = crate::model::build(&every_builtin_rule_config(), crate::model::Flavor::Iptables);
+        let plan =
+            crate::model::build(&every_builtin_rule_config(), crate::model::Flavor::Iptables);
         let mut out: Vec<(&'static str, &'static str, XtRule)> = Vec::new();
         for table in Table::ALL {
             for (chain, _, rule) in lowered_steps(&plan, table, family, l) {
                 if chain.is_builtin() && !jumps_to_ours(&rule) {
-                    let shape = (table.iptables_name(), builtin_name(chain), shape_of(&rule, l));
+                    let shape = (
+                        table.iptables_name(),
+                        builtin_name(chain),
+                        shape_of(&rule, l),
+                    );
                     if !out.contains(&shape) {
                         out.push(shape);
                     }
@@ -207,7 +212,8 @@ pub fn strip(t: &XtTable, planned: &[(Chain, Position, XtRule)], l: Layout) -> X
         .retain(|c| c.hook.is_some() || !is_our_chain(&c.name));
     for c in out.chains.iter_mut().filter(|c| c.hook.is_some()) {
         let name = c.name.clone();
-        c.rules.retain(|r| !ours_in_builtin(t, ours, &name, r, planned, l));
+        c.rules
+            .retain(|r| !ours_in_builtin(t, ours, &name, r, planned, l));
     }
     out
 }

@@ -12,6 +12,9 @@ use std::rc::Rc;
 pub struct RouteState {
     /// Every object present, duplicates included.
     pub objects: Vec<RouteObject>,
+    /// `(family, table)` pairs that also hold a route other than `local default dev lo`
+    /// (another tool's table).
+    pub foreign_routes: Vec<(u8, u32)>,
 }
 
 /// A fake rtnetlink socket.
@@ -47,6 +50,28 @@ impl RouteOps for FakeRouteSocket {
             }
             None => Ok(false),
         }
+    }
+
+    fn fwmark_rules(&mut self) -> io::Result<Vec<RouteObject>> {
+        let mut s = self.state.borrow_mut();
+        s.enter(Call::RoutePresent)?;
+        Ok(s.routes
+            .objects
+            .iter()
+            .filter(|o| matches!(o, RouteObject::FwmarkRule { .. }))
+            .copied()
+            .collect())
+    }
+
+    fn holds_only_local_default(&mut self, family: u8, table: u32) -> io::Result<bool> {
+        let mut s = self.state.borrow_mut();
+        s.enter(Call::RoutePresent)?;
+        let other = s.routes.foreign_routes.contains(&(family, table));
+        let ours = s
+            .routes
+            .objects
+            .contains(&RouteObject::LocalDefault { family, table });
+        Ok(ours && !other)
     }
 
     fn present(&mut self, obj: RouteObject) -> io::Result<bool> {
