@@ -666,3 +666,51 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+impl TestNetns {
+    /// Everything `apply`, `remove` or a CNI command can change in the namespace, as text to
+    /// compare before and after ("changes nothing" means this is byte-identical):
+    /// `nft list ruleset`; both families' legacy xtables with counters
+    /// (`iptables-legacy-save -c`, `ip6tables-legacy-save -c`: every instantiated table,
+    /// foreign ones included); policy rules and every routing table of both families; and the
+    /// links with their addresses (TPROXY's `::6` on `lo`). Each part under a `## <command>`
+    /// line.
+    pub fn snapshot(&self) -> String {
+        let mut state = String::new();
+        for argv in [
+            &["nft", "list", "ruleset"][..],
+            &["ip", "-4", "rule", "show"],
+            &["ip", "-6", "rule", "show"],
+            &["ip", "-4", "route", "show", "table", "all"],
+            &["ip", "-6", "route", "show", "table", "all"],
+            &["ip", "address", "show"],
+        ] {
+            state.push_str(&format!("## {}\n", argv.join(" ")));
+            state.push_str(&self.exec_ok(argv));
+        }
+        state + &self.legacy_saved(true)
+    }
+}
+
+/// `before` and `after` namespace snapshots ([`TestNetns::snapshot`]) as a report of the
+/// lines only one of them has (`-` before, `+` after), or `None` when they are equal.
+pub fn snapshot_difference(before: &str, after: &str) -> Option<String> {
+    if before == after {
+        return None;
+    }
+    let (b, a): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+    let mut report: Vec<String> = b
+        .iter()
+        .filter(|l| !a.contains(l))
+        .map(|l| format!("- {l}"))
+        .collect();
+    report.extend(
+        a.iter()
+            .filter(|l| !b.contains(l))
+            .map(|l| format!("+ {l}")),
+    );
+    if report.is_empty() {
+        report.push("(the same lines, in another order or number)".to_string());
+    }
+    Some(report.join("\n"))
+}
