@@ -561,3 +561,21 @@ fn netns_problems_exit_3_naming_the_namespace() {
     );
     assert_no_forwarding();
 }
+
+/// The diff behind "changed the namespace": equal texts give none; an added table whose
+/// lines also appear elsewhere (`COMMIT`) is still shown whole, under its part's heading.
+#[test]
+fn snapshot_difference_shows_every_changed_line_under_its_part() {
+    let before = "## nft list ruleset\n## iptables-legacy-save\n*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n## ip6tables-legacy-save\n";
+    assert_eq!(snapshot_difference(before, before), None);
+    let after = format!("{before}*raw\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n");
+    assert_eq!(
+        snapshot_difference(before, &after).unwrap(),
+        "## ip6tables-legacy-save\n+ *raw\n+ :OUTPUT ACCEPT [0:0]\n+ COMMIT"
+    );
+    let after = before.replace("*nat\n", "");
+    assert_eq!(
+        snapshot_difference(before, &after).unwrap(),
+        "## iptables-legacy-save\n- *nat"
+    );
+}

@@ -692,25 +692,52 @@ impl TestNetns {
     }
 }
 
-/// `before` and `after` namespace snapshots ([`TestNetns::snapshot`]) as a report of the
-/// lines only one of them has (`-` before, `+` after), or `None` when they are equal.
+/// `before` and `after` namespace snapshots ([`TestNetns::snapshot`]) as a line diff
+/// (`-` only before, `+` only after, each under the `## <command>` line of its part), or
+/// `None` when they are equal.
 pub fn snapshot_difference(before: &str, after: &str) -> Option<String> {
     if before == after {
         return None;
     }
     let (b, a): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
-    let mut report: Vec<String> = b
-        .iter()
-        .filter(|l| !a.contains(l))
-        .map(|l| format!("- {l}"))
-        .collect();
-    report.extend(
-        a.iter()
-            .filter(|l| !b.contains(l))
-            .map(|l| format!("+ {l}")),
-    );
+    // Longest common subsequence, table from the ends.
+    let mut lcs = vec![vec![0u32; a.len() + 1]; b.len() + 1];
+    for i in (0..b.len()).rev() {
+        for j in (0..a.len()).rev() {
+            lcs[i][j] = if b[i] == a[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    // The `## <command>` heading of the part being walked, and the last one reported.
+    let (mut part, mut shown) = ("", "");
+    let mut report = Vec::new();
+    while i < b.len() || j < a.len() {
+        let (sign, line) = if i < b.len() && j < a.len() && b[i] == a[j] {
+            if b[i].starts_with("## ") {
+                part = b[i];
+            }
+            i += 1;
+            j += 1;
+            continue;
+        } else if j < a.len() && (i == b.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            j += 1;
+            ('+', a[j - 1])
+        } else {
+            i += 1;
+            ('-', b[i - 1])
+        };
+        if shown != part {
+            report.push(part.to_string());
+            shown = part;
+        }
+        report.push(format!("{sign} {line}"));
+    }
     if report.is_empty() {
-        report.push("(the same lines, in another order or number)".to_string());
+        report.push("(the same lines; the texts differ in line endings)".to_string());
     }
     Some(report.join("\n"))
 }
