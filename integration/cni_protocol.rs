@@ -263,6 +263,18 @@ fn malformed() -> Vec<Malformed> {
             "bad container id",
         ),
         (without("CNI_NETNS"), good.clone(), 4, "ADD without netns"),
+        (
+            with("CNI_NETNS", "/nonexistent/netns"),
+            good.clone(),
+            3,
+            "a namespace that does not exist",
+        ),
+        (
+            with("CNI_NETNS", "/etc/passwd"),
+            good.clone(),
+            3,
+            "a file that is not a namespace",
+        ),
         (without("CNI_IFNAME"), good.clone(), 4, "no ifname"),
         (with("CNI_IFNAME", "eth0:1"), good.clone(), 4, "bad ifname"),
         (
