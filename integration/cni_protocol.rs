@@ -106,6 +106,7 @@ fn every_command_for_every_version_with_both_backends() {
                 &conf(v, backend, Some(prev.clone())),
             );
             if v == "0.3.0" || v == "0.3.1" {
+                assert!(!out.status.success(), "{v}: CHECK needs 0.4.0");
                 assert_eq!(stdout_json(&out)["code"], 1, "{v}: CHECK needs 0.4.0");
             } else {
                 assert!(
@@ -128,6 +129,7 @@ fn every_command_for_every_version_with_both_backends() {
                         String::from_utf8_lossy(&out.stdout)
                     );
                 } else {
+                    assert!(!out.status.success(), "{cmd} needs 1.1.0");
                     assert_eq!(stdout_json(&out)["code"], 1, "{cmd} needs 1.1.0");
                 }
             }
@@ -261,6 +263,18 @@ fn malformed() -> Vec<Malformed> {
             "bad container id",
         ),
         (without("CNI_NETNS"), good.clone(), 4, "ADD without netns"),
+        (
+            with("CNI_NETNS", "/nonexistent/netns"),
+            good.clone(),
+            3,
+            "a namespace that does not exist",
+        ),
+        (
+            with("CNI_NETNS", "/etc/passwd"),
+            good.clone(),
+            3,
+            "a file that is not a namespace",
+        ),
         (without("CNI_IFNAME"), good.clone(), 4, "no ifname"),
         (with("CNI_IFNAME", "eth0:1"), good.clone(), 4, "bad ifname"),
         (
@@ -394,12 +408,18 @@ fn malformed() -> Vec<Malformed> {
     ]
 }
 
+/// Each malformed input: a non-zero exit (the CNI spec's failure) and an error document
+/// with exactly the expected code and a message; and the namespace unchanged in everything
+/// `TestNetns::snapshot` shows (nf_tables, legacy tables of both families, policy rules,
+/// routes, addresses), compared with its state before that input. Every input is checked
+/// and every problem reported.
 #[test]
 fn malformed_inputs_get_the_right_code_and_change_nothing() {
     let ns = TestNetns::new("cm");
     let path = ns.path();
     let cases = malformed();
     assert!(cases.len() >= 25);
+    let mut before = ns.snapshot();
     let mut failures = Vec::new();
     for (env, stdin, code, what) in &cases {
         let env: Vec<(&str, &str)> = env
@@ -409,22 +429,28 @@ fn malformed_inputs_get_the_right_code_and_change_nothing() {
         let out = cni(&env, stdin);
         let got = serde_json::from_slice::<Value>(&out.stdout).ok();
         let got_code = got.as_ref().and_then(|j| j["code"].as_u64());
-        if out.status.success()
-            || got_code != Some(*code)
-            || got
-                .as_ref()
-                .map(|j| j["msg"].as_str().unwrap_or("").is_empty())
-                .unwrap_or(true)
-        {
+        let has_msg = got
+            .as_ref()
+            .is_some_and(|j| !j["msg"].as_str().unwrap_or("").is_empty());
+        if out.status.success() || got_code != Some(*code) || !has_msg {
             failures.push(format!(
-                "{what}: exit {:?}, stdout {:?}",
+                "{what}: exit {:?}, code {got_code:?} (expected a failure with code {code} \
+                 and a msg), stdout {:?}",
                 out.status.code(),
                 String::from_utf8_lossy(&out.stdout)
             ));
         }
-        if !ns.ruleset().is_empty() {
-            failures.push(format!("{what}: changed the namespace"));
+        let after = ns.snapshot();
+        if let Some(diff) = snapshot_difference(&before, &after) {
+            failures.push(format!("{what}: changed the namespace:\n{diff}"));
+            before = after;
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} problems over {} malformed inputs:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }

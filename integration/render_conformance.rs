@@ -1,7 +1,16 @@
-//! `render` against Istio's own nftables goldens, without root: the rule model and its text
-//! form reproduce Istio's transaction for all 28 capture cases, byte for byte (trimmed).
-//! The rendered text of each case is also kept in `ruleset/nftables/<case>.nft`; set
-//! `MESH_REDIRECT_REGENERATE=1` to rewrite those files after an intended change.
+//! `render` against Istio's own goldens, without root: the rule model and its text form
+//! reproduce Istio's nftables transaction for all 28 capture cases, byte for byte (trimmed),
+//! and its iptables payloads for the 27 capture and 9 CNI-plugin cases.
+//!
+//! The rendered text of each case is also kept in `ruleset/nftables/<case>.nft` and
+//! `ruleset/iptables/<case>.rules`; set `MESH_REDIRECT_REGENERATE=1` to rewrite those files
+//! after an intended change. Those snapshots are written by the code under test, so a
+//! regenerated snapshot agrees with it by definition: they are a readable record of what we
+//! program (and make a change show up in review), not evidence that it is right. The checks
+//! that count are the independent ones: the `*_equals_istio_*_goldens` tests here (Istio's
+//! own files), and by kernel state `nft_conformance`, `xt_conformance` and `libnftnl_oracle`.
+//! Regenerating is refused when `CI` is set (`.ci/run` exports `CI=true`), so that a CI
+//! run can never rewrite the record it is checking.
 
 mod support;
 
@@ -110,7 +119,11 @@ fn check_snapshots(
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("ruleset")
         .join(dir);
-    let regenerate = std::env::var("MESH_REDIRECT_REGENERATE").as_deref() == Ok("1");
+    let regenerate = regenerate_requested(
+        std::env::var_os("MESH_REDIRECT_REGENERATE").is_some(),
+        std::env::var("MESH_REDIRECT_REGENERATE").as_deref() == Ok("1"),
+        std::env::var("CI").ok().as_deref(),
+    );
     let mut checked = 0;
     for case in cases {
         let path = dir.join(format!("{}.{ext}", case.name));
@@ -118,6 +131,34 @@ fn check_snapshots(
         checked += 1;
     }
     checked
+}
+
+/// Whether to rewrite the snapshots: only when `MESH_REDIRECT_REGENERATE=1`, and never in
+/// CI — a set `MESH_REDIRECT_REGENERATE` (any value) while `CI` is set (any value other than
+/// empty, `false` or `0`) fails the test instead of passing it by definition.
+fn regenerate_requested(set: bool, one: bool, ci: Option<&str>) -> bool {
+    let in_ci = ci.is_some_and(|v| !matches!(v, "" | "false" | "0"));
+    assert!(
+        !(set && in_ci),
+        "MESH_REDIRECT_REGENERATE is set while CI={:?}: a CI run must check the snapshots, \
+         not rewrite them (they would then agree with the code under test by definition)",
+        ci.unwrap_or_default()
+    );
+    one
+}
+
+#[test]
+fn regenerating_is_refused_in_ci() {
+    // Outside CI, only `1` regenerates.
+    assert!(regenerate_requested(true, true, None));
+    assert!(regenerate_requested(true, true, Some("false")));
+    assert!(!regenerate_requested(true, false, None));
+    assert!(!regenerate_requested(false, false, Some("true")));
+    // In CI, any value of the variable fails.
+    for (one, ci) in [(true, "true"), (false, "true"), (true, "1"), (true, "yes")] {
+        let refused = std::panic::catch_unwind(|| regenerate_requested(true, one, Some(ci)));
+        assert!(refused.is_err(), "CI={ci}, regenerate={one}: must fail");
+    }
 }
 
 /// The kept rendering at `path` equals `ours` (or is rewritten when regenerating).

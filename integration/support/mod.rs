@@ -666,3 +666,78 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+impl TestNetns {
+    /// Everything `apply`, `remove` or a CNI command can change in the namespace, as text to
+    /// compare before and after ("changes nothing" means this is byte-identical):
+    /// `nft list ruleset`; both families' legacy xtables with counters
+    /// (`iptables-legacy-save -c`, `ip6tables-legacy-save -c`: every instantiated table,
+    /// foreign ones included); policy rules and every routing table of both families; and the
+    /// links with their addresses (TPROXY's `::6` on `lo`). Each part under a `## <command>`
+    /// line.
+    pub fn snapshot(&self) -> String {
+        let mut state = String::new();
+        for argv in [
+            &["nft", "list", "ruleset"][..],
+            &["ip", "-4", "rule", "show"],
+            &["ip", "-6", "rule", "show"],
+            &["ip", "-4", "route", "show", "table", "all"],
+            &["ip", "-6", "route", "show", "table", "all"],
+            &["ip", "address", "show"],
+        ] {
+            state.push_str(&format!("## {}\n", argv.join(" ")));
+            state.push_str(&self.exec_ok(argv));
+        }
+        state + &self.legacy_saved(true)
+    }
+}
+
+/// `before` and `after` namespace snapshots ([`TestNetns::snapshot`]) as a line diff
+/// (`-` only before, `+` only after, each under the `## <command>` line of its part), or
+/// `None` when they are equal.
+pub fn snapshot_difference(before: &str, after: &str) -> Option<String> {
+    if before == after {
+        return None;
+    }
+    let (b, a): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+    // Longest common subsequence, table from the ends.
+    let mut lcs = vec![vec![0u32; a.len() + 1]; b.len() + 1];
+    for i in (0..b.len()).rev() {
+        for j in (0..a.len()).rev() {
+            lcs[i][j] = if b[i] == a[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    // The `## <command>` heading of the part being walked, and the last one reported.
+    let (mut part, mut shown) = ("", "");
+    let mut report = Vec::new();
+    while i < b.len() || j < a.len() {
+        let (sign, line) = if i < b.len() && j < a.len() && b[i] == a[j] {
+            if b[i].starts_with("## ") {
+                part = b[i];
+            }
+            i += 1;
+            j += 1;
+            continue;
+        } else if j < a.len() && (i == b.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            j += 1;
+            ('+', a[j - 1])
+        } else {
+            i += 1;
+            ('-', b[i - 1])
+        };
+        if shown != part {
+            report.push(part.to_string());
+            shown = part;
+        }
+        report.push(format!("{sign} {line}"));
+    }
+    if report.is_empty() {
+        report.push("(the same lines; the texts differ in line endings)".to_string());
+    }
+    Some(report.join("\n"))
+}
