@@ -466,6 +466,7 @@ mod tests {
         assert_eq!(c.backend, BackendChoice::Auto);
     }
 
+    // Long by design: a table, one row per rejected configuration.
     #[test]
     fn each_bad_value_is_error_7_naming_the_key() {
         for (conf, key) in [

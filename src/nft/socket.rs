@@ -45,14 +45,22 @@ impl std::fmt::Display for KernelError {
 #[derive(Debug, Error)]
 pub enum NetlinkError {
     /// The socket could not be opened, or a send or receive failed.
-    #[error("netlink socket: {0}")]
+    #[error("netlink socket: {0}{hint}", hint = capability_hint(.0.raw_os_error()))]
     Io(#[from] io::Error),
     /// The kernel refused the batch (and so committed none of it).
     #[error("the kernel rejected the batch, nothing was changed: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Rejected(Vec<KernelError>),
     /// A dump could not be read: the state is unknown, not empty.
-    #[error("could not read the nf_tables state (dump failed): {0}")]
+    #[error("could not read the nf_tables state (dump failed): {0}{hint}", hint = capability_hint(.0.raw_os_error()))]
     Dump(io::Error),
+}
+
+/// What a refused nf_tables call needs.
+fn capability_hint(errno: Option<i32>) -> &'static str {
+    match errno {
+        Some(libc::EPERM | libc::EACCES) => " (nf_tables needs CAP_NET_ADMIN)",
+        _ => "",
+    }
 }
 
 impl NetlinkError {

@@ -21,7 +21,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum XtError {
     /// A call into the kernel failed.
-    #[error("{family} table {table}: {op}: {source}")]
+    #[error("{family} table {table}: {op}: {source}{}", capability_hint(*op, source))]
     Kernel {
         /// `IPv4` or `IPv6`.
         family: &'static str,
@@ -63,11 +63,27 @@ impl std::fmt::Display for XtOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             XtOp::Open => "cannot open the xtables socket",
-            XtOp::ListTables => "cannot list the loaded tables",
+            XtOp::ListTables => {
+                "cannot list the loaded tables (/proc/net/ip_tables_names, ip6_tables_names)"
+            }
             XtOp::Read => "cannot read the table",
             XtOp::Replace => "the kernel refused the new table",
             XtOp::AddCounters => "cannot carry the counters over",
         })
+    }
+}
+
+/// The privilege a refused call needs, in words (empty for other errors).
+fn capability_hint(op: XtOp, e: &io::Error) -> &'static str {
+    match (op, e.raw_os_error()) {
+        (XtOp::Open, Some(libc::EPERM | libc::EACCES)) => {
+            " (the legacy xtables interface is a raw socket: it needs CAP_NET_RAW)"
+        }
+        (XtOp::ListTables, Some(libc::EPERM | libc::EACCES)) => {
+            " (the kernel lets only uid 0 read it: run as root)"
+        }
+        (_, Some(libc::EPERM | libc::EACCES)) => " (needs CAP_NET_ADMIN)",
+        _ => "",
     }
 }
 

@@ -144,7 +144,8 @@ pub fn loaded_tables(layout: Layout) -> io::Result<Vec<String>> {
         // The file exists once the family's xtables module is loaded; without it no
         // table can exist. Any other failure means we cannot see: say so.
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io::Error::new(e.kind(), format!("cannot read {file}: {e}"))),
+        // The errno is kept: the caller tells "not permitted" from other failures by it.
+        Err(e) => Err(e),
     }
 }
 
