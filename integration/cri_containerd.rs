@@ -868,6 +868,11 @@ fn install(dir: &Path, bridge: &str, network: &str, backend: &str, server: &ApiS
     assert_eq!(plugins[1]["type"], "mesh-redirect", "{conflist}");
     assert_eq!(plugins[1]["backend"], backend, "{conflist}");
     assert_eq!(conflist["name"], network, "the network keeps its name");
+    assert_eq!(
+        plugins[1]["kubernetes"]["kubeconfig"],
+        json!(dir.join("net.d/mesh-redirect-kubeconfig")),
+        "the plugin uses the kubeconfig the installer wrote: {conflist}"
+    );
     conflist
 }
 
@@ -919,6 +924,7 @@ fn through_containerd(backend: &str) {
     install(dir.path(), &bridge, &network, backend, &server);
     let mut ctrd = Containerd::start(dir, bridge.clone(), network);
     let version = ctrd.cri().version().unwrap();
+    assert_eq!(version.runtime_name, "containerd");
     eprintln!(
         "runtime: {} {} (CRI {})",
         version.runtime_name, version.runtime_version, version.runtime_api_version
@@ -959,6 +965,13 @@ fn through_containerd(backend: &str) {
         "iptables-legacy" => assert_eq!(in_ns(&netns, &["nft", "list", "ruleset"]), ""),
         _ => assert_eq!(legacy_saved_at(&netns), fresh.legacy_saved(false)),
     }
+
+    // The bridge carries no address: the host is not a gateway of this network.
+    assert_eq!(
+        run_ok(Command::new("ip").args(["-o", "addr", "show", "dev", &bridge, "scope", "global"])),
+        "",
+        "the bridge {bridge} has no address"
+    );
 
     // The test's "remote" host on the bridge, layer 2 only.
     let remote = TestNetns::new("cr");
