@@ -2,10 +2,12 @@
 # Installs what building and testing mesh-redirect needs on Debian 12 (run as root).
 # The product itself needs none of this at run time: the test suite uses nft, iptables-legacy
 # and ip as oracles and to build throw-away namespaces, libnftnl/libmnl as the reference
-# encoder in tests, hyperfine/strace for the comparison script and the no-fork test.
+# encoder in tests, hyperfine/strace for the comparison script and the no-fork test;
+# containerd (a CRI runtime the tests start themselves) and protobuf-compiler (protoc, for the
+# dev-only CRI client crate k8s-cri) for integration/cri_containerd.rs.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(nftables iptables iproute2 libnftnl-dev libmnl-dev pkg-config hyperfine strace procps ca-certificates util-linux jq podman containernetworking-plugins busybox-static runc)
+packages=(nftables iptables iproute2 libnftnl-dev libmnl-dev pkg-config hyperfine strace procps ca-certificates util-linux jq podman containernetworking-plugins busybox-static runc containerd protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
