@@ -676,19 +676,14 @@ fn istio_legacy_state(case: &Case) -> String {
     ns.legacy_saved(false)
 }
 
-/// Istio's nftables transaction for the case's effective configuration (`render`, which
-/// `render_conformance` holds equal to Istio's generator), applied by `nft -f` to a fresh
-/// namespace.
+/// The case's hand-written nftables reference (`integration/fixtures/cni-nftables/`, written
+/// from Istio's semantics, not by our code) loaded by `nft -f` into a fresh namespace.
 fn istio_nft_state(case: &Case) -> String {
-    let rendered = run_ok(
-        Command::new(binary())
-            .arg("render")
-            .args(&case.args)
-            .envs(case.env.iter().map(|(k, v)| (k, v))),
-    );
-    let file = TempFile::new("cnft", &rendered);
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("integration/fixtures/cni-nftables")
+        .join(format!("{}.nft", case.name));
     let ns = TestNetns::new("cn");
-    ns.exec_ok(&["nft", "-f", file.0.to_str().unwrap()]);
+    ns.exec_ok(&["nft", "-f", file.to_str().unwrap()]);
     ns.ruleset()
 }
 
