@@ -79,15 +79,17 @@ pub fn wanted(tproxy_routes: bool, ipv6: bool, mark: u32, table: u32) -> Vec<Rou
         } else {
             &[AF_INET]
         };
+        // The tables first: a policy rule never points to a table without its route, so a
+        // process killed between two writes leaves only what `ours_in_place` recognises.
+        for &family in families {
+            out.push(RouteObject::LocalDefault { family, table });
+        }
         for &family in families {
             out.push(RouteObject::FwmarkRule {
                 family,
                 mark,
                 table,
             });
-        }
-        for &family in families {
-            out.push(RouteObject::LocalDefault { family, table });
         }
     }
     out
@@ -98,21 +100,21 @@ pub fn wanted(tproxy_routes: bool, ipv6: bool, mark: u32, table: u32) -> Vec<Rou
 /// route. `remove` takes these away with no flags, and `apply` those it does not want (the
 /// passthrough address stays: it is harmless, and other software in the pod may use it).
 pub fn ours_in_place(rs: &mut impl RouteOps) -> io::Result<Vec<RouteObject>> {
-    let mut out = Vec::new();
-    for rule in rs.fwmark_rules()? {
-        let RouteObject::FwmarkRule { family, table, .. } = rule else {
-            continue;
-        };
-        if rs.holds_only_local_default(family, table)? {
-            if !out.contains(&rule) {
-                out.push(rule);
-            }
-            let route = RouteObject::LocalDefault { family, table };
-            if !out.contains(&route) {
-                out.push(route);
-            }
-        }
-    }
+    let tables = rs.local_default_tables()?;
+    let mut out: Vec<RouteObject> = rs
+        .fwmark_rules()?
+        .into_iter()
+        .filter(|r| matches!(r, RouteObject::FwmarkRule { family, table, .. } if tables.contains(&(*family, *table))))
+        .collect();
+    out.dedup();
+    // Rules first, then their tables: removal in this order never leaves a rule pointing
+    // to an empty table. A table of that shape without a rule (a kill between our two
+    // writes) is ours too.
+    out.extend(
+        tables
+            .into_iter()
+            .map(|(family, table)| RouteObject::LocalDefault { family, table }),
+    );
     Ok(out)
 }
 
@@ -302,26 +304,44 @@ impl RouteOps for RouteSocket {
         Ok(out)
     }
 
-    fn holds_only_local_default(&mut self, family: u8, table: u32) -> io::Result<bool> {
+    fn local_default_tables(&mut self) -> io::Result<Vec<(u8, u32)>> {
+        /// `RT_TABLE_DEFAULT`, `RT_TABLE_MAIN`, `RT_TABLE_LOCAL`: never ours.
+        const RESERVED: [u32; 4] = [0, 253, 254, 255];
         let lo = loopback_index()?;
-        let hdr = RtMsg {
-            family,
-            ..Default::default()
-        };
-        let (mut ours, mut other) = (0, 0);
-        self.dump_each(RTM_GETROUTE, &hdr.to_bytes(), |h, a| {
-            let Some(h) = RtMsg::parse(h) else { return };
-            if u32_attr(a, RTA_TABLE).unwrap_or(h.table as u32) != table {
-                return;
-            }
-            let local_default = h.dst_len == 0 && h.kind == RTN_LOCAL;
-            if local_default && u32_attr(a, RTA_OIF) == Some(lo) {
-                ours += 1;
-            } else {
-                other += 1;
-            }
-        })?;
-        Ok(ours > 0 && other == 0)
+        let mut out = Vec::new();
+        for family in [AF_INET, AF_INET6] {
+            let hdr = RtMsg {
+                family,
+                ..Default::default()
+            };
+            // Per table: (routes of our shape, other routes).
+            let mut tables: Vec<(u32, usize, usize)> = Vec::new();
+            self.dump_each(RTM_GETROUTE, &hdr.to_bytes(), |h, a| {
+                let Some(h) = RtMsg::parse(h) else { return };
+                let table = u32_attr(a, RTA_TABLE).unwrap_or(h.table as u32);
+                let local_default = h.dst_len == 0 && h.kind == RTN_LOCAL;
+                let ours = local_default && u32_attr(a, RTA_OIF) == Some(lo);
+                let i = match tables.iter().position(|t| t.0 == table) {
+                    Some(i) => i,
+                    None => {
+                        tables.push((table, 0, 0));
+                        tables.len() - 1
+                    }
+                };
+                if ours {
+                    tables[i].1 += 1;
+                } else {
+                    tables[i].2 += 1;
+                }
+            })?;
+            out.extend(
+                tables
+                    .into_iter()
+                    .filter(|(t, ours, other)| !RESERVED.contains(t) && *ours > 0 && *other == 0)
+                    .map(|(t, _, _)| (family, t)),
+            );
+        }
+        Ok(out)
     }
 
     fn present(&mut self, obj: RouteObject) -> io::Result<bool> {

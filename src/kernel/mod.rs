@@ -89,9 +89,10 @@ pub trait RouteOps {
     fn present(&mut self, obj: RouteObject) -> io::Result<bool>;
     /// Every `fwmark M lookup T` policy rule of both families, as [`RouteObject::FwmarkRule`].
     fn fwmark_rules(&mut self) -> io::Result<Vec<RouteObject>>;
-    /// Whether routing table `table` of `family` holds routes, all of them
-    /// `local default dev lo` (the table TPROXY's policy rule points to).
-    fn holds_only_local_default(&mut self, family: u8, table: u32) -> io::Result<bool>;
+    /// The `(family, table)` of every routing table (other than `local`, `main` and
+    /// `default`) whose routes are all `local default dev lo`: the shape of the table
+    /// TPROXY's policy rule points to.
+    fn local_default_tables(&mut self) -> io::Result<Vec<(u8, u32)>>;
 
     /// Deletes every copy of `obj` (earlier tools may have added a rule more than once).
     fn delete_all(&mut self, obj: RouteObject) -> io::Result<bool> {

@@ -63,15 +63,19 @@ impl RouteOps for FakeRouteSocket {
             .collect())
     }
 
-    fn holds_only_local_default(&mut self, family: u8, table: u32) -> io::Result<bool> {
+    fn local_default_tables(&mut self) -> io::Result<Vec<(u8, u32)>> {
         let mut s = self.state.borrow_mut();
         s.enter(Call::RoutePresent)?;
-        let other = s.routes.foreign_routes.contains(&(family, table));
-        let ours = s
-            .routes
-            .objects
-            .contains(&RouteObject::LocalDefault { family, table });
-        Ok(ours && !other)
+        let mut out = Vec::new();
+        for o in &s.routes.objects {
+            if let RouteObject::LocalDefault { family, table } = *o {
+                let foreign = s.routes.foreign_routes.contains(&(family, table));
+                if !foreign && !out.contains(&(family, table)) {
+                    out.push((family, table));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn present(&mut self, obj: RouteObject) -> io::Result<bool> {
