@@ -130,6 +130,27 @@ fn build_image(podman: &Podman, archive: &Path) {
     if let Some(binary) = std::env::var_os("MESH_REDIRECT_STATIC_BINARY") {
         cmd.arg("--binary").arg(binary);
     }
+    // Not the variables cargo sets for a test run: the script's cargo would see them as a
+    // changed environment (ring's build script tracks CARGO_MANIFEST_DIR) and rebuild the
+    // release binary, and the next build from a shell would rebuild it again.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
     podman.env(&mut cmd);
     let out = run(&mut cmd);
     assert!(
