@@ -92,6 +92,13 @@ pub enum Command {
         #[command(flatten)]
         redirect: RedirectArgs,
     },
+    /// The installer pod's readiness probe (the image has no shell or `cat`): exit 0 when the
+    /// ready file exists, 1 with the reason on stderr when it does not.
+    Ready {
+        /// The installer's --ready-file.
+        #[arg(long, env = "READY_FILE", value_name = "PATH")]
+        file: PathBuf,
+    },
 }
 
 /// Where the node's CNI files are, and the plugin settings to write.

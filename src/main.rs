@@ -10,7 +10,7 @@ use mesh_redirect::error::{Error, Operation};
 use mesh_redirect::netns::Netns;
 use mesh_redirect::nft::render::render;
 use mesh_redirect::xt::render::render as render_iptables;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 fn config(args: &RedirectArgs) -> Result<Config, Error> {
@@ -254,6 +254,16 @@ fn cmd_uninstall(node: &NodeArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// The readiness probe: the installer writes its ready file once the node is configured and
+/// removes it when it cannot repair it.
+fn cmd_ready(file: &Path) -> Result<(), Error> {
+    if let Err(e) = std::fs::metadata(file) {
+        eprintln!("not ready: {}: {e}", file.display());
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Render { redirect, backend } => cmd_render(&redirect, backend),
@@ -268,6 +278,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             cleanup_on_exit,
         } => cmd_install(&node, once, ready_file, cleanup_on_exit.as_deref()),
         Command::Uninstall { node } => cmd_uninstall(&node),
+        Command::Ready { file } => cmd_ready(&file),
     }
 }
 
