@@ -336,8 +336,11 @@ mod tests {
     use crate::nft::render::rule_text;
     use std::mem::discriminant;
 
+    /// Environment variables of a case: name and value.
+    type Env = &'static [(&'static str, &'static str)];
+
     /// Flag sets (and owner-group variables) that between them use every match and action.
-    const CASES: &[(&[&str], &[(&str, &str)])] = &[
+    const CASES: &[(&[&str], Env)] = &[
         (&[], &[]),
         (&["--ipv6"], &[]),
         (&["-m", "TPROXY"], &[]),
