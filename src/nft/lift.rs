@@ -14,10 +14,10 @@
 //! model cannot say (no counter, a foreign chain or expression, a wildcard interface) gives
 //! `None`, and `verify` prints the raw expressions instead.
 //!
-//! Where two model rules lower to the same expressions, the one `nft list ruleset` prints is
-//! chosen: an explicit `meta l4proto tcp` right before `tcp dport` is the port's own
-//! dependency (`tcp dport 15008`), addresses are their network (`10.0.0.0/8`), and owner
-//! groups are spelled as numbers.
+//! Where two model rules lower to the same expressions, one is chosen: an explicit `meta
+//! l4proto tcp` right before `tcp dport` is taken as the port's own dependency (`tcp dport
+//! 15008`, as `nft list ruleset` shows it, where Istio's text says `meta l4proto tcp tcp
+//! dport 15008`), addresses are their network (`10.0.0.0/8`), owner groups are numbers.
 
 use super::abi::*;
 use super::expr::{lower, CmpOp, Expr, MetaKey, Verdict};
@@ -658,6 +658,28 @@ mod tests {
         ] {
             assert_eq!(lift(&exprs), None, "{exprs:?}");
         }
+    }
+
+    #[test]
+    fn the_module_doc_example_is_what_lift_does() {
+        let rule = Rule {
+            family: Family::Any,
+            matches: vec![Match::DPort {
+                proto: Proto::Tcp,
+                ports: vec![53, 15000],
+                negate: false,
+            }],
+            action: Action::Jump(Chain::Redirect),
+        };
+        let exprs = lower(&rule);
+        let raw: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            raw.join(" "),
+            "[meta load l4proto] [cmp eq 0x06] [payload 2b @ transport + 2] \
+             [lookup {0x0035,0x3a98}] [counter] [jump istio-redirect]"
+        );
+        let text = step(Table::Nat, Chain::IstioOutput, lift(&exprs).unwrap());
+        assert_eq!(text, "tcp dport { 53, 15000 } counter jump istio-redirect");
     }
 
     #[test]
