@@ -610,3 +610,90 @@ fn the_nftables_read_back_of_the_fake_equals_the_plan_for_every_shape() {
     assert!(nft_rule_count(&k) > 30);
     assert!(verify_in(&k, &c, NFT).unwrap().differences.is_empty());
 }
+
+/// The fake's nat `istio-output` rule whose planned text is `text` (the fake keeps our
+/// rules in plan order).
+fn nft_output_rule(k: &FakeKernel, c: &Config, text: &str) -> crate::kernel::fake::nft::FakeRule {
+    let plan = crate::model::build(c, crate::model::Flavor::Nftables);
+    let rules = plan.resolve_inet();
+    let output = rules
+        .iter()
+        .find(|r| {
+            r.table == crate::model::Table::Nat && r.chain == crate::model::Chain::IstioOutput
+        })
+        .unwrap();
+    let at = output
+        .rules
+        .iter()
+        .position(|r| {
+            crate::nft::render::rule_text(&crate::model::Step {
+                table: output.table,
+                chain: output.chain,
+                position: crate::model::Position::Append,
+                rule: r.clone(),
+            }) == text
+        })
+        .unwrap_or_else(|| panic!("no planned rule {text}"));
+    let s = k.state();
+    let t = s
+        .nft
+        .tables
+        .iter()
+        .find(|t| t.name == "istio-proxy-nat")
+        .unwrap();
+    t.rules
+        .iter()
+        .filter(|r| r.chain == "istio-output")
+        .nth(at)
+        .unwrap()
+        .clone()
+}
+
+/// Inserts `rule` into nat `istio-output` after its first rule.
+fn nft_insert_second_in_output(k: &FakeKernel, rule: crate::kernel::fake::nft::FakeRule) {
+    let mut s = k.state();
+    let t = s.nft.table_mut("istio-proxy-nat").unwrap();
+    let first = t
+        .rules
+        .iter()
+        .position(|r| r.chain == "istio-output")
+        .unwrap();
+    t.rules.insert(first + 1, rule);
+}
+
+#[test]
+fn nft_verify_shows_a_rule_added_by_hand_in_nft_syntax() {
+    let k = FakeKernel::default();
+    let c = default_cfg();
+    apply_in(&k, &c, NFT).unwrap();
+    let copy = nft_output_rule(&k, &c, "skuid 1337 counter return");
+    nft_insert_second_in_output(&k, copy);
+    let d = verify_in(&k, &c, NFT).unwrap().differences;
+    assert_eq!(
+        d,
+        ["table inet istio-proxy-nat, chain istio-output: unexpected rule 2: skuid 1337 counter return"]
+    );
+}
+
+#[test]
+fn nft_verify_shows_a_rule_it_cannot_lift_raw() {
+    let k = FakeKernel::default();
+    let c = default_cfg();
+    apply_in(&k, &c, NFT).unwrap();
+    let mut rule = nft_output_rule(&k, &c, "skuid 1337 counter return");
+    // A `limit` expression (we never write one) in front of the rule's own.
+    let mut w = crate::netlink::wire::MessageWriter::default();
+    let elem = w.nest_begin(crate::nft::abi::NFTA_LIST_ELEM);
+    w.attr_str(crate::nft::abi::NFTA_EXPR_NAME, "limit");
+    w.nest_end(elem);
+    rule.expressions.splice(0..0, w.buf);
+    nft_insert_second_in_output(&k, rule);
+    let d = verify_in(&k, &c, NFT).unwrap().differences;
+    assert_eq!(
+        d,
+        [
+            "table inet istio-proxy-nat, chain istio-output: unexpected rule 2: [limit …] \
+          [meta load skuid] [cmp eq 0x39050000] [counter] [return]"
+        ]
+    );
+}

@@ -4,6 +4,7 @@
 pub mod abi;
 pub mod batch;
 pub mod expr;
+pub mod lift;
 pub mod readback;
 pub mod render;
 pub mod socket;

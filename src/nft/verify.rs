@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! table inet istio-proxy-nat, chain istio-output: missing rule 4: skuid 1337 counter return
-//! table inet istio-proxy-nat, chain istio-output: unexpected rule 4: [meta load skgid] [cmp eq 0x39050000] …
+//! table inet istio-proxy-nat, chain istio-output: unexpected rule 4: skgid 1337 counter return
+//! table inet istio-proxy-nat, chain istio-output: unexpected rule 5: [meta load skuid] [cmp eq 0x39050000] [limit …] [counter] [return]
 //! table inet istio-proxy-nat, chain output: expected type nat hook output priority -100 policy accept, found type nat hook output priority -100 policy drop
 //! table inet istio-proxy-nat: expected no flags, found flags dormant
 //! ```
@@ -11,6 +12,10 @@
 //! compared: table flags (a dormant table sees no packet), each base chain's type, hook,
 //! priority, policy and devices, chain flags, and every rule. Handles, use counts and
 //! comments (`NFTA_*_USERDATA`) are not: they change no packet's fate.
+//!
+//! Missing and unexpected rules are both shown in nft syntax ([`render::rule_text`]): an
+//! unexpected rule is lifted back to the model ([`super::lift`]); one the model cannot
+//! express (the second line above) is shown as its raw expressions.
 
 use super::abi::{
     NFT_CHAIN_BASE, NFT_CHAIN_BINDING, NFT_CHAIN_HW_OFFLOAD, NFT_TABLE_F_DORMANT,
@@ -19,6 +24,7 @@ use super::abi::{
 };
 use super::batch::hook_number;
 use super::expr::{lower, Expr};
+use super::lift::lift;
 use super::readback::{BaseSpec, KernelChain, KernelTable};
 use super::render;
 use crate::model::{Chain, Plan, Position, Rule, Step, Table};
@@ -125,6 +131,24 @@ fn describe(exprs: &[Expr]) -> String {
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A rule of `chain` as nft words, as a missing rule is shown.
+fn step_text(table: Table, chain: Chain, rule: &Rule) -> String {
+    render::rule_text(&Step {
+        table,
+        chain,
+        position: Position::Append,
+        rule: rule.clone(),
+    })
+}
+
+/// A rule read from the kernel in nft words when it lifts to a model rule, else raw.
+fn found_text(table: Table, chain: Chain, exprs: &[Expr]) -> String {
+    match lift(exprs) {
+        Some(rule) => step_text(table, chain, &rule),
+        None => describe(exprs),
+    }
 }
 
 /// Every difference between the kernel's tables (ours only) and the plan.
@@ -312,28 +336,20 @@ fn chain_diff(
     let expected: Vec<(String, Vec<Expr>)> = expected
         .into_iter()
         .zip(rules)
-        .map(|(e, rule)| {
-            let step = Step {
-                table,
-                chain,
-                position: Position::Append,
-                rule: rule.clone(),
-            };
-            (render::rule_text(&step), e)
-        })
+        .map(|(e, rule)| (step_text(table, chain, rule), e))
         .collect();
-    rule_diff(tname, cname, &expected, &actual, out);
+    rule_diff((table, chain), &expected, &actual, out);
 }
 
 /// A longest-common-subsequence diff of two rule lists, so one deleted or inserted rule
 /// shows as exactly one difference.
 fn rule_diff(
-    table: &str,
-    chain: &str,
+    (table, chain): (Table, Chain),
     expected: &[(String, Vec<Expr>)],
     actual: &[Vec<Expr>],
     out: &mut Vec<Difference>,
 ) {
+    let (tname, cname) = (table.nft_name(), chain.nft_name());
     let (n, m) = (expected.len(), actual.len());
     let mut lcs = vec![vec![0usize; m + 1]; n + 1];
     for i in (0..n).rev() {
@@ -352,16 +368,16 @@ fn rule_diff(
             j += 1;
         } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
             out.push(Difference::ExtraRule {
-                table: table.into(),
-                chain: chain.into(),
+                table: tname.into(),
+                chain: cname.into(),
                 index: j + 1,
-                rule: describe(&actual[j]),
+                rule: found_text(table, chain, &actual[j]),
             });
             j += 1;
         } else {
             out.push(Difference::MissingRule {
-                table: table.into(),
-                chain: chain.into(),
+                table: tname.into(),
+                chain: cname.into(),
                 index: i + 1,
                 rule: expected[i].0.clone(),
             });
