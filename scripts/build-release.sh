@@ -10,4 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target="$(rustc -vV | sed -n 's/^host: //p')"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --target "$target" --bin mesh-redirect
-echo "$PWD/target/$target/release/mesh-redirect"
+# The target directory cargo used (CARGO_TARGET_DIR or .cargo/config.toml honoured).
+target_dir="$(cargo metadata --no-deps --format-version 1 | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+echo "$target_dir/$target/release/mesh-redirect"
