@@ -11,15 +11,16 @@
 //! it (a veth pair with both ends in the namespace), forwarding is never touched.
 
 mod support;
+#[path = "support/traffic.rs"]
+mod traffic;
 
-use nix::sched::{setns, CloneFlags};
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::process::Output;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use support::*;
+use traffic::{connect_as, enter};
 
 const NAT: &str = "istio-proxy-nat";
 const APP_UID: u32 = 1000;
@@ -27,23 +28,6 @@ const APP_UID: u32 = 1000;
 const OUR_OUTPUT: &str = "type nat hook output priority -100 policy accept";
 
 // --- CNI CHECK in static mode, as libcni runs it ---
-
-fn cni_env<'a>(command: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("CNI_COMMAND", command),
-        (
-            "CNI_CONTAINERID",
-            "c0ffee0000000000000000000000000000000000000000000000000000000014",
-        ),
-        ("CNI_NETNS", netns),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", "/opt/cni/bin"),
-        (
-            "CNI_ARGS",
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=app-0",
-        ),
-    ]
-}
 
 /// Static mode without redirect settings: Istio's defaults, the same as `apply` without flags.
 fn cni_conf(backend: &str) -> String {
@@ -55,7 +39,7 @@ fn cni_conf(backend: &str) -> String {
 }
 
 fn cni_check(ns: &TestNetns) -> Output {
-    cni(&cni_env("CHECK", &ns.path()), &cni_conf("nftables"))
+    cni(&cni_pod_env("CHECK", &ns.path()), &cni_conf("nftables"))
 }
 
 // --- the binary's log line ---
@@ -227,11 +211,6 @@ fn a_dormant_table_is_drift_and_apply_repairs_it() {
 
 // --- counters: real traffic through our rules ---
 
-fn enter(ns: &str) {
-    let f = File::open(format!("/var/run/netns/{ns}")).expect("namespace exists");
-    setns(&f, CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
 /// A namespace whose 192.0.2.0/24 is routed out of a veth (peer in the same namespace,
 /// unaddressed): an application's connection to 192.0.2.2 passes the OUTPUT hook and is
 /// redirected to the local proxy port before it could leave.
@@ -275,28 +254,7 @@ fn proxy(ns: &str, n: usize) -> JoinHandle<usize> {
 
 /// Connects from `ns` as the application's uid to 192.0.2.2:80; returns what answered.
 fn app_connects(ns: &str) -> String {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter(&ns);
-        // SAFETY: setfsgid/setfsuid change only this thread's filesystem credentials, which
-        // the kernel stamps on the sockets it creates (what `meta skuid` matches).
-        unsafe {
-            libc::syscall(libc::SYS_setfsgid, APP_UID);
-            libc::syscall(libc::SYS_setfsuid, APP_UID);
-        }
-        let dst: SocketAddr = "192.0.2.2:80".parse().unwrap();
-        match TcpStream::connect_timeout(&dst, Duration::from_secs(3)) {
-            Ok(mut s) => {
-                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out);
-                out
-            }
-            Err(e) => format!("error {e}"),
-        }
-    })
-    .join()
-    .unwrap()
+    connect_as(ns, APP_UID, APP_UID, "192.0.2.2:80".parse().unwrap())
 }
 
 /// Three application connections, each landing on the proxy.
@@ -380,22 +338,12 @@ fn nonzero_legacy_counters(saved: &str, pick: impl Fn(&str) -> bool) -> usize {
 #[test]
 fn an_unchanged_re_apply_keeps_the_legacy_counters_and_a_replace_carries_the_foreign_ones() {
     let ns = pod_namespace("cl");
-    ns.exec_ok(&[
-        "iptables-legacy",
-        "-t",
+    ns.add_legacy_counted_rule(
         "nat",
-        "-A",
         "OUTPUT",
-        "-c",
-        "7",
-        "420",
-        "-p",
-        "udp",
-        "--dport",
-        "9",
-        "-j",
-        "RETURN",
-    ]);
+        ("7", "420"),
+        &["-p", "udp", "--dport", "9", "-j", "RETURN"],
+    );
     let args = legacy_args(&[]);
     ns.mesh_ok("apply", &args, &[]);
     traffic(&ns);

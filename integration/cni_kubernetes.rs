@@ -32,17 +32,12 @@ fn timed_cni(env: &[(String, String)], stdin: &str) -> (Output, Duration) {
 }
 
 fn add_env(netns: &str, namespace: &str, pod: &str) -> Vec<(String, String)> {
-    [
-        ("CNI_COMMAND", "ADD".to_string()),
-        ("CNI_CONTAINERID", "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00".to_string()),
-        ("CNI_NETNS", netns.to_string()),
-        ("CNI_IFNAME", "eth0".to_string()),
-        ("CNI_PATH", "/opt/cni/bin".to_string()),
-        ("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=7f9c1c9e")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    let mut env: Vec<(String, String)> = cni_env("ADD", netns)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.push(("CNI_ARGS".to_string(), format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=7f9c1c9e")));
+    env
 }
 
 fn prev_result() -> Value {
@@ -72,42 +67,17 @@ fn legacy_saved(ns: &TestNetns) -> String {
     ns.legacy_saved(false)
 }
 
-/// The golden's payload restored by iptables-legacy-restore, saved.
-fn istio_legacy_state(golden: &std::path::Path) -> String {
-    let ns = TestNetns::new("ki");
-    let payload: String = std::fs::read_to_string(golden)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.ends_with("-save"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    run_with_stdin_ok(
-        &mut ns.command(&["iptables-legacy-restore", "--noflush"]),
-        &payload,
-    );
-    legacy_saved(&ns)
-}
-
-/// The hand-written nftables reference of a CNI case (see that directory's README).
-fn cni_nft_reference(case: &Case) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("integration/fixtures/cni-nftables")
-        .join(format!("{}.nft", case.name))
-}
-
 /// The case's hand-written reference transaction loaded with the real `nft -f` into a
 /// fresh namespace: the kernel state Istio's nftables generator would leave.
 fn istio_nft_state(case: &Case) -> String {
-    let reference = cni_nft_reference(case);
+    let reference = cni_nft_reference(&case.name);
     assert!(
         reference.is_file(),
         "{}: no nftables reference {}",
         case.name,
         reference.display()
     );
-    let ns = TestNetns::new("kn");
-    ns.exec_ok(&["nft", "-f", reference.to_str().unwrap()]);
-    let listing = ns.ruleset();
+    let listing = nft_ruleset_of(&reference);
     assert!(
         listing.contains("table inet istio-proxy-nat"),
         "{}: the reference programmed nothing",

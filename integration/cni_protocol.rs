@@ -11,23 +11,6 @@ use support::*;
 
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
-fn env_for<'a>(command: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("CNI_COMMAND", command),
-        (
-            "CNI_CONTAINERID",
-            "8f2c1a7e5d4b3c2a1908f7e6d5c4b3a2918273645f6e7d8c9b0a1f2e3d4c5b6a",
-        ),
-        ("CNI_NETNS", netns),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", "/opt/cni/bin"),
-        (
-            "CNI_ARGS",
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=app-0",
-        ),
-    ]
-}
-
 fn prev_result(version: &str) -> Value {
     json!({
         "cniVersion": version,
@@ -86,7 +69,7 @@ fn every_command_for_every_version_with_both_backends() {
             let prev = prev_result(v);
             // ADD: rules programmed, prevResult back unchanged (1.1 fields included).
             let out = cni(
-                &env_for("ADD", &ns.path()),
+                &cni_pod_env("ADD", &ns.path()),
                 &conf(v, backend, Some(prev.clone())),
             );
             assert!(
@@ -102,7 +85,7 @@ fn every_command_for_every_version_with_both_backends() {
             assert!(has_rules(&ns, backend), "{backend} {v}: rules programmed");
             // CHECK (0.4.0+): passes; before 0.4.0 it is refused as the spec says.
             let out = cni(
-                &env_for("CHECK", &ns.path()),
+                &cni_pod_env("CHECK", &ns.path()),
                 &conf(v, backend, Some(prev.clone())),
             );
             if v == "0.3.0" || v == "0.3.1" {
@@ -136,7 +119,7 @@ fn every_command_for_every_version_with_both_backends() {
             // DEL: our rules gone, twice.
             for _ in 0..2 {
                 let out = cni(
-                    &env_for("DEL", &ns.path()),
+                    &cni_pod_env("DEL", &ns.path()),
                     &conf(v, backend, Some(prev.clone())),
                 );
                 assert!(
@@ -158,7 +141,7 @@ fn every_command_for_every_version_with_both_backends() {
 fn add_without_prev_result_answers_an_empty_result() {
     let ns = TestNetns::new("cn");
     let out = cni(
-        &env_for("ADD", &ns.path()),
+        &cni_pod_env("ADD", &ns.path()),
         &conf("1.0.0", "nftables", None),
     );
     assert!(out.status.success());
@@ -170,18 +153,18 @@ fn del_on_a_deleted_namespace_succeeds() {
     let ns = TestNetns::new("cd");
     let path = ns.path();
     assert!(
-        cni(&env_for("ADD", &path), &conf("1.0.0", "nftables", None))
+        cni(&cni_pod_env("ADD", &path), &conf("1.0.0", "nftables", None))
             .status
             .success()
     );
     drop(ns);
-    let out = cni(&env_for("DEL", &path), &conf("1.0.0", "nftables", None));
+    let out = cni(&cni_pod_env("DEL", &path), &conf("1.0.0", "nftables", None));
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let mut env = env_for("DEL", "");
+    let mut env = cni_pod_env("DEL", "");
     env.retain(|(k, _)| *k != "CNI_NETNS");
     assert!(
         cni(&env, &conf("1.0.0", "nftables", None)).status.success(),
@@ -194,8 +177,8 @@ fn check_fails_on_drift_and_passes_after_add() {
     for backend in ["nftables", "iptables-legacy"] {
         let ns = TestNetns::new("ck");
         let c = conf("1.0.0", backend, Some(prev_result("1.0.0")));
-        assert!(cni(&env_for("ADD", &ns.path()), &c).status.success());
-        assert!(cni(&env_for("CHECK", &ns.path()), &c).status.success());
+        assert!(cni(&cni_pod_env("ADD", &ns.path()), &c).status.success());
+        assert!(cni(&cni_pod_env("CHECK", &ns.path()), &c).status.success());
         if backend == "nftables" {
             ns.delete_nft_rule("istio-proxy-nat", "istio-output", |l| {
                 l.contains("meta skuid 1337") && !l.contains("oifname")
@@ -203,7 +186,7 @@ fn check_fails_on_drift_and_passes_after_add() {
         } else {
             ns.delete_legacy_proxy_uid_return();
         }
-        let out = cni(&env_for("CHECK", &ns.path()), &c);
+        let out = cni(&cni_pod_env("CHECK", &ns.path()), &c);
         assert!(!out.status.success());
         let err = stdout_json(&out);
         assert_eq!(err["code"], 103, "{backend}: drift is our code 103");
@@ -211,9 +194,9 @@ fn check_fails_on_drift_and_passes_after_add() {
             err["details"].as_str().unwrap().contains("missing"),
             "{backend}: the diff is in details: {err}"
         );
-        assert!(cni(&env_for("ADD", &ns.path()), &c).status.success());
+        assert!(cni(&cni_pod_env("ADD", &ns.path()), &c).status.success());
         assert!(
-            cni(&env_for("CHECK", &ns.path()), &c).status.success(),
+            cni(&cni_pod_env("CHECK", &ns.path()), &c).status.success(),
             "{backend}: CHECK passes after ADD"
         );
     }
@@ -224,7 +207,7 @@ type Malformed = (Vec<(&'static str, &'static str)>, String, u64, &'static str);
 
 fn malformed() -> Vec<Malformed> {
     let good = conf("1.0.0", "nftables", None);
-    let ok_env = |cmd: &'static str| env_for(cmd, "NETNS");
+    let ok_env = |cmd: &'static str| cni_pod_env(cmd, "NETNS");
     let without = |k: &'static str| {
         let mut e = ok_env("ADD");
         e.retain(|(x, _)| *x != k);

@@ -88,14 +88,7 @@ fn cni_del_add(ns: &TestNetns, backend: &str) {
     .to_string();
     let path = ns.path();
     for command in ["DEL", "ADD"] {
-        let env = [
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", "crash-test"),
-            ("CNI_NETNS", path.as_str()),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/opt/cni/bin"),
-        ];
-        let out = cni(&env, &conf);
+        let out = cni(&cni_env(command, &path), &conf);
         assert!(
             out.status.success(),
             "CNI {command}: {}",

@@ -33,25 +33,23 @@
 #[path = "support/apiserver.rs"]
 mod apiserver;
 mod support;
+#[path = "support/traffic.rs"]
+mod traffic;
 
 use apiserver::{ApiServer, Reply};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use nix::sched::{setns, CloneFlags};
 use serde_json::{json, Value};
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use support::*;
 use tonic::transport::{Channel, Endpoint, Uri};
+use traffic::{connect_as, sa, Server};
 
 const TOKEN: &str = "mesh-redirect-cri-test-token";
 const PAUSE_IMAGE: &str = "localhost/mesh-redirect-pause:test";
@@ -656,147 +654,16 @@ fn kernel_at(path: &str) -> String {
     )
 }
 
-/// Istio's legacy state for a case: its golden payload restored into a fresh namespace.
-fn istio_legacy_state(case: &Case) -> String {
-    let ns = TestNetns::new("ci");
-    let golden = case
-        .iptables_golden
-        .as_ref()
-        .expect("the case has a golden");
-    let payload: String = std::fs::read_to_string(golden)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.ends_with("-save"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    run_with_stdin_ok(
-        &mut ns.command(&["iptables-legacy-restore", "--noflush"]),
-        &payload,
-    );
-    ns.legacy_saved(false)
-}
-
-/// The case's hand-written nftables reference (`integration/fixtures/cni-nftables/`, written
-/// from Istio's semantics, not by our code) loaded by `nft -f` into a fresh namespace.
-fn istio_nft_state(case: &Case) -> String {
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("integration/fixtures/cni-nftables")
-        .join(format!("{}.nft", case.name));
-    let ns = TestNetns::new("cn");
-    ns.exec_ok(&["nft", "-f", file.to_str().unwrap()]);
-    ns.ruleset()
-}
-
-fn enter(path: &str) {
-    let f = File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    setns(&f, CloneFlags::CLONE_NEWNET).expect("setns");
-}
-
-/// Original destination of a redirected IPv4 connection (`SO_ORIGINAL_DST`).
-fn original_dst(s: &TcpStream) -> Option<SocketAddr> {
-    const SO_ORIGINAL_DST: libc::c_int = 80;
-    // SAFETY: getsockopt writes at most `len` bytes into a zeroed sockaddr_in.
-    unsafe {
-        let mut a: libc::sockaddr_in = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        if libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_IP,
-            SO_ORIGINAL_DST,
-            &mut a as *mut _ as *mut libc::c_void,
-            &mut len,
-        ) != 0
-        {
-            return None;
-        }
-        Some(SocketAddr::new(
-            IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()),
-            u16::from_be(a.sin_port),
-        ))
-    }
-}
-
-/// A listener in a namespace (by path) answering `"<name> <destination>"`; stops when dropped.
-struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(ns: &str, port: u16, name: &'static str, report_original: bool) -> Server {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (ns, flag) = (ns.to_string(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            enter(&ns);
-            let listener = TcpListener::bind(("0.0.0.0", port))
-                .unwrap_or_else(|e| panic!("bind :{port} in {ns}: {e}"));
-            listener.set_nonblocking(true).unwrap();
-            ready_tx.send(()).unwrap();
-            while !flag.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        let dst = if report_original {
-                            original_dst(&s)
-                        } else {
-                            s.local_addr().ok()
-                        };
-                        let dst = dst.map_or_else(|| "unknown".into(), |d| d.to_string());
-                        let _ = s.write_all(format!("{name} {dst}").as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("listener ready");
-        Server {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Connects from the namespace at `ns` as `uid` (a per-thread fsuid/fsgid, which the kernel
-/// stamps on the socket) and returns what the server said.
-fn connect_as(ns: &str, uid: u32, dst: SocketAddr) -> String {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter(&ns);
-        // SAFETY: setfsgid/setfsuid change only this thread's filesystem credentials.
-        unsafe {
-            libc::syscall(libc::SYS_setfsgid, uid);
-            libc::syscall(libc::SYS_setfsuid, uid);
-        }
-        match TcpStream::connect_timeout(&dst, Duration::from_secs(3)) {
-            Ok(mut s) => {
-                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out);
-                out
-            }
-            Err(e) => format!("error {e}"),
-        }
-    })
-    .join()
-    .unwrap()
+/// Every IPv4 address of the namespace, at `port` (where the test's listeners bind).
+fn any_v4(port: u16) -> SocketAddr {
+    sa(IpAddr::from([0u8; 4]), port)
 }
 
 /// Retries while the answer is an error (the bridge port and ARP come up asynchronously).
 fn connect_as_retrying(ns: &str, uid: u32, dst: SocketAddr) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let answer = connect_as(ns, uid, dst);
+        let answer = connect_as(ns, uid, uid, dst);
         if !answer.starts_with("error") || Instant::now() > deadline {
             return answer;
         }
@@ -937,10 +804,18 @@ fn through_containerd(backend: &str) {
     let held = File::open(&netns).unwrap();
     let held_path = format!("/proc/{}/fd/{}", std::process::id(), held.as_raw_fd());
     let (ours, istio) = match backend {
-        "iptables-legacy" => (legacy_saved_at(&netns), istio_legacy_state(&case)),
+        "iptables-legacy" => (
+            legacy_saved_at(&netns),
+            istio_legacy_state(
+                case.iptables_golden
+                    .as_ref()
+                    .expect("the case has a golden"),
+            ),
+        ),
         _ => (
             in_ns(&netns, &["nft", "list", "ruleset"]),
-            istio_nft_state(&case),
+            // The hand-written reference, not our renderer: an independent oracle.
+            nft_ruleset_of(&cni_nft_reference(&case.name)),
         ),
     };
     assert!(
@@ -980,9 +855,9 @@ fn through_containerd(backend: &str) {
     remote.exec_ok(&["ip", "addr", "add", &format!("{REMOTE}/24"), "dev", &ns_end]);
     remote.exec_ok(&["ip", "link", "set", &ns_end, "up"]);
     let dst: SocketAddr = format!("{REMOTE}:80").parse().unwrap();
-    let _remote_server = Server::start(&remote.path(), 80, "remote", false);
+    let _remote_server = Server::start(&remote.path(), any_v4(80), "remote", false);
     {
-        let _proxy = Server::start(&netns, 15001, "proxy-15001", true);
+        let _proxy = Server::start(&netns, any_v4(15001), "proxy-15001", true);
         // The proxy's own traffic is not captured: it reaches the remote server (and proves
         // the network works at all).
         assert_eq!(
@@ -991,7 +866,7 @@ fn through_containerd(backend: &str) {
             "proxy uid 1337 goes out"
         );
         assert_eq!(
-            connect_as(&netns, APP_UID, dst),
+            connect_as(&netns, APP_UID, APP_UID, dst),
             format!("proxy-15001 {dst}"),
             "an application's connection lands on 15001 with its original destination\n{}",
             ctrd.plugin_log()
@@ -1017,7 +892,7 @@ fn through_containerd(backend: &str) {
     );
     assert!(server.pod_requests("default", "plain") >= 1);
     // The pod without a sidecar is not redirected: its application reaches the server.
-    let _plain_listener = Server::start(&others[1].1, 15001, "proxy-15001", true);
+    let _plain_listener = Server::start(&others[1].1, any_v4(15001), "proxy-15001", true);
     assert_eq!(
         connect_as_retrying(&others[1].1, APP_UID, dst),
         format!("remote {dst}"),

@@ -85,12 +85,7 @@ fn cni_add_with_a_fifo_as_netns_answers_code_3_at_once() {
     let conf =
         json!({"cniVersion": "1.0.0", "name": "n", "type": "mesh-redirect", "mode": "static"});
     let mut cmd = Command::new(binary());
-    cmd.env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", "c1")
-        .env("CNI_NETNS", &fifo)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin");
+    cmd.env_clear().envs(cni_env("ADD", &fifo));
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -130,16 +125,7 @@ fn an_api_timeout_too_large_for_a_duration_is_error_7_not_a_panic() {
     for timeout in [json!(1e20), json!("99999999999999999910s"), json!(-1)] {
         let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "mesh-redirect",
                           "api_timeout": timeout});
-        let out = cni(
-            &[
-                ("CNI_COMMAND", "ADD"),
-                ("CNI_CONTAINERID", "c1"),
-                ("CNI_NETNS", ns.path().as_str()),
-                ("CNI_IFNAME", "eth0"),
-                ("CNI_PATH", "/opt/cni/bin"),
-            ],
-            &conf.to_string(),
-        );
+        let out = cni(&cni_env("ADD", &ns.path()), &conf.to_string());
         assert_eq!(out.status.code(), Some(1), "{timeout}: {}", stderr_of(&out));
         let answer = stdout_json(&out);
         assert_eq!(answer["code"], 7, "{answer}");
@@ -169,17 +155,10 @@ fn a_panic_in_the_plugin_still_answers_with_a_cni_error() {
     let ns = TestNetns::new("panic");
     let conf =
         json!({"cniVersion": "0.4.0", "name": "n", "type": "mesh-redirect", "mode": "static"});
-    let out = cni(
-        &[
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", "c1"),
-            ("CNI_NETNS", ns.path().as_str()),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/opt/cni/bin"),
-            ("MESH_REDIRECT_FAULT", "panic"),
-        ],
-        &conf.to_string(),
-    );
+    let path = ns.path();
+    let mut env = cni_env("ADD", &path);
+    env.push(("MESH_REDIRECT_FAULT", "panic"));
+    let out = cni(&env, &conf.to_string());
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -207,11 +186,7 @@ fn a_huge_stdin_is_refused_with_error_6_before_parsing() {
                       "mode": "static", "padding": padding});
     let mut child = Command::new(binary())
         .env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", "c1")
-        .env("CNI_NETNS", ns.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
+        .envs(cni_env("ADD", &ns.path()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

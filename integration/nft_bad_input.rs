@@ -392,6 +392,39 @@ fn every_bad_input_is_refused_naming_its_field_in_a_fresh_namespace() {
     assert_no_forwarding();
 }
 
+/// Runs every case against `ns` (`refuse` returns what is wrong with its answer, if
+/// anything) and compares the namespace's snapshot with the one before the case, so that a
+/// change is reported once, against the input that made it; no failure means
+/// byte-identical to `before` end to end. Fails listing every problem, as cases that `what`.
+fn assert_each_case_leaves_the_namespace(
+    ns: &TestNetns,
+    before: String,
+    cases: &[Case],
+    what: &str,
+    refuse: impl Fn(&Case) -> Option<String>,
+) {
+    let mut expected = before;
+    let mut failures = Vec::new();
+    for case in cases {
+        failures.extend(refuse(case));
+        let after = ns.snapshot();
+        if let Some(diff) = snapshot_difference(&expected, &after) {
+            failures.push(format!(
+                "{}: changed the namespace:\n{diff}",
+                case.describe()
+            ));
+            expected = after;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad inputs {what}:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
 #[test]
 fn bad_input_leaves_an_applied_namespace_byte_identical() {
     require_root();
@@ -408,28 +441,12 @@ fn bad_input_leaves_an_applied_namespace_byte_identical() {
     assert!(before.contains("table inet user"), "{before}");
     assert!(before.contains("fwmark 0x539 lookup 133"), "{before}");
 
-    // Each state is compared with the one before the case, so that a change is reported
-    // once, against the input that made it; no failure means byte-identical end to end.
-    let mut expected = before.clone();
-    let mut failures = Vec::new();
-    for case in &cases {
-        let out = apply(&ns.name, case);
-        failures.extend(refusal_problem(case, &out));
-        let after = ns.snapshot();
-        if let Some(diff) = snapshot_difference(&expected, &after) {
-            failures.push(format!(
-                "{}: changed the namespace:\n{diff}",
-                case.describe()
-            ));
-            expected = after;
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} bad inputs touched an applied namespace:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
+    assert_each_case_leaves_the_namespace(
+        &ns,
+        before,
+        &cases,
+        "touched an applied namespace",
+        |case| refusal_problem(case, &apply(&ns.name, case)),
     );
 
     // Our rules are still exactly the ones the valid configuration asks for.
@@ -453,40 +470,29 @@ fn bad_input_leaves_a_legacy_namespace_byte_identical() {
         before.contains("ISTIO_TPROXY") && before.contains("[4:240]"),
         "{before}"
     );
-    let mut expected = before;
-    let mut failures = Vec::new();
-    for case in &cases {
-        let mut cmd = apply_command(&ns.name);
-        cmd.args(["--backend", "iptables-legacy"]).args(&case.args);
-        for (k, v) in &case.env {
-            cmd.env(k, v);
-        }
-        let out = run(&mut cmd);
-        // Exit 2 exactly (the wording is checked above; here `--backend` comes twice
-        // for the case that names a bad backend, which clap words differently).
-        if out.status.code() != Some(2) {
-            failures.push(format!(
-                "{}: {} (expected exit status 2)\n  stderr: {}",
-                case.describe(),
-                out.status,
-                stderr_of(&out).trim_end()
-            ));
-        }
-        let after = ns.snapshot();
-        if let Some(diff) = snapshot_difference(&expected, &after) {
-            failures.push(format!(
-                "{}: changed the namespace:\n{diff}",
-                case.describe()
-            ));
-            expected = after;
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} bad inputs were not refused cleanly by the legacy backend:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
+    assert_each_case_leaves_the_namespace(
+        &ns,
+        before,
+        &cases,
+        "were not refused cleanly by the legacy backend",
+        |case| {
+            let mut cmd = apply_command(&ns.name);
+            cmd.args(["--backend", "iptables-legacy"]).args(&case.args);
+            for (k, v) in &case.env {
+                cmd.env(k, v);
+            }
+            let out = run(&mut cmd);
+            // Exit 2 exactly (the wording is checked above; here `--backend` comes twice
+            // for the case that names a bad backend, which clap words differently).
+            (out.status.code() != Some(2)).then(|| {
+                format!(
+                    "{}: {} (expected exit status 2)\n  stderr: {}",
+                    case.describe(),
+                    out.status,
+                    stderr_of(&out).trim_end()
+                )
+            })
+        },
     );
     ns.mesh_ok("verify", &valid, &[]);
     assert_no_forwarding();

@@ -64,9 +64,7 @@ fn fixtures() -> PathBuf {
 
 /// `nft list ruleset` after the real `nft -f` of a hand-written reference.
 fn reference_listing(file: &Path) -> String {
-    let ns = TestNetns::new("or");
-    ns.exec_ok(&["nft", "-f", file.to_str().unwrap()]);
-    let listing = ns.ruleset();
+    let listing = nft_ruleset_of(file);
     assert!(
         listing.contains("chain istio-output"),
         "{}: the reference programmed nothing",
@@ -103,8 +101,7 @@ fn apply_programs_the_hand_written_references() {
         failures.extend(difference(name, flags, &reference));
     }
     // Without flags: the CNI default, whose single exclusion is 15020.
-    let basic =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures/cni-nftables/basic.nft");
+    let basic = cni_nft_reference("basic");
     failures.extend(difference("default", &[], &basic));
     assert_no_forwarding();
     assert_cases_agree(&failures, CASES.len() + 1);

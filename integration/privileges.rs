@@ -26,6 +26,12 @@ fn reduced(caps: &str, nobody: bool, args: &[&str]) -> Output {
     run(&mut cmd)
 }
 
+/// Exit 6 (a missing privilege), with standard error naming `what`.
+fn assert_refused_naming(out: &Output, what: &str) {
+    assert_eq!(out.status.code(), Some(6), "{}", stderr_of(out));
+    assert!(stderr_of(out).contains(what), "{}", stderr_of(out));
+}
+
 fn has_legacy_rules(ns: &TestNetns) -> bool {
     ns.legacy_saved(false).contains("ISTIO_")
 }
@@ -37,12 +43,7 @@ fn auto_without_cap_net_raw_refuses_to_choose_while_legacy_rules_may_exist() {
     ns.mesh_ok("apply", &legacy_args(&[]), &[]);
     let path = ns.path();
     let out = reduced("net_admin,sys_admin", false, &["apply", "--netns", &path]);
-    assert_eq!(out.status.code(), Some(6), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("CAP_NET_RAW"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_refused_naming(&out, "CAP_NET_RAW");
     assert!(
         !ns.ruleset().contains("istio-proxy"),
         "both backends active:\n{}",
@@ -81,12 +82,7 @@ fn as_nobody_the_unreadable_legacy_table_list_fails_remove_and_verify() {
         true,
         &["remove", "--netns", &path, "-m", "TPROXY", "--ipv6=true"],
     );
-    assert_eq!(out.status.code(), Some(6), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("ip_tables_names"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_refused_naming(&out, "ip_tables_names");
     assert!(has_legacy_rules(&ns), "nothing may be taken for removed");
     let out = reduced(
         caps,
@@ -106,11 +102,6 @@ fn without_cap_sys_admin_entering_the_namespace_says_so() {
     let ns = TestNetns::new("nosysadmin");
     let path = ns.path();
     let out = reduced("net_admin,net_raw", false, &["apply", "--netns", &path]);
-    assert_eq!(out.status.code(), Some(6), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("CAP_SYS_ADMIN"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_refused_naming(&out, "CAP_SYS_ADMIN");
     assert_eq!(ns.ruleset().trim(), "");
 }

@@ -142,20 +142,12 @@ fn re_apply_is_idempotent_and_verify_tracks_drift() {
 #[test]
 fn remove_takes_only_ours_and_succeeds_twice() {
     let ns = TestNetns::new("xr");
-    ns.exec_ok(&[
-        "iptables-legacy",
-        "-t",
+    ns.add_legacy_counted_rule(
         "nat",
-        "-A",
         "OUTPUT",
-        "-c",
-        "2",
-        "120",
-        "-d",
-        "10.8.8.8/32",
-        "-j",
-        "RETURN",
-    ]);
+        ("2", "120"),
+        &["-d", "10.8.8.8/32", "-j", "RETURN"],
+    );
     ns.add_legacy_ssh_accept("9", "540");
     let before = saved(&ns);
     let args = legacy_args(&["-m", "TPROXY"]);

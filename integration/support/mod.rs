@@ -331,6 +331,32 @@ pub fn cni<K: AsRef<OsStr>, V: AsRef<OsStr>>(env: &[(K, V)], stdin: &str) -> Out
     run_with_stdin(&mut cmd, stdin)
 }
 
+/// The container ID of the tests' CNI invocations (64 hex digits, as containerd makes them).
+pub const CNI_CONTAINER_ID: &str =
+    "8f2c1a7e5d4b3c2a1908f7e6d5c4b3a2918273645f6e7d8c9b0a1f2e3d4c5b6a";
+
+/// The `CNI_*` variables a runtime sets for CNI `command` on the namespace at `netns`
+/// (no `CNI_ARGS`: what a static-mode plugin needs).
+pub fn cni_env<'a>(command: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", CNI_CONTAINER_ID),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/opt/cni/bin"),
+    ]
+}
+
+/// [`cni_env`] with the `CNI_ARGS` a kubelet passes for pod `default/app-0`.
+pub fn cni_pod_env<'a>(command: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut env = cni_env(command, netns);
+    env.push((
+        "CNI_ARGS",
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=app-0",
+    ));
+    env
+}
+
 /// Standard error as text.
 pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -513,22 +539,35 @@ impl TestNetns {
 
     /// A foreign IPv4 `filter INPUT` rule (accept ssh) with `[packets:bytes]` counters.
     pub fn add_legacy_ssh_accept(&self, packets: &str, bytes: &str) {
-        self.exec_ok(&[
+        self.add_legacy_counted_rule(
+            "filter",
+            "INPUT",
+            (packets, bytes),
+            &["-p", "tcp", "--dport", "22", "-j", "ACCEPT"],
+        );
+    }
+
+    /// A foreign IPv4 rule `rule` appended to `table` `chain` with `[packets:bytes]` counters
+    /// (`iptables-legacy -t <table> -A <chain> -c <packets> <bytes> <rule…>`).
+    pub fn add_legacy_counted_rule(
+        &self,
+        table: &str,
+        chain: &str,
+        (packets, bytes): (&str, &str),
+        rule: &[&str],
+    ) {
+        let mut argv = vec![
             "iptables-legacy",
             "-t",
-            "filter",
+            table,
             "-A",
-            "INPUT",
+            chain,
             "-c",
             packets,
             bytes,
-            "-p",
-            "tcp",
-            "--dport",
-            "22",
-            "-j",
-            "ACCEPT",
-        ]);
+        ];
+        argv.extend_from_slice(rule);
+        self.exec_ok(&argv);
     }
 
     /// Applies `args` twice; the second apply changes nothing `state` shows and `verify`
@@ -557,6 +596,41 @@ impl Drop for TestNetns {
             .stdin(Stdio::null())
             .output();
     }
+}
+
+/// Istio's legacy state for a golden file: its payload (the `*-save` lines left out)
+/// restored by `iptables-legacy-restore --noflush` into a fresh namespace, then saved
+/// ([`TestNetns::legacy_saved`] without counters).
+pub fn istio_legacy_state(golden: &Path) -> String {
+    let ns = TestNetns::new("il");
+    let payload: String = std::fs::read_to_string(golden)
+        .unwrap_or_else(|e| panic!("{}: {e}", golden.display()))
+        .lines()
+        .filter(|l| !l.ends_with("-save"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    run_with_stdin_ok(
+        &mut ns.command(&["iptables-legacy-restore", "--noflush"]),
+        &payload,
+    );
+    ns.legacy_saved(false)
+}
+
+/// The hand-written nftables reference of Istio's CNI case `name`
+/// (`integration/fixtures/cni-nftables/`, written from Istio's semantics, not by our code;
+/// see that directory's README).
+pub fn cni_nft_reference(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("integration/fixtures/cni-nftables")
+        .join(format!("{name}.nft"))
+}
+
+/// `nft list ruleset` of a fresh namespace after the real `nft -f file`: the kernel state a
+/// hand-written reference transaction leaves.
+pub fn nft_ruleset_of(file: &Path) -> String {
+    let ns = TestNetns::new("nf");
+    ns.exec_ok(&["nft", "-f", file.to_str().unwrap()]);
+    ns.ruleset()
 }
 
 /// DEVELOPERS.md network safety: forwarding in the root namespace stays off.

@@ -24,8 +24,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Moves this thread into the network namespace `ns`: a name under `/var/run/netns`, or a
+/// path (one that starts with `/`, e.g. a sandbox's `/proc/<pid>/ns/net`).
 pub fn enter(ns: &str) {
-    let f = File::open(format!("/var/run/netns/{ns}")).expect("namespace exists");
+    let path = if ns.starts_with('/') {
+        ns.to_string()
+    } else {
+        format!("/var/run/netns/{ns}")
+    };
+    let f = File::open(&path).unwrap_or_else(|e| panic!("namespace {path}: {e}"));
     setns(&f, CloneFlags::CLONE_NEWNET).expect("setns");
 }
 
@@ -205,13 +212,7 @@ pub fn sa(ip: IpAddr, port: u16) -> SocketAddr {
 
 /// Waits until a connection from the remote side gets an answer (links come up async).
 pub fn wait_reachable(ns: &str, dst: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if !connect_as(ns, 0, 0, dst).starts_with("error") {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_answered_as(ns, 0, 0, dst);
 }
 
 /// A connection from `from` as `uid`/`gid` to `dst` is answered by `listener`, which sees
