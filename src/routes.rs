@@ -136,7 +136,7 @@ impl RouteSocket {
     /// Opens an rtnetlink socket in the calling thread's namespace.
     pub fn open() -> io::Result<RouteSocket> {
         Ok(RouteSocket {
-            sock: NetlinkSocket::open(NETLINK_ROUTE, 8192)?,
+            sock: NetlinkSocket::open(NETLINK_ROUTE, 1 << 16)?,
         })
     }
 

@@ -108,6 +108,16 @@ impl NetlinkSocket {
     pub fn dump(&mut self, seq: u32, mut each: impl FnMut(&[u8])) -> io::Result<()> {
         loop {
             let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+            // A reply cut by a too small buffer would silently lose objects: refuse it.
+            let parsed: usize = messages(&self.buf[..n])
+                .map(|m| super::wire::align4(super::wire::NLMSG_HDRLEN + m.payload.len()))
+                .sum();
+            if parsed < n {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("truncated netlink dump reply ({n} bytes, {parsed} parsed)"),
+                ));
+            }
             for m in messages(&self.buf[..n]) {
                 if m.seq != seq {
                     continue;
