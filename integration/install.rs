@@ -16,11 +16,12 @@ use serde_json::{json, Map, Value};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
-use support::TempDir;
+use support::{run_with_stdin, TempDir, TestNetns};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/fixtures/cni");
 /// The repair deadline the installer promises (debounce 100 ms + a pass).
@@ -900,4 +901,70 @@ fn run_fails_fast_on_a_misconfigured_node() {
         fixture("10-calico.conflist"),
         "the configuration is not written ahead of its kubeconfig"
     );
+}
+
+/// host-local (the real plugin, IPAM only: it writes files, no interface) asked for an
+/// address for `container` with the ipam section of the primary plugin as `conflist` chains
+/// it; returns the address it gave.
+fn host_local_add(conflist: &Map<String, Value>, container: &str, netns: &str) -> String {
+    let primary = &conflist["plugins"][0];
+    let conf = json!({"cniVersion": conflist["cniVersion"], "name": conflist["name"],
+                      "type": primary["type"], "ipam": primary["ipam"]});
+    let out = run_with_stdin(
+        Command::new("/usr/lib/cni/host-local")
+            .env_clear()
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", container)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni"),
+        &conf.to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "host-local: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    result["ips"][0]["address"].as_str().unwrap().to_string()
+}
+
+/// An install turns a single-plugin `.conf` into a `.conflist` under the same network name,
+/// and `host-local` keeps its allocations under that name: an address given to a pod before
+/// the install is still taken afterwards (a renamed network would hand it out again).
+#[test]
+fn an_install_keeps_the_address_host_local_gave_a_running_pod() {
+    let netns = TestNetns::new("hostlocal");
+    let node = Node::new("hostlocal");
+    let data = node.root.join("ipam");
+    let primary = json!({"cniVersion": "1.0.0", "name": "pods", "type": "bridge",
+        "bridge": "unused", "isGateway": false, "ipMasq": false,
+        "ipam": {"type": "host-local", "dataDir": data,
+                 "ranges": [[{"subnet": "198.51.100.0/24", "rangeStart": "198.51.100.60",
+                              "rangeEnd": "198.51.100.90"}]]}});
+    node.put("10-pods.conf", primary.to_string().as_bytes());
+    // A pod started before the install, through the primary alone.
+    let as_list = parse(
+        json!({"cniVersion": "1.0.0", "name": "pods", "plugins": [primary]})
+            .to_string()
+            .as_bytes(),
+    );
+    let first = host_local_add(&as_list, "pod-before", &netns.path());
+    let allocated = |ip: &str| {
+        data.join("pods")
+            .join(ip.split('/').next().unwrap())
+            .exists()
+    };
+    assert!(
+        allocated(&first),
+        "host-local keeps {first} under the network's name"
+    );
+
+    install(&node.opts).unwrap();
+    let now = node.read_json("10-pods.conflist");
+    assert_eq!(now["name"], "pods", "the network keeps its name");
+    assert!(allocated(&first), "the install touched no allocation");
+    let second = host_local_add(&now, "pod-after", &netns.path());
+    assert_ne!(second, first, "the first pod's address is still taken");
+    assert!(allocated(&first) && allocated(&second));
 }
