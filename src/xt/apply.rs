@@ -8,7 +8,7 @@
 //! again, merge again and retry.
 
 use super::abi::{Layout, IPV4, IPV6};
-use super::merge::{has_ours, lowered_steps, merge, our_part, same_rule, strip};
+use super::merge::{has_ours, lowered_steps, our_part, place, same_rule, strip, OurPart};
 use super::socket::read_table;
 use super::table::{Counters, Extension, Rule as XtRule, Table as XtTable, Target};
 use crate::kernel::{Kernel, XtTables};
@@ -144,7 +144,7 @@ fn open<K: Kernel>(k: &K, l: Layout, table: &'static str) -> Result<K::Xt, XtErr
     k.xtables(l).map_err(err(l, table, XtOp::Open))
 }
 
-fn same_part(a: &[(String, Vec<XtRule>)], b: &[(String, Vec<XtRule>)]) -> bool {
+fn same_part(a: &OurPart<'_>, b: &OurPart<'_>) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|((na, ra), (nb, rb))| {
             na == nb && ra.len() == rb.len() && ra.iter().zip(rb).all(|(x, y)| same_rule(x, y))
@@ -278,10 +278,10 @@ fn planned_table(
         return None;
     }
     #[allow(unused_mut)]
-    let mut new = merge(current, plan, t, family_of(l), l);
+    let planned = lowered_steps(plan, t, family_of(l), l);
+    let mut new = place(strip(current, &planned, l), &planned);
     // Ours already intact and in order: leave the table alone, so rules other tools
     // appended after ours stay after them (Istio writes nothing then).
-    let planned = lowered_steps(plan, t, family_of(l), l);
     if !poisoned
         && same_part(
             &our_part(&new, &planned, l),
@@ -439,7 +439,7 @@ pub fn verify<K: Kernel>(k: &K, plan: &Plan) -> Result<Vec<XtDifference>, XtErro
             let expected_table = if planned.is_empty() {
                 strip(&current, &planned, l)
             } else {
-                merge(&strip(&current, &planned, l), plan, t, family_of(l), l)
+                place(strip(&current, &planned, l), &planned)
             };
             compare_parts(
                 &our_part(&expected_table, &planned, l),
@@ -463,8 +463,8 @@ fn key(r: &XtRule) -> RuleKey<'_> {
 /// a chain that differs is compared through hash sets of its rules (the quadratic search
 /// this replaces took 0.33 s at 10,000 CIDRs and 14.7 s at 70,000).
 fn compare_parts(
-    expected: &[(String, Vec<XtRule>)],
-    found: &[(String, Vec<XtRule>)],
+    expected: &OurPart<'_>,
+    found: &OurPart<'_>,
     differ: &mut impl FnMut(String),
 ) {
     for (name, rules) in expected {
@@ -475,8 +475,8 @@ fn compare_parts(
         if f.len() == rules.len() && f.iter().zip(rules).all(|(a, b)| same_rule(a, b)) {
             continue;
         }
-        let in_kernel: HashSet<RuleKey<'_>> = f.iter().map(key).collect();
-        let in_plan: HashSet<RuleKey<'_>> = rules.iter().map(key).collect();
+        let in_kernel: HashSet<RuleKey<'_>> = f.iter().map(|r| key(r)).collect();
+        let in_plan: HashSet<RuleKey<'_>> = rules.iter().map(|r| key(r)).collect();
         let missing = rules
             .iter()
             .filter(|r| !in_kernel.contains(&key(r)))

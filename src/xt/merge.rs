@@ -228,7 +228,13 @@ fn apply_step(rules: &mut Vec<XtRule>, position: Position, rule: XtRule) {
 /// The table with our rules for this plan, on top of whatever else it holds.
 pub fn merge(t: &XtTable, plan: &Plan, table: Table, family: Family, l: Layout) -> XtTable {
     let planned = lowered_steps(plan, table, family, l);
-    let mut out = strip(t, &planned, l);
+    place(strip(t, &planned, l), &planned)
+}
+
+/// `stripped` (a table without anything of ours) with the `planned` steps placed as Istio's
+/// `iptables-restore --noflush` would place them.
+pub fn place(stripped: XtTable, planned: &[(Chain, Position, XtRule)]) -> XtTable {
+    let mut out = stripped;
     // Our chains: those with rules, and jump targets (Istio declares both with `-N`).
     let mut ours: Vec<XtChain> = Vec::new();
     let declare = |name: &str, ours: &mut Vec<XtChain>| {
@@ -241,7 +247,7 @@ pub fn merge(t: &XtTable, plan: &Plan, table: Table, family: Family, l: Layout) 
             });
         }
     };
-    for (chain, position, rule) in &planned {
+    for (chain, position, rule) in planned {
         if let Target::Jump(target) = &rule.target {
             declare(target, &mut ours);
         }
@@ -265,29 +271,32 @@ pub fn merge(t: &XtTable, plan: &Plan, table: Table, family: Family, l: Layout) 
     out
 }
 
-/// Our part of a table: our chains (sorted) and, per built-in chain, our rules in order.
-pub fn our_part(
-    t: &XtTable,
+/// Our part of a table, borrowed: our chains (sorted) and, per built-in chain, our rules in
+/// order.
+pub fn our_part<'t>(
+    t: &'t XtTable,
     planned: &[(Chain, Position, XtRule)],
     l: Layout,
-) -> Vec<(String, Vec<XtRule>)> {
-    let mut out: Vec<(String, Vec<XtRule>)> = Vec::new();
+) -> OurPart<'t> {
+    let mut out: OurPart<'t> = Vec::new();
     let ours = has_ours(t);
     for c in &t.chains {
         if c.hook.is_some() {
-            let rules: Vec<XtRule> = c
+            let rules: Vec<&XtRule> = c
                 .rules
                 .iter()
                 .filter(|r| ours_in_builtin(t, ours, &c.name, r, planned, l))
-                .cloned()
                 .collect();
             if !rules.is_empty() {
-                out.push((c.name.clone(), rules));
+                out.push((&c.name, rules));
             }
         } else if is_our_chain(&c.name) {
-            out.push((c.name.clone(), c.rules.clone()));
+            out.push((&c.name, c.rules.iter().collect()));
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by(|a, b| a.0.cmp(b.0));
     out
 }
+
+/// What [`our_part`] returns: chain name and our rules in it, borrowed from the table.
+pub type OurPart<'t> = Vec<(&'t str, Vec<&'t XtRule>)>;
