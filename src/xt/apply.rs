@@ -462,11 +462,7 @@ fn key(r: &XtRule) -> RuleKey<'_> {
 /// kind of difference and chain. Linear: equal chains are recognised in one pass, and only
 /// a chain that differs is compared through hash sets of its rules (the quadratic search
 /// this replaces took 0.33 s at 10,000 CIDRs and 14.7 s at 70,000).
-fn compare_parts(
-    expected: &OurPart<'_>,
-    found: &OurPart<'_>,
-    differ: &mut impl FnMut(String),
-) {
+fn compare_parts(expected: &OurPart<'_>, found: &OurPart<'_>, differ: &mut impl FnMut(String)) {
     for (name, rules) in expected {
         let Some((_, f)) = found.iter().find(|(n, _)| n == name) else {
             differ(format!("missing chain or rules in {name}"));

@@ -206,16 +206,30 @@ pub fn has_ours(t: &XtTable) -> bool {
 
 /// `t` without anything of ours (`planned` adds the built-in rules the plan would write).
 pub fn strip(t: &XtTable, planned: &[(Chain, Position, XtRule)], l: Layout) -> XtTable {
-    let mut out = t.clone();
     let ours = has_ours(t);
-    out.chains
-        .retain(|c| c.hook.is_some() || !is_our_chain(&c.name));
-    for c in out.chains.iter_mut().filter(|c| c.hook.is_some()) {
-        let name = c.name.clone();
-        c.rules
-            .retain(|r| !ours_in_builtin(t, ours, &name, r, planned, l));
+    // Built field by field: our chains (thousands of rules with many CIDRs) are never copied.
+    let chains = t
+        .chains
+        .iter()
+        .filter(|c| c.hook.is_some() || !is_our_chain(&c.name))
+        .map(|c| XtChain {
+            name: c.name.clone(),
+            hook: c.hook,
+            policy: c.policy,
+            rules: c
+                .rules
+                .iter()
+                .filter(|r| c.hook.is_none() || !ours_in_builtin(t, ours, &c.name, r, planned, l))
+                .cloned()
+                .collect(),
+        })
+        .collect();
+    XtTable {
+        name: t.name.clone(),
+        valid_hooks: t.valid_hooks,
+        chains,
+        num_entries: t.num_entries,
     }
-    out
 }
 
 fn apply_step(rules: &mut Vec<XtRule>, position: Position, rule: XtRule) {
