@@ -8,7 +8,9 @@
 //! again, merge again and retry.
 
 use super::abi::{Layout, IPV4, IPV6};
-use super::merge::{has_ours, lowered_steps, our_part, place, same_rule, strip, OurPart};
+use super::merge::{
+    builtin_steps, has_ours, lowered_steps, our_part, place, same_rule, strip, OurPart,
+};
 use super::socket::read_table;
 use super::table::{Counters, Extension, Rule as XtRule, Table as XtTable, Target};
 use crate::kernel::{Kernel, XtTables};
@@ -279,13 +281,14 @@ fn planned_table(
     }
     #[allow(unused_mut)]
     let planned = lowered_steps(plan, t, family_of(l), l);
-    let mut new = place(strip(current, &planned, l), &planned);
+    let builtin = builtin_steps(&planned);
+    let mut new = place(strip(current, &builtin, l), planned);
     // Ours already intact and in order: leave the table alone, so rules other tools
     // appended after ours stay after them (Istio writes nothing then).
     if !poisoned
         && same_part(
-            &our_part(&new, &planned, l),
-            &our_part(current, &planned, l),
+            &our_part(&new, &builtin, l),
+            &our_part(current, &builtin, l),
         )
     {
         return None;
@@ -436,14 +439,11 @@ pub fn verify<K: Kernel>(k: &K, plan: &Plan) -> Result<Vec<XtDifference>, XtErro
             }
             let s = open(k, l, name)?;
             let (_, current) = read_table(&s, name).map_err(err(l, name, XtOp::Read))?;
-            let expected_table = if planned.is_empty() {
-                strip(&current, &planned, l)
-            } else {
-                place(strip(&current, &planned, l), &planned)
-            };
+            let builtin = builtin_steps(&planned);
+            let expected_table = place(strip(&current, &builtin, l), planned);
             compare_parts(
-                &our_part(&expected_table, &planned, l),
-                &our_part(&current, &planned, l),
+                &our_part(&expected_table, &builtin, l),
+                &our_part(&current, &builtin, l),
                 &mut differ,
             );
         }

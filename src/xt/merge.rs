@@ -242,12 +242,23 @@ fn apply_step(rules: &mut Vec<XtRule>, position: Position, rule: XtRule) {
 /// The table with our rules for this plan, on top of whatever else it holds.
 pub fn merge(t: &XtTable, plan: &Plan, table: Table, family: Family, l: Layout) -> XtTable {
     let planned = lowered_steps(plan, table, family, l);
-    place(strip(t, &planned, l), &planned)
+    let builtin = builtin_steps(&planned);
+    place(strip(t, &builtin, l), planned)
+}
+
+/// The steps that go into built-in chains (a handful): all that [`strip`] and [`our_part`]
+/// look at, so they need not scan the thousands of steps of our own chains.
+pub fn builtin_steps(planned: &[(Chain, Position, XtRule)]) -> Vec<(Chain, Position, XtRule)> {
+    planned
+        .iter()
+        .filter(|(c, _, _)| c.is_builtin())
+        .cloned()
+        .collect()
 }
 
 /// `stripped` (a table without anything of ours) with the `planned` steps placed as Istio's
 /// `iptables-restore --noflush` would place them.
-pub fn place(stripped: XtTable, planned: &[(Chain, Position, XtRule)]) -> XtTable {
+pub fn place(stripped: XtTable, planned: Vec<(Chain, Position, XtRule)>) -> XtTable {
     let mut out = stripped;
     // Our chains: those with rules, and jump targets (Istio declares both with `-N`).
     let mut ours: Vec<XtChain> = Vec::new();
@@ -269,16 +280,16 @@ pub fn place(stripped: XtTable, planned: &[(Chain, Position, XtRule)]) -> XtTabl
             let c = out
                 .chains
                 .iter_mut()
-                .find(|c| c.name == builtin_name(*chain))
+                .find(|c| c.name == builtin_name(chain))
                 .expect("built-in chains exist in every table we write");
-            apply_step(&mut c.rules, *position, rule.clone());
+            apply_step(&mut c.rules, position, rule);
         } else {
             declare(chain.iptables_name(), &mut ours);
             let c = ours
                 .iter_mut()
                 .find(|c| c.name == chain.iptables_name())
                 .expect("declared");
-            apply_step(&mut c.rules, *position, rule.clone());
+            apply_step(&mut c.rules, position, rule);
         }
     }
     out.chains.extend(ours);
