@@ -91,7 +91,8 @@ fn connect(path: &Path) -> std::io::Result<UnixStream> {
 
 /// Asks the agent for pod `namespace/name` with `uid`.
 pub fn lookup(socket: &Path, namespace: &str, name: &str, uid: &str) -> Result<Value, Miss> {
-    let mut stream = connect(socket).map_err(|e| Miss::NoAgent(format!("{}: {e}", socket.display())))?;
+    let mut stream =
+        connect(socket).map_err(|e| Miss::NoAgent(format!("{}: {e}", socket.display())))?;
     let io = |e: std::io::Error| Miss::Io(e.to_string());
     stream.set_read_timeout(Some(ANSWER_BUDGET)).map_err(io)?;
     stream.set_write_timeout(Some(ANSWER_BUDGET)).map_err(io)?;
@@ -108,12 +109,16 @@ pub fn lookup(socket: &Path, namespace: &str, name: &str, uid: &str) -> Result<V
         .read_line(&mut line)
         .map_err(io)?;
     if !line.ends_with('\n') {
-        return Err(Miss::Io("the agent closed the connection without a whole answer".into()));
+        return Err(Miss::Io(
+            "the agent closed the connection without a whole answer".into(),
+        ));
     }
     match Answer::parse(line.trim_end()) {
         Ok(Answer::Pod(pod)) => check_identity(pod, namespace, name, uid),
         Ok(Answer::Unknown) => Err(Miss::Unknown),
-        Ok(Answer::Error(e)) => Err(Miss::Malformed(format!("the agent refused the request: {e}"))),
+        Ok(Answer::Error(e)) => Err(Miss::Malformed(format!(
+            "the agent refused the request: {e}"
+        ))),
         Err(e) => Err(Miss::Malformed(e.to_string())),
     }
 }
@@ -204,8 +209,13 @@ mod tests {
         let (p, h) = serve_once("{\"v\":1,\"pod\":{\"metadata\":{\"namespace\":\"a\",\"name\":\"b\",\"uid\":\"OLD\"}}}\n");
         assert!(matches!(lookup(&p, "a", "b", "c"), Err(Miss::Malformed(_))));
         h.join().unwrap();
-        let (p, h) = serve_once("{\"v\":1,\"pod\":{\"metadata\":{\"namespace\":\"a\",\"name\":\"b\",\"uid\":\"c\"}}}");
-        assert!(matches!(lookup(&p, "a", "b", "c"), Err(Miss::Io(_))), "no newline");
+        let (p, h) = serve_once(
+            "{\"v\":1,\"pod\":{\"metadata\":{\"namespace\":\"a\",\"name\":\"b\",\"uid\":\"c\"}}}",
+        );
+        assert!(
+            matches!(lookup(&p, "a", "b", "c"), Err(Miss::Io(_))),
+            "no newline"
+        );
         h.join().unwrap();
     }
 

@@ -27,7 +27,12 @@ struct Args {
     #[arg(long, env = "MESH_REDIRECT_AGENT_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
     socket: PathBuf,
     /// Where /metrics, /healthz and /readyz are served.
-    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:15014", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "METRICS_ADDR",
+        default_value = "0.0.0.0:15014",
+        value_name = "ADDR"
+    )]
     metrics_addr: SocketAddr,
     /// Do not install the plugin on the node (another process does).
     #[arg(long)]
@@ -87,7 +92,10 @@ fn plugin_settings(node: &NodeArgs) -> Result<serde_json::Map<String, Value>, Ag
 
 fn options(args: Args) -> Result<AgentOptions, AgentError> {
     if args.node_name.trim().is_empty() {
-        return Err(invalid("--node-name", "empty (set NODE_NAME from spec.nodeName)"));
+        return Err(invalid(
+            "--node-name",
+            "empty (set NODE_NAME from spec.nodeName)",
+        ));
     }
     let install = if args.no_install {
         None
@@ -97,7 +105,8 @@ fn options(args: Args) -> Result<AgentOptions, AgentError> {
             let s = args.socket.display().to_string();
             plugin.insert("agent_socket".into(), Value::String(s));
         }
-        let here = std::env::current_exe().map_err(|e| invalid("--plugin-binary", e.to_string()))?;
+        let here =
+            std::env::current_exe().map_err(|e| invalid("--plugin-binary", e.to_string()))?;
         let binary = args
             .plugin_binary
             .unwrap_or_else(|| here.with_file_name("mesh-redirect"));
@@ -106,7 +115,12 @@ fn options(args: Args) -> Result<AgentOptions, AgentError> {
             None => false,
             Some("true" | "1") => true,
             Some("false" | "0") => false,
-            Some(v) => return Err(invalid("--cleanup-on-exit", format!("{v:?} is not true or false"))),
+            Some(v) => {
+                return Err(invalid(
+                    "--cleanup-on-exit",
+                    format!("{v:?} is not true or false"),
+                ))
+            }
         };
         Some(InstallOptions {
             cni_bin_dir: args.node.cni_bin_dir.clone(),
@@ -132,7 +146,10 @@ fn options(args: Args) -> Result<AgentOptions, AgentError> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let level = match (args.verbose, std::env::var("MESH_REDIRECT_LOG").ok().as_deref()) {
+    let level = match (
+        args.verbose,
+        std::env::var("MESH_REDIRECT_LOG").ok().as_deref(),
+    ) {
         (0, Some("error")) => tracing::Level::ERROR,
         (0, Some("warn")) => tracing::Level::WARN,
         (0, Some("debug")) | (1, _) => tracing::Level::DEBUG,

@@ -76,6 +76,20 @@ impl Default for Metrics {
             "1 when the node is installed and the pod cache synced",
             ready.clone(),
         );
+        // Every series exists from the start (at 0), so rates and alerts need no absent().
+        for command in ["ADD", "DEL", "CHECK"] {
+            for result in ["ok", "error"] {
+                let _ = requests.get_or_create(&RequestLabels {
+                    command: command.into(),
+                    result: result.into(),
+                });
+            }
+        }
+        for source in ["cache", "api"] {
+            let _ = lookups.get_or_create(&SourceLabels {
+                source: source.into(),
+            });
+        }
         Metrics {
             registry,
             requests,
@@ -147,7 +161,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, status: Arc<dyn
 }
 
 /// One request, one answer, then the connection is closed.
-async fn answer(mut stream: TcpStream, metrics: &Metrics, status: &dyn Status) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    status: &dyn Status,
+) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -169,7 +187,11 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, status: &dyn Status) -
         ),
         ("GET", "/healthz") => (200, "text/plain", "ok\n".to_string()),
         ("GET", "/readyz") if status.ready() => (200, "text/plain", "ready\n".to_string()),
-        ("GET", "/readyz") => (503, "text/plain", "not ready: not installed or cache not synced\n".to_string()),
+        ("GET", "/readyz") => (
+            503,
+            "text/plain",
+            "not ready: not installed or cache not synced\n".to_string(),
+        ),
         ("GET", _) => (404, "text/plain", "not found\n".to_string()),
         _ => (405, "text/plain", "method not allowed\n".to_string()),
     };
@@ -194,7 +216,11 @@ mod tests {
     #[test]
     fn reports_become_the_fixed_metric_names() {
         let m = Metrics::default();
-        for (command, result, lookup) in [("ADD", "ok", Some("cache")), ("ADD", "ok", Some("api")), ("DEL", "error", None)] {
+        for (command, result, lookup) in [
+            ("ADD", "ok", Some("cache")),
+            ("ADD", "ok", Some("api")),
+            ("DEL", "error", None),
+        ] {
             m.report(&Report {
                 command: command.into(),
                 result: result.into(),

@@ -135,7 +135,9 @@ impl Answer {
         if let Some(p) = m.remove("pod") {
             return match p {
                 Value::Object(_) if m.is_empty() => Ok(Answer::Pod(p)),
-                _ => Err(ProtocolError::Shape("\"pod\" must be the only object".into())),
+                _ => Err(ProtocolError::Shape(
+                    "\"pod\" must be the only object".into(),
+                )),
             };
         }
         match (m.get("unknown"), m.get("error")) {
@@ -195,10 +197,16 @@ mod tests {
             ("nonsense", "not a JSON object"),
             ("[1]", "not a JSON object"),
             (r#"{"op":"pod"}"#, "version (none)"),
-            (r#"{"v":2,"op":"pod","namespace":"a","name":"b","uid":"c"}"#, "version 2"),
+            (
+                r#"{"v":2,"op":"pod","namespace":"a","name":"b","uid":"c"}"#,
+                "version 2",
+            ),
             (r#"{"v":1,"op":"pod","namespace":"a","name":"b"}"#, "uid"),
             (r#"{"v":1,"op":"dance"}"#, "dance"),
-            (r#"{"v":1,"op":"pod","namespace":"a","name":"b","uid":"c","x":1}"#, "x"),
+            (
+                r#"{"v":1,"op":"pod","namespace":"a","name":"b","uid":"c","x":1}"#,
+                "x",
+            ),
         ] {
             let e = Request::parse(line).unwrap_err().to_string();
             assert!(e.contains(want), "{line}: {e}");

@@ -41,23 +41,34 @@ pub async fn serve(listener: UnixListener, cache: Arc<PodCache>, metrics: Arc<Me
 }
 
 /// One connection: any number of requests, one per line.
-async fn connection(stream: UnixStream, cache: &PodCache, metrics: &Metrics) -> std::io::Result<()> {
+async fn connection(
+    stream: UnixStream,
+    cache: &PodCache,
+    metrics: &Metrics,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = String::new();
     loop {
         line.clear();
-        let n = (&mut lines).take(MAX_LINE as u64).read_line(&mut line).await?;
+        let n = (&mut lines)
+            .take(MAX_LINE as u64)
+            .read_line(&mut line)
+            .await?;
         if n == 0 {
             return Ok(());
         }
         if !line.ends_with('\n') && n >= MAX_LINE {
             let answer = Answer::Error(format!("line longer than {MAX_LINE} bytes"));
-            write.write_all(format!("{}\n", answer.to_line()).as_bytes()).await?;
+            write
+                .write_all(format!("{}\n", answer.to_line()).as_bytes())
+                .await?;
             return Ok(());
         }
         if let Some(answer) = handle(line.trim_end(), cache, metrics).await {
-            write.write_all(format!("{}\n", answer.to_line()).as_bytes()).await?;
+            write
+                .write_all(format!("{}\n", answer.to_line()).as_bytes())
+                .await?;
         }
     }
 }

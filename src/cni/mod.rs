@@ -54,13 +54,16 @@ fn report_to_agent(started: Instant, ok: bool) {
     if !matches!(command.as_str(), "ADD" | "DEL" | "CHECK") {
         return;
     }
-    let socket = AGENT_SOCKET.get().cloned().unwrap_or_else(|| {
-        std::path::PathBuf::from(crate::agent::protocol::DEFAULT_SOCKET)
-    });
+    let socket = AGENT_SOCKET
+        .get()
+        .cloned()
+        .unwrap_or_else(|| std::path::PathBuf::from(crate::agent::protocol::DEFAULT_SOCKET));
     let logs = std::mem::take(&mut *LOG_LINES.lock().unwrap_or_else(|e| e.into_inner()));
     let mut requests: Vec<Request> = logs
         .lines()
-        .map(|l| Request::Log { line: l.to_string() })
+        .map(|l| Request::Log {
+            line: l.to_string(),
+        })
         .collect();
     requests.push(Request::Report(Report {
         command,

@@ -389,7 +389,11 @@ impl NetConf {
         let mode = mode(&m)?;
         let agent_socket = match string(&m, "agent_socket")?.filter(|s| !s.is_empty()) {
             Some(s) if s.contains('\0') => {
-                return Err(bad_value("agent_socket", s, "a path cannot contain a NUL byte"))
+                return Err(bad_value(
+                    "agent_socket",
+                    s,
+                    "a path cannot contain a NUL byte",
+                ))
             }
             Some(s) => PathBuf::from(s),
             None => PathBuf::from(crate::agent::protocol::DEFAULT_SOCKET),
