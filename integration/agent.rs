@@ -29,6 +29,7 @@ struct Agent {
     child: Child,
     socket: PathBuf,
     metrics: String,
+    log: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -41,20 +42,26 @@ fn free_port() -> u16 {
 
 impl Agent {
     fn start(server: &WatchApiServer, dir: &Path) -> Agent {
+        Agent::start_with(server, dir, &["--no-install"], &[])
+    }
+
+    fn start_with(
+        server: &WatchApiServer,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         let socket = dir.join("agent.sock");
         let metrics = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.join(format!("agent-{}.log", unique("l")))).unwrap();
+        let log_path = dir.join(format!("agent-{}.log", unique("l")));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_mesh-redirect-agent"))
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("MESH_REDIRECT_LOG", "debug")
-            .args([
-                "--node-name",
-                NODE,
-                "--no-install",
-                "--metrics-addr",
-                &metrics,
-            ])
+            .envs(env.iter().copied())
+            .args(["--node-name", NODE, "--metrics-addr", &metrics])
+            .args(args)
             .arg("--kubeconfig")
             .arg(server.kubeconfig_file())
             .arg("--socket")
@@ -67,6 +74,7 @@ impl Agent {
             child,
             socket,
             metrics,
+            log: log_path,
         };
         agent.wait_for(
             |a| a.http("/healthz").0 == 200,
@@ -272,6 +280,91 @@ fn adds_of_cached_pods_make_no_pod_get_and_program_what_a_get_programs() {
     );
     assert_eq!(agent.metric("mesh_redirect_agent_pods_cached"), 3.0);
     assert_eq!(agent.metric("mesh_redirect_agent_ready"), 1.0);
+    // The plugin's log lines reach the agent's log (`kubectl logs`).
+    let log = std::fs::read_to_string(&agent.log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("plugin: ") && l.contains("source") && l.contains("cache")),
+        "no forwarded plugin line in the agent's log:\n{log}"
+    );
+}
+
+#[test]
+fn the_agent_installs_the_plugin_and_is_ready_only_once_installed_and_synced() {
+    let s = setup();
+    let node = TempDir::new("agentnode", &["bin", "net.d", "sa"]);
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures/cni/10-bridge.conf"),
+        node.join("net.d/10-bridge.conf"),
+    )
+    .unwrap();
+    std::fs::write(node.join("sa/token"), "agent-test-token").unwrap();
+    std::fs::write(
+        node.join("sa/ca.crt"),
+        rcgen::generate_simple_self_signed(vec!["kubernetes.default.svc".to_string()])
+            .unwrap()
+            .cert
+            .pem(),
+    )
+    .unwrap();
+    std::fs::write(node.join("sa/namespace"), "mesh-redirect").unwrap();
+    let dir = |d: &str| node.join(d).display().to_string();
+    let (bin, conf, sa) = (dir("bin"), dir("net.d"), dir("sa"));
+    let ready = dir("ready");
+    let args = [
+        "--cni-bin-dir",
+        &bin,
+        "--cni-conf-dir",
+        &conf,
+        "--host-cni-conf-dir",
+        &conf,
+        "--service-account-dir",
+        &sa,
+        "--ready-file",
+        &ready,
+        "--plugin-binary",
+        binary(),
+    ];
+    let env = [
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "443"),
+    ];
+    let mut agent = Agent::start_with(&s.server, &s.dir, &args, &env);
+    agent.ready();
+    let installed = std::fs::read(node.join("bin/mesh-redirect")).unwrap();
+    assert_eq!(
+        installed,
+        std::fs::read(binary()).unwrap(),
+        "the plugin binary, not the agent"
+    );
+    let conflist: Value =
+        serde_json::from_slice(&std::fs::read(node.join("net.d/10-bridge.conflist")).unwrap())
+            .unwrap();
+    let entry = conflist["plugins"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(entry["type"], "mesh-redirect");
+    assert_eq!(
+        entry["agent_socket"],
+        json!(agent.socket),
+        "a non-default socket is passed on"
+    );
+    // Not installed any more (the ready file gone): not ready, although the cache is synced.
+    std::fs::remove_file(node.join("ready")).unwrap();
+    assert_eq!(agent.http("/readyz").0, 503);
+    // SIGTERM: the installer's clean exit; the socket is removed.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+    let status = agent.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{status:?}\n{}",
+        std::fs::read_to_string(&agent.log).unwrap()
+    );
+    assert!(!agent.socket.exists());
 }
 
 #[test]
