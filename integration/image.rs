@@ -1,5 +1,5 @@
-//! The node installer's image (`Containerfile`, `scripts/build-image.sh`): built offline from
-//! `scratch` with only the static binary in it, under 20 MB, and what its entrypoint does in a
+//! The node image (`Containerfile`, `scripts/build-image.sh`): built offline from
+//! `scratch` with only the two static binaries (plugin and node agent) in it, under 20 MB, and what its entrypoint does in a
 //! container (`install --once` on node directories mounted where the DaemonSet mounts them)
 //! is byte for byte what the same binary does when run directly. The DaemonSet's own command
 //! and readiness probe (`deploy/daemonset.yaml`) work in the image, which has no shell or
