@@ -55,7 +55,9 @@ impl Agent {
         let metrics = format!("127.0.0.1:{}", free_port());
         let log_path = dir.join(format!("agent-{}.log", unique("l")));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_mesh-redirect-agent"))
+        let exe = std::env::var("MESH_REDIRECT_AGENT_BINARY")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh-redirect-agent").to_string());
+        let child = Command::new(exe)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("MESH_REDIRECT_LOG", "debug")
@@ -513,4 +515,60 @@ fn readyz_is_503_until_the_cache_is_synced() {
     let mode = std::fs::metadata(&agent.socket)
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
     assert_eq!(mode.unwrap(), 0o600);
+}
+
+/// Not a check, a measurement (README "Node agent"): the wall time of an ADD that finds its
+/// pod in the agent's cache against one that GETs it, alternating, 40 each, fresh namespaces.
+/// `MESH_REDIRECT_PLUGIN` / `MESH_REDIRECT_AGENT_BINARY` pick release binaries:
+/// `cargo test --test agent -- --ignored --nocapture add_time`.
+#[test]
+#[ignore]
+fn add_time_from_the_cache_against_the_get() {
+    let s = setup();
+    s.server.put_pod(pod(0, "p", "uid-p"));
+    let agent = Agent::start(&s.server, &s.dir);
+    agent.ready();
+    let plugin = std::env::var("MESH_REDIRECT_PLUGIN").unwrap_or_else(|_| binary().to_string());
+    let confs = [
+        ("cache", conf(&s.kubeconfig, &agent.socket)),
+        ("api", conf(&s.kubeconfig, &s.dir.join("none.sock"))),
+    ];
+    let mut times: [Vec<Duration>; 2] = [vec![], vec![]];
+    for round in 0..40 {
+        for (i, (want, c)) in confs.iter().enumerate() {
+            let ns = TestNetns::new("at");
+            let mut cmd = Command::new(&plugin);
+            cmd.env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .envs([
+                    ("CNI_COMMAND", "ADD".to_string()),
+                    ("CNI_CONTAINERID", "c0ffee00".to_string()),
+                    ("CNI_NETNS", ns.path()),
+                    ("CNI_IFNAME", "eth0".to_string()),
+                    ("CNI_PATH", "/opt/cni/bin".to_string()),
+                    (
+                        "CNI_ARGS",
+                        "K8S_POD_NAMESPACE=apps;K8S_POD_NAME=p;K8S_POD_UID=uid-p".to_string(),
+                    ),
+                ]);
+            let start = Instant::now();
+            let out = run_with_stdin(&mut cmd, c);
+            let took = start.elapsed();
+            assert!(out.status.success(), "{}", stderr_of(&out));
+            assert_eq!(source(&out), *want);
+            if round >= 5 {
+                times[i].push(took);
+            }
+        }
+    }
+    for (i, (name, _)) in confs.iter().enumerate() {
+        times[i].sort();
+        let n = times[i].len();
+        println!(
+            "ADD via {name}: median {:?}, p90 {:?}, min {:?} ({n} runs)",
+            times[i][n / 2],
+            times[i][n * 9 / 10],
+            times[i][0]
+        );
+    }
 }
