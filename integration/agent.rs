@@ -517,6 +517,14 @@ fn readyz_is_503_until_the_cache_is_synced() {
     assert_eq!(mode.unwrap(), 0o600);
 }
 
+#[test]
+fn mesh_redirect_agent_runs_the_agent_binary() {
+    let out = run(Command::new(binary()).args(["agent", "--version"]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("mesh-redirect-agent "), "{text}");
+}
+
 /// Not a check, a measurement (README "Node agent"): the wall time of an ADD that finds its
 /// pod in the agent's cache against one that GETs it, alternating, 40 each, fresh namespaces.
 /// `MESH_REDIRECT_PLUGIN` / `MESH_REDIRECT_AGENT_BINARY` pick release binaries:

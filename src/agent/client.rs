@@ -220,6 +220,29 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_that_never_answers_costs_the_budget_and_no_more() {
+        let dir = std::env::temp_dir().join(format!("mr-agent-hang-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path).unwrap();
+        let h = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            std::thread::sleep(ANSWER_BUDGET * 2);
+            drop(s);
+        });
+        let t = std::time::Instant::now();
+        assert!(matches!(lookup(&path, "a", "b", "c"), Err(Miss::Io(_))));
+        let took = t.elapsed();
+        assert!(
+            took >= ANSWER_BUDGET && took < ANSWER_BUDGET * 2,
+            "{took:?}"
+        );
+        h.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn the_right_pod_is_returned() {
         let (p, h) = serve_once("{\"v\":1,\"pod\":{\"metadata\":{\"namespace\":\"a\",\"name\":\"b\",\"uid\":\"c\"},\"spec\":{}}}\n");
         let pod = lookup(&p, "a", "b", "c").unwrap();
