@@ -1,5 +1,5 @@
-//! The node installer's image (`Containerfile`, `scripts/build-image.sh`): built offline from
-//! `scratch` with only the static binary in it, under 20 MB, and what its entrypoint does in a
+//! The node image (`Containerfile`, `scripts/build-image.sh`): built offline from
+//! `scratch` with only the two static binaries (plugin and node agent) in it, under 20 MB, and what its entrypoint does in a
 //! container (`install --once` on node directories mounted where the DaemonSet mounts them)
 //! is byte for byte what the same binary does when run directly. The DaemonSet's own command
 //! and readiness probe (`deploy/daemonset.yaml`) work in the image, which has no shell or
@@ -15,6 +15,8 @@
 //! instead (the script's `--binary`).
 
 mod support;
+#[path = "support/watch_apiserver.rs"]
+mod watch_apiserver;
 
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -22,11 +24,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use support::*;
+use watch_apiserver::WatchApiServer;
 
 /// The name `scripts/build-image.sh` tags and `deploy/daemonset.yaml` runs.
 const IMAGE: &str = concat!("localhost/mesh-redirect:", env!("CARGO_PKG_VERSION"));
 /// Where the Containerfile puts the binary.
 const BINARY_IN_IMAGE: &str = "/usr/local/bin/mesh-redirect";
+/// Where the Containerfile puts the node agent (what the DaemonSet runs).
+const AGENT_IN_IMAGE: &str = "/usr/local/bin/mesh-redirect-agent";
 /// The image (and its archive) must stay below this.
 const SIZE_LIMIT: u64 = 20_000_000;
 /// What the kubelet injects and the installer writes into the kubeconfig.
@@ -360,9 +365,10 @@ fn the_image_holds_only_the_static_binary_and_installs_what_the_binary_installs(
             "usr",
             "usr/local",
             "usr/local/bin",
-            "usr/local/bin/mesh-redirect"
+            "usr/local/bin/mesh-redirect",
+            "usr/local/bin/mesh-redirect-agent"
         ],
-        "nothing but the binary"
+        "nothing but the two binaries"
     );
     run_ok(
         Command::new("tar")
@@ -370,12 +376,13 @@ fn the_image_holds_only_the_static_binary_and_installs_what_the_binary_installs(
             .arg(oci.layer(0))
             .arg("-C")
             .arg(&oci.dir)
-            .arg("usr/local/bin/mesh-redirect"),
+            .arg("usr/local/bin/mesh-redirect")
+            .arg("usr/local/bin/mesh-redirect-agent"),
     );
     let image_binary = oci.dir.join("usr/local/bin/mesh-redirect");
     assert!(
-        is_static(&image_binary),
-        "the binary in the image needs no loader"
+        is_static(&image_binary) && is_static(&oci.dir.join("usr/local/bin/mesh-redirect-agent")),
+        "the binaries in the image need no loader"
     );
 
     // A second, empty storage that only sees the archive: what a node's runtime gets.
@@ -469,10 +476,11 @@ fn the_image_holds_only_the_static_binary_and_installs_what_the_binary_installs(
 }
 
 /// The DaemonSet's container (image, command, env, mounts, read-only root, no capabilities)
-/// run in podman: its readiness probe, which is our binary, fails before the node is
-/// configured and passes once the installer has configured it.
+/// run in podman: the node agent installs the plugin, caches the node's pods from a local
+/// API server (list + watch), answers a lookup on its socket, and its HTTP readiness probe
+/// passes once the node is configured and the cache synced; SIGTERM ends it cleanly.
 #[test]
-fn the_daemonsets_command_and_readiness_probe_work_in_the_image() {
+fn the_daemonsets_agent_and_probes_work_in_the_image() {
     require_podman();
     let yaml = |f: &str| -> Value {
         serde_norway::from_str(&std::fs::read_to_string(repo().join("deploy").join(f)).unwrap())
@@ -484,62 +492,70 @@ fn the_daemonsets_command_and_readiness_probe_work_in_the_image() {
         c["image"], IMAGE,
         "the DaemonSet runs the image the script builds"
     );
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .unwrap_or_else(|| panic!("not a list: {v}"))
-            .iter()
-            .map(|s| s.as_str().unwrap().to_string())
-            .collect()
-    };
-    let command = strings(&c["command"]);
-    let probe = strings(&c["readinessProbe"]["exec"]["command"]);
-    assert_eq!(
-        probe[0], BINARY_IN_IMAGE,
-        "the probe runs our binary (no `cat`)"
-    );
+    let command: Vec<String> = c["command"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no command: {c}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(command[0], AGENT_IN_IMAGE, "the DaemonSet runs the agent");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 15014);
+    assert_eq!(c["ports"][0]["containerPort"], 15014);
 
     let work = TempDir::new("imgds", &[]);
     let podman = Podman::new(work.join("storage"));
     build_image(&podman, &work.join("mesh-redirect.oci.tar"));
     let sa = service_account(&work.join("sa"));
     let (bin, conf) = node(&work.join("node"));
+    let run_dir = work.join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let api = WatchApiServer::start();
+    api.put_pod(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"namespace": "apps", "name": "p", "uid": "uid-p"},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "app"}]}}));
+    let kubeconfig = api.kubeconfig_file();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
 
-    // The pod's environment: the ConfigMap, the literal env, the kubelet's API variables.
+    // The pod's environment: the ConfigMap, the literal env, the kubelet's API variables;
+    // the downward API's node name, a kubeconfig for the local API server, and a loopback
+    // metrics address (the container shares the test host's network to reach the server).
     let mut opts = Vec::new();
     let mut env = |k: &str, v: &str| opts.extend(["-e".to_string(), format!("{k}={v}")]);
     for (k, v) in cm["data"].as_object().unwrap() {
         env(k, v.as_str().unwrap());
     }
     for e in c["env"].as_array().unwrap() {
-        if let Some(v) = e["value"].as_str() {
-            env(e["name"].as_str().unwrap(), v);
+        match (e["name"].as_str().unwrap(), e["value"].as_str()) {
+            ("METRICS_ADDR", _) | (_, None) => {}
+            (k, Some(v)) => env(k, v),
         }
     }
     for (k, v) in API_ENV {
         env(k, v);
     }
+    env("NODE_NAME", "node-1");
+    env("KUBECONFIG", "/kube/config");
+    env("METRICS_ADDR", &format!("127.0.0.1:{port}"));
     for m in c["volumeMounts"].as_array().unwrap() {
         let path = m["mountPath"].as_str().unwrap();
         let spec = match m["name"].as_str().unwrap() {
             "cni-bin-dir" => format!("-v={}:{path}", bin.display()),
             "cni-net-dir" => format!("-v={}:{path}", conf.display()),
+            "agent-run-dir" => format!("-v={}:{path}", run_dir.display()),
             "tmp" => format!("--tmpfs={path}"),
             other => panic!("a volume this test does not know: {other}"),
         };
         opts.push(spec);
     }
     opts.push(format!("-v={}:{SERVICE_ACCOUNT_MOUNT}:ro", sa.display()));
+    opts.push(format!("-v={}:/kube/config:ro", kubeconfig.display()));
 
-    // Not ready in an unconfigured container: exit 1 and the reason.
-    let entry = format!("--entrypoint={}", probe[0]);
-    let probe_args: Vec<&str> = probe[1..].iter().map(String::as_str).collect();
-    let mut argv = vec![entry.as_str(), IMAGE];
-    argv.extend(&probe_args);
-    let out = podman.run_locked_down(&unique("probe"), &opts, &argv);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("not ready"), "{}", stderr_of(&out));
-
-    // The installer as the DaemonSet starts it, detached.
     let name = unique("ds");
     let entry = format!("--entrypoint={}", command[0]);
     let out = run(podman
@@ -549,7 +565,7 @@ fn the_daemonsets_command_and_readiness_probe_work_in_the_image() {
             "-d",
             "--name",
             &name,
-            "--network=none",
+            "--network=host",
             "--read-only",
         ])
         .args(["--cap-drop=ALL", "--security-opt=no-new-privileges"])
@@ -557,24 +573,16 @@ fn the_daemonsets_command_and_readiness_probe_work_in_the_image() {
         .args([entry.as_str(), IMAGE])
         .args(&command[1..]));
     assert!(out.status.success(), "podman run: {}", stderr_of(&out));
-
-    // The probe, as the kubelet runs it (exec in the container), until it passes.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let last = loop {
-        let out = run(podman.cmd().args(["exec", &name]).args(&probe));
-        if out.status.success() || Instant::now() > deadline {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
     let logs =
         || String::from_utf8_lossy(&run(podman.cmd().args(["logs", &name])).stderr).into_owned();
-    assert!(
-        last.status.success(),
-        "never ready: {}\n{}",
-        stderr_of(&last),
-        logs()
-    );
+
+    // The readiness probe, as the kubelet runs it (HTTP GET), until it passes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_status(port, "/readyz") != 200 {
+        assert!(Instant::now() < deadline, "never ready\n{}", logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(http_status(port, "/healthz"), 200);
     let conflist: Value =
         serde_json::from_slice(&std::fs::read(conf.join("10-bridge.conflist")).unwrap()).unwrap();
     let plugin = conflist["plugins"]
@@ -589,6 +597,13 @@ fn the_daemonsets_command_and_readiness_probe_work_in_the_image() {
         "the ConfigMap's settings"
     );
     assert!(bin.join("mesh-redirect").exists());
+    // The plugin's socket, on the hostPath, answers from the cache.
+    let socket = run_dir.join("agent.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let pod = mesh_redirect::agent::client::lookup(&socket, "apps", "p", "uid-p");
+    assert!(pod.is_ok(), "{pod:?}\n{}", logs());
+    assert_eq!(api.all_pod_gets(), 0);
 
     // SIGTERM (the kubelet's stop): it exits cleanly, and with CLEANUP_ON_EXIT=false the node
     // stays configured.
@@ -598,4 +613,20 @@ fn the_daemonsets_command_and_readiness_probe_work_in_the_image() {
     podman.ok(&["rm", &name]);
     assert_eq!(cm["data"]["CLEANUP_ON_EXIT"], "false");
     assert!(conf.join("10-bridge.conflist").exists() && bin.join("mesh-redirect").exists());
+}
+
+/// The status of `GET path` on 127.0.0.1:`port`; 0 when nothing answers.
+fn http_status(port: u16, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Builds the node installer's image offline and saves it as an OCI archive:
 #   1. the static release binary (scripts/build-release.sh; cargo rebuilds only what changed),
-#   2. an image FROM scratch holding only that binary (Containerfile), built with podman
+#   2. an image FROM scratch holding only the two binaries, the plugin and the node agent
+#      (Containerfile), built with podman
 #      without network (--pull=never) and tagged localhost/mesh-redirect:<version from
 #      Cargo.toml>, the name deploy/daemonset.yaml uses,
 #   3. `podman save --format oci-archive` to <target dir>/image/mesh-redirect-<version>.oci.tar
 #      (the target dir honours CARGO_TARGET_DIR).
 # Prints the archive's path on stdout. Loading it into a cluster: deploy/README.md ("Image").
 #
-#   scripts/build-image.sh [--binary PATH] [--archive PATH]
-#     --binary PATH   put this statically linked binary in the image instead of building one
+#   scripts/build-image.sh [--binary PATH] [--agent-binary PATH] [--archive PATH]
+#     --binary PATH   put this statically linked plugin binary in the image instead of building one
+#     --agent-binary PATH  the same for the agent (default: mesh-redirect-agent next to
+#                     --binary when it is there, else built)
 #     --archive PATH  write the archive there instead
 #
 # The image is stored in podman's storage: the user's, or the one that CONTAINERS_STORAGE_CONF
@@ -18,12 +21,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 binary=
+agent=
 archive=
 while (($#)); do
   case $1 in
     --binary) binary=${2:?--binary needs a path}; shift 2 ;;
+    --agent-binary) agent=${2:?--agent-binary needs a path}; shift 2 ;;
     --archive) archive=${2:?--archive needs a path}; shift 2 ;;
-    *) echo "usage: $0 [--binary PATH] [--archive PATH]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--binary PATH] [--agent-binary PATH] [--archive PATH]" >&2; exit 2 ;;
   esac
 done
 command -v podman >/dev/null || { echo "build-image: podman is not installed (scripts/setup.sh)" >&2; exit 2; }
@@ -35,23 +40,31 @@ image=localhost/mesh-redirect:$version
 archive=${archive:-$target_dir/image/mesh-redirect-$version.oci.tar}
 start=$SECONDS
 
-if [ -z "$binary" ]; then
-  echo "build-image: building the static release binary (scripts/build-release.sh)" >&2
+release=$target_dir/$(rustc -vV | sed -n 's/^host: //p')/release
+if [ -n "$binary" ] && [ -z "$agent" ] && [ -x "$(dirname "$binary")/mesh-redirect-agent" ]; then
+  agent=$(dirname "$binary")/mesh-redirect-agent
+fi
+if [ -z "$binary" ] || [ -z "$agent" ]; then
+  echo "build-image: building the static release binaries (scripts/build-release.sh)" >&2
   bash scripts/build-release.sh >/dev/null
   # build-release.sh's cargo writes under the target dir (CARGO_TARGET_DIR if set).
-  binary=$target_dir/$(rustc -vV | sed -n 's/^host: //p')/release/mesh-redirect
+  binary=${binary:-$release/mesh-redirect}
+  agent=${agent:-$release/mesh-redirect-agent}
 fi
-[ -x "$binary" ] || { echo "build-image: no executable at $binary" >&2; exit 1; }
-# The image has no C library: the binary must not need a loader.
-linkage=$(LC_ALL=C ldd "$binary" 2>&1 || true)
-if ! grep -Eq 'not a dynamic executable|statically linked' <<<"$linkage"; then
-  echo "build-image: $binary is dynamically linked; use scripts/build-release.sh's static build" >&2
-  exit 1
-fi
+for b in "$binary" "$agent"; do
+  [ -x "$b" ] || { echo "build-image: no executable at $b" >&2; exit 1; }
+  # The image has no C library: the binaries must not need a loader.
+  linkage=$(LC_ALL=C ldd "$b" 2>&1 || true)
+  if ! grep -Eq 'not a dynamic executable|statically linked' <<<"$linkage"; then
+    echo "build-image: $b is dynamically linked; use scripts/build-release.sh's static build" >&2
+    exit 1
+  fi
+done
 
 context=$(mktemp -d "${TMPDIR:-/tmp}/mesh-redirect-image.XXXXXX")
 trap 'rm -rf "$context"' EXIT
 cp "$binary" "$context/mesh-redirect"
+cp "$agent" "$context/mesh-redirect-agent"
 echo "build-image: building $image from scratch (no network)" >&2
 # The creation time is the last commit's (SOURCE_DATE_EPOCH overrides): rebuilding the same
 # binary gives the same image ID (the archive's tar headers still differ). No intermediate

@@ -92,6 +92,19 @@ pub enum Command {
         #[command(flatten)]
         redirect: RedirectArgs,
     },
+    /// The node agent (pod cache for the plugin, metrics, installer): runs
+    /// `mesh-redirect-agent` from this binary's directory with the given arguments (see
+    /// `mesh-redirect-agent --help`). A binary of its own so that the plugin stays lean.
+    #[command(disable_help_flag = true)]
+    Agent {
+        /// The agent's arguments.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
     /// The installer pod's readiness probe (the image has no shell or `cat`): exit 0 when the
     /// ready file exists, 1 with the reason on stderr when it does not.
     Ready {

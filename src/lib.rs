@@ -22,9 +22,11 @@
 //! | [`install`] | the node installer: binary, kubeconfig, conflist chaining, watch and repair |
 //! | [`probe`] | connection helpers for the in-pod probe and the demo |
 //! | [`validate`] | the in-pod probe (`istio-validation`) |
+//! | [`agent`] | the node agent (pod cache, socket, metrics; feature `agent`) and the plugin's client for it |
 
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod backend;
 pub mod cli;
 pub mod cni;

@@ -264,6 +264,17 @@ fn cmd_ready(file: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// `mesh-redirect agent ARGS`: replaces this process with `mesh-redirect-agent ARGS` from
+/// the same directory.
+fn cmd_agent(args: &[std::ffi::OsString]) -> Result<(), Error> {
+    use std::os::unix::process::CommandExt;
+    let here = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let agent = here.with_file_name("mesh-redirect-agent");
+    let e = std::process::Command::new(&agent).args(args).exec();
+    eprintln!("cannot run {}: {e}", agent.display());
+    std::process::exit(5);
+}
+
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Render { redirect, backend } => cmd_render(&redirect, backend),
@@ -279,6 +290,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         } => cmd_install(&node, once, ready_file, cleanup_on_exit.as_deref()),
         Command::Uninstall { node } => cmd_uninstall(&node),
         Command::Ready { file } => cmd_ready(&file),
+        Command::Agent { args } => cmd_agent(&args),
     }
 }
 

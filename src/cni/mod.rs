@@ -34,6 +34,46 @@ use std::time::Instant;
 /// The `cniVersion` of the request being answered, for the panic hook's error document.
 static REQUEST_VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// The node agent's socket, once the configuration is read (the report goes there).
+static AGENT_SOCKET: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Where the pod came from: `cache` or `api` (for the report).
+static LOOKUP_SOURCE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// This invocation's log lines, sent to the agent after the answer (bounded).
+static LOG_LINES: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// At most this much of the log is forwarded to the agent.
+const MAX_FORWARDED_LOG: usize = 64 << 10;
+
+/// After the runtime has its answer: the invocation's report and log lines to the agent,
+/// fire-and-forget (ADD, DEL and CHECK only; nothing for VERSION, STATUS, GC).
+fn report_to_agent(started: Instant, ok: bool) {
+    use crate::agent::protocol::{Report, Request};
+    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
+    if !matches!(command.as_str(), "ADD" | "DEL" | "CHECK") {
+        return;
+    }
+    let socket = AGENT_SOCKET
+        .get()
+        .cloned()
+        .unwrap_or_else(|| std::path::PathBuf::from(crate::agent::protocol::DEFAULT_SOCKET));
+    let logs = std::mem::take(&mut *LOG_LINES.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut requests: Vec<Request> = logs
+        .lines()
+        .map(|l| Request::Log {
+            line: l.to_string(),
+        })
+        .collect();
+    requests.push(Request::Report(Report {
+        command,
+        result: if ok { "ok" } else { "error" }.to_string(),
+        duration_seconds: started.elapsed().as_secs_f64(),
+        lookup: LOOKUP_SOURCE.get().map(|s| s.to_string()),
+    }));
+    crate::agent::client::send_after(&socket, &requests);
+}
+
 /// A panic must still answer the runtime: an error document on stdout (code 106) and exit
 /// status 1, never an empty answer (and, with `panic = "abort"`, a signal).
 fn answer_panics() {
@@ -54,6 +94,7 @@ fn answer_panics() {
 
 /// Runs one CNI invocation: environment, stdin, stdout, exit code.
 pub fn main() -> ExitCode {
+    let started = Instant::now();
     answer_panics();
     let env = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
     let answer = match read_stdin(std::io::stdin().lock()) {
@@ -72,6 +113,7 @@ pub fn main() -> ExitCode {
         let _ = writeln!(stdout, "{out}");
         let _ = stdout.flush();
     }
+    report_to_agent(started, ok);
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -126,6 +168,7 @@ pub fn invoke(
     }
     let conf = NetConf::parse(stdin).map_err(|e| (e, LATEST.to_string()))?;
     let _ = REQUEST_VERSION.set(conf.cni_version.clone());
+    let _ = AGENT_SOCKET.set(conf.agent_socket.clone());
     if crate::fault::active(crate::fault::Fault::Panic) {
         panic!("fault injection: a panic in the plugin");
     }
@@ -199,6 +242,11 @@ struct Tee(std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>);
 impl Write for Tee {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let _ = std::io::stderr().write_all(buf);
+        if let Ok(mut lines) = LOG_LINES.lock() {
+            if lines.len() + buf.len() <= MAX_FORWARDED_LOG {
+                lines.push_str(&String::from_utf8_lossy(buf));
+            }
+        }
         if let Ok(mut f) = self.0.lock() {
             if let Some(f) = f.as_mut() {
                 let _ = f.write_all(buf);
@@ -338,6 +386,34 @@ fn open_netns(path: &str) -> Result<Netns, CniError> {
     })
 }
 
+/// The pod object: from the node agent's cache when it has the pod with the runtime's UID,
+/// else from the API server with today's deadline and error codes. Logs which (`source`).
+fn fetch_pod(conf: &NetConf, args: &K8sArgs) -> Result<Value, CniError> {
+    let started = Instant::now();
+    let (ns, name) = (&args.pod_namespace, &args.pod_name);
+    let miss = if args.pod_uid.is_empty() {
+        "no K8S_POD_UID in CNI_ARGS".to_string()
+    } else {
+        match crate::agent::client::lookup(&conf.agent_socket, ns, name, &args.pod_uid) {
+            Ok(pod) => {
+                let _ = LOOKUP_SOURCE.set("cache");
+                tracing::info!(pod = %name, namespace = %ns, source = "cache", lookup_us = started.elapsed().as_micros() as u64, "pod read");
+                return Ok(pod);
+            }
+            Err(e) => e.to_string(),
+        }
+    };
+    let kc = kube::KubeConfig::load(&conf.kubeconfig).map_err(|e| kube_error(e, conf, args))?;
+    let policy = kube::RetryPolicy {
+        deadline: conf.api_timeout,
+        ..Default::default()
+    };
+    let object = kube::get_pod(&kc, ns, name, &policy).map_err(|e| kube_error(e, conf, args))?;
+    let _ = LOOKUP_SOURCE.set("api");
+    tracing::info!(pod = %name, namespace = %ns, source = "api", agent = %miss, lookup_us = started.elapsed().as_micros() as u64, "pod read");
+    Ok(object)
+}
+
 fn expected(env: &Environment, conf: &NetConf) -> Result<Expected, CniError> {
     let args = protocol::parse_args(&env.args)?;
     let netns = env.netns.clone().unwrap_or_default();
@@ -366,16 +442,7 @@ fn expected(env: &Environment, conf: &NetConf) -> Result<Expected, CniError> {
                     args.pod_namespace
                 )));
             }
-            let kc =
-                kube::KubeConfig::load(&conf.kubeconfig).map_err(|e| kube_error(e, conf, &args))?;
-            let policy = kube::RetryPolicy {
-                deadline: conf.api_timeout,
-                ..Default::default()
-            };
-            let started = Instant::now();
-            let object = kube::get_pod(&kc, &args.pod_namespace, &args.pod_name, &policy)
-                .map_err(|e| kube_error(e, conf, &args))?;
-            tracing::debug!(pod = %args.pod_name, namespace = %args.pod_namespace, api_ms = started.elapsed().as_millis() as u64, "pod read");
+            let object = fetch_pod(conf, &args)?;
             let info = PodInfo::from_pod(&object);
             if let Some(why) = pod::skip_reason(&info) {
                 return Ok(Expected::Skip(why));

@@ -66,6 +66,8 @@ pub struct NetConf {
     pub log_file: Option<PathBuf>,
     /// Where redirect settings come from.
     pub mode: Mode,
+    /// The node agent's socket (`agent_socket`), asked before the API server.
+    pub agent_socket: PathBuf,
     /// Redirect settings: defaults for absent annotations, or the whole setting in static mode.
     pub redirect: Map<String, Value>,
     /// Top-level keys neither the CNI spec nor we know: ignored, as CNI expects, and logged.
@@ -310,7 +312,7 @@ pub const REDIRECT_KEYS: [&str; 15] = [
 ];
 
 /// Top-level keys that are not logged as unknown: the CNI spec's and ours (Istio's included).
-const TOP_LEVEL_KEYS: [&str; 20] = [
+const TOP_LEVEL_KEYS: [&str; 21] = [
     "cniVersion",
     "cniVersions",
     "name",
@@ -329,6 +331,7 @@ const TOP_LEVEL_KEYS: [&str; 20] = [
     "backend",
     "api_timeout",
     "log_file",
+    "agent_socket",
     "mode",
     "redirect",
 ];
@@ -384,6 +387,17 @@ impl NetConf {
         }
         let log_file = log_file.map(PathBuf::from);
         let mode = mode(&m)?;
+        let agent_socket = match string(&m, "agent_socket")?.filter(|s| !s.is_empty()) {
+            Some(s) if s.contains('\0') => {
+                return Err(bad_value(
+                    "agent_socket",
+                    s,
+                    "a path cannot contain a NUL byte",
+                ))
+            }
+            Some(s) => PathBuf::from(s),
+            None => PathBuf::from(crate::agent::protocol::DEFAULT_SOCKET),
+        };
         let redirect = object(&m, "redirect", "expected an object of redirect settings")?
             .cloned()
             .unwrap_or_default();
@@ -417,6 +431,7 @@ impl NetConf {
             log_level,
             log_file,
             mode,
+            agent_socket,
             redirect,
             unknown_keys,
         })

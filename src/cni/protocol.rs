@@ -227,6 +227,9 @@ pub struct K8sArgs {
     pub pod_name: String,
     /// `K8S_POD_NAMESPACE`.
     pub pod_namespace: String,
+    /// `K8S_POD_UID` (empty when the runtime does not pass it): the agent's cache answers
+    /// only for this UID.
+    pub pod_uid: String,
 }
 
 /// Parses `CNI_ARGS`.
@@ -243,7 +246,8 @@ pub fn parse_args(args: &str) -> Result<K8sArgs, CniError> {
         match k {
             "K8S_POD_NAME" => out.pod_name = v.to_string(),
             "K8S_POD_NAMESPACE" => out.pod_namespace = v.to_string(),
-            "K8S_POD_INFRA_CONTAINER_ID" | "K8S_POD_UID" => {}
+            "K8S_POD_UID" => out.pod_uid = v.to_string(),
+            "K8S_POD_INFRA_CONTAINER_ID" => {}
             "IgnoreUnknown" => {
                 ignore_unknown = match v.to_ascii_lowercase().as_str() {
                     "1" | "true" => true,

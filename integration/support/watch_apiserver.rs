@@ -1,0 +1,447 @@
+//! A throw-away HTTPS "Kubernetes API server" that holds pods and serves what the node
+//! agent's watcher uses: `GET /api/v1/pods` as a list (with `fieldSelector=spec.nodeName=…`
+//! and the list's `resourceVersion`) and as a watch (`watch=true`: a chunked stream of
+//! `ADDED`/`MODIFIED`/`DELETED` events after the requested `resourceVersion`, `BOOKMARK`
+//! events when `allowWatchBookmarks=true`, an `ERROR` event with a `410 Gone` Status when
+//! that version has been compacted away), plus the plugin's
+//! `GET /api/v1/namespaces/NS/pods/NAME`. Every request is counted per kind and path.
+//!
+//! Test knobs: [`WatchApiServer::drop_watches`] ends every open watch stream,
+//! [`WatchApiServer::expire_history`] makes resuming from any earlier version a 410,
+//! [`WatchApiServer::hold_events`] stops delivering watch events (the pods still change, and
+//! GETs see the change), [`WatchApiServer::hold_lists`] makes lists answer 503.
+//!
+//! Loopback only; its own CA (rcgen); dropping it stops and joins every thread.
+#![allow(dead_code)]
+
+use crate::support::TempDir;
+use base64::Engine as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    pods: BTreeMap<(String, String), Value>,
+    /// (resourceVersion, type, object), oldest first.
+    events: Vec<(u64, &'static str, Value)>,
+    /// Watches resuming from a version below this get 410.
+    oldest: u64,
+    generation: u64,
+    hold_events: bool,
+    hold_lists: bool,
+    counts: HashMap<String, usize>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    stop: AtomicBool,
+    tls: Arc<ServerConfig>,
+    bookmark_every: Duration,
+}
+
+/// The running server.
+pub struct WatchApiServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+    ca_pem: String,
+    dir: TempDir,
+}
+
+fn tls_config() -> (ServerConfig, String) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "mesh-redirect watch test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("server params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).expect("server certificate");
+    let tls = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .expect("server TLS config");
+    (tls, ca_cert.pem())
+}
+
+impl WatchApiServer {
+    /// Starts a server with no pods; bookmarks every 200 ms.
+    pub fn start() -> WatchApiServer {
+        let (tls, ca_pem) = tls_config();
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                rv: 100,
+                ..State::default()
+            }),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            tls: Arc::new(tls),
+            bookmark_every: Duration::from_millis(200),
+        });
+        let acceptor = {
+            let shared = shared.clone();
+            std::thread::spawn(move || accept_loop(listener, shared))
+        };
+        WatchApiServer {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+            ca_pem,
+            dir: TempDir::new("watchapi", &[]),
+        }
+    }
+
+    /// A kubeconfig file for this server (CA embedded, a bearer token nobody checks).
+    pub fn kubeconfig_file(&self) -> PathBuf {
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: \"https://{}\"\n    certificate-authority-data: \"{ca}\"\n\
+             contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\n\
+             users:\n- name: test\n  user:\n    token: \"watch-test-token\"\n",
+            self.addr
+        );
+        let p = self.dir.join("kubeconfig");
+        std::fs::write(&p, text).expect("write kubeconfig");
+        p
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn event(&self, kind: &'static str, mut pod: Value) {
+        let mut st = self.state();
+        st.rv += 1;
+        let rv = st.rv;
+        pod["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let key = key(&pod);
+        if kind == "DELETED" {
+            st.pods.remove(&key);
+        } else {
+            st.pods.insert(key, pod.clone());
+        }
+        st.events.push((rv, kind, pod));
+        drop(st);
+        self.shared.changed.notify_all();
+    }
+
+    /// Creates or replaces a pod (ADDED, or MODIFIED when one of that name exists).
+    pub fn put_pod(&self, pod: Value) {
+        let exists = self.state().pods.contains_key(&key(&pod));
+        self.event(if exists { "MODIFIED" } else { "ADDED" }, pod);
+    }
+
+    /// Deletes a pod (DELETED with its last state).
+    pub fn delete_pod(&self, namespace: &str, name: &str) {
+        let pod = self
+            .state()
+            .pods
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned();
+        if let Some(pod) = pod {
+            self.event("DELETED", pod);
+        }
+    }
+
+    /// Ends every open watch stream (clients resume from their last version).
+    pub fn drop_watches(&self) {
+        self.state().generation += 1;
+        self.shared.changed.notify_all();
+    }
+
+    /// Forgets the event history: a watch resuming from any version so far gets 410 Gone.
+    pub fn expire_history(&self) {
+        let mut st = self.state();
+        st.rv += 1;
+        st.oldest = st.rv;
+        st.events.clear();
+    }
+
+    /// Stops (true) or resumes (false) delivering watch events.
+    pub fn hold_events(&self, hold: bool) {
+        self.state().hold_events = hold;
+        self.shared.changed.notify_all();
+    }
+
+    /// Lists answer 503 while held.
+    pub fn hold_lists(&self, hold: bool) {
+        self.state().hold_lists = hold;
+    }
+
+    /// Requests counted under `what`: `list`, `watch`, `watch-410`, or a pod GET's path.
+    pub fn count(&self, what: &str) -> usize {
+        self.state().counts.get(what).copied().unwrap_or(0)
+    }
+
+    /// GETs of one pod.
+    pub fn pod_gets(&self, namespace: &str, name: &str) -> usize {
+        self.count(&format!("/api/v1/namespaces/{namespace}/pods/{name}"))
+    }
+
+    /// GETs of any single pod.
+    pub fn all_pod_gets(&self) -> usize {
+        self.state()
+            .counts
+            .iter()
+            .filter(|(k, _)| k.starts_with("/api/v1/namespaces/"))
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+impl Drop for WatchApiServer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
+}
+
+fn key(pod: &Value) -> (String, String) {
+    let m = &pod["metadata"];
+    (
+        m["namespace"].as_str().unwrap_or("").into(),
+        m["name"].as_str().unwrap_or("").into(),
+    )
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut handlers: Vec<JoinHandle<()>> = Vec::new();
+    while !shared.stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                handlers.push(std::thread::spawn(move || {
+                    let _ = serve(stream, &shared);
+                }));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+        handlers.retain(|h| !h.is_finished());
+    }
+    for h in handlers {
+        let _ = h.join();
+    }
+}
+
+type Tls = StreamOwned<ServerConnection, TcpStream>;
+
+fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_millis(20)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let conn = ServerConnection::new(shared.tls.clone()).map_err(io::Error::other)?;
+    let mut tls = StreamOwned::new(conn, stream);
+    let mut buf = Vec::new();
+    loop {
+        let Some(target) = read_request(&mut tls, &mut buf, shared)? else {
+            return Ok(());
+        };
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let q: HashMap<&str, String> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k,
+                    v.replace("%3D", "=")
+                        .replace("%3d", "=")
+                        .replace("%2F", "/"),
+                )
+            })
+            .collect();
+        if path == "/api/v1/pods"
+            && matches!(q.get("watch").map(String::as_str), Some("true" | "1"))
+        {
+            return watch(&mut tls, shared, &q);
+        }
+        let (code, body) = if path == "/api/v1/pods" {
+            list(shared, &q)
+        } else {
+            get(shared, path)
+        };
+        let head = format!(
+            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes())?;
+        tls.write_all(body.as_bytes())?;
+        tls.flush()?;
+    }
+}
+
+fn read_request(tls: &mut Tls, buf: &mut Vec<u8>, shared: &Shared) -> io::Result<Option<String>> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return Ok(head.split(' ').nth(1).map(str::to_string));
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        match tls.read(&mut chunk) {
+            Ok(0) => return Ok(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn on_node(pod: &Value, q: &HashMap<&str, String>) -> bool {
+    match q
+        .get("fieldSelector")
+        .and_then(|s| s.strip_prefix("spec.nodeName="))
+    {
+        Some(node) => pod["spec"]["nodeName"].as_str() == Some(node),
+        None => true,
+    }
+}
+
+fn bump(st: &mut State, what: &str) {
+    *st.counts.entry(what.to_string()).or_default() += 1;
+}
+
+fn list(shared: &Shared, q: &HashMap<&str, String>) -> (u16, String) {
+    let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    bump(&mut st, "list");
+    if st.hold_lists {
+        return (503, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503, "reason": "ServiceUnavailable", "message": "held"}).to_string());
+    }
+    let items: Vec<Value> = st
+        .pods
+        .values()
+        .filter(|p| on_node(p, q))
+        .cloned()
+        .collect();
+    (200, json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}).to_string())
+}
+
+fn get(shared: &Shared, path: &str) -> (u16, String) {
+    let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    bump(&mut st, path);
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let pod = match parts.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name] => {
+            st.pods.get(&(ns.to_string(), name.to_string()))
+        }
+        _ => None,
+    };
+    match pod {
+        Some(p) => (200, p.to_string()),
+        None => (404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not found"}).to_string()),
+    }
+}
+
+fn chunk(tls: &mut Tls, event: &Value) -> io::Result<()> {
+    let data = format!("{event}\n");
+    tls.write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes())?;
+    tls.flush()
+}
+
+/// A watch stream: events after `resourceVersion`, bookmarks, until dropped or stopped.
+fn watch(tls: &mut Tls, shared: &Shared, q: &HashMap<&str, String>) -> io::Result<()> {
+    let from: u64 = q
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let (generation, gone) = {
+        let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        bump(&mut st, "watch");
+        let gone = from < st.oldest;
+        if gone {
+            bump(&mut st, "watch-410");
+        }
+        (st.generation, gone)
+    };
+    tls.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )?;
+    if gone {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("too old resource version: {from}"), "reason": "Expired", "code": 410});
+        chunk(tls, &json!({"type": "ERROR", "object": status}))?;
+        return tls.write_all(b"0\r\n\r\n");
+    }
+    let mut last = from;
+    let mut bookmark_due = Instant::now() + shared.bookmark_every;
+    loop {
+        let (out, rv, end) = {
+            let st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            let (st, _) = shared
+                .changed
+                .wait_timeout(st, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner());
+            let end = shared.stop.load(Ordering::SeqCst) || st.generation != generation;
+            let out: Vec<(u64, &'static str, Value)> = if st.hold_events {
+                vec![]
+            } else {
+                st.events
+                    .iter()
+                    .filter(|(rv, _, p)| *rv > last && on_node(p, q))
+                    .cloned()
+                    .collect()
+            };
+            (out, if st.hold_events { last } else { st.rv }, end)
+        };
+        if end {
+            return tls.write_all(b"0\r\n\r\n");
+        }
+        for (rv, kind, pod) in out {
+            chunk(tls, &json!({"type": kind, "object": pod}))?;
+            last = rv;
+        }
+        if bookmarks && Instant::now() >= bookmark_due {
+            last = last.max(rv);
+            chunk(
+                tls,
+                &json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": last.to_string()}}}),
+            )?;
+            bookmark_due = Instant::now() + shared.bookmark_every;
+        }
+    }
+}
