@@ -635,11 +635,12 @@ fn legacy_saved_at(path: &str) -> String {
     let mut out = String::new();
     for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
         out += &format!("## {save}\n");
-        for l in in_ns(path, &[save]).lines() {
-            if !l.starts_with('#') {
-                out += &format!("{l}\n");
-            }
-        }
+        let saved: String = in_ns(path, &[save])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        out += &without_policy_counters(&saved);
     }
     out
 }
