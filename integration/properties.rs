@@ -42,7 +42,10 @@ use proptest::sample::select;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 
-const TARGETS: [(&str, fn(&[u8])); 6] = [
+/// A target's name and its body.
+type Target = (&'static str, fn(&[u8]));
+
+const TARGETS: [Target; 6] = [
     ("cni_config", cni_config::run),
     ("pod", pod::run),
     ("flags", flags::run),

@@ -58,11 +58,7 @@ fn files_are_safe(text: &str) -> bool {
     let mut stack = vec![&doc];
     while let Some(v) = stack.pop() {
         match v {
-            Value::String(s) => {
-                if !path_is_safe(s) {
-                    return false;
-                }
-            }
+            Value::String(s) if !path_is_safe(s) => return false,
             Value::Array(a) => stack.extend(a),
             Value::Object(m) => stack.extend(m.values()),
             _ => {}
