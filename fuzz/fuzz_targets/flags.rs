@@ -1,0 +1,9 @@
+//! cargo-fuzz target `flags`: the body is shared with `integration/properties.rs`, which runs
+//! the same checks as a property test on stable.
+#![no_main]
+
+mod body {
+    include!("../bodies/flags.rs");
+}
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| body::run(data));
