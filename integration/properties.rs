@@ -1065,10 +1065,9 @@ fn seeds_reach_past_the_parsers() {
 /// (each byte becomes U+FFFD, 3 bytes) past its field, and `Table::encode` panics copying it
 /// back: a match or target name (29-byte field, `Extension::write`) or a user chain name
 /// (30-byte field, `error_target`). A table holding such a name decodes fine, so any tool
-/// that writes one makes our apply panic. Ignored until `encode` refuses such a table (or
-/// names keep their bytes); the fuzz body skips such tables meanwhile (`names_fit`).
+/// that writes one made our apply panic. Fixed: names are decoded one char per byte and
+/// written back byte for byte, so such a table round-trips.
 #[test]
-#[ignore = "known crash in xt::table::Table::encode (names that are not UTF-8), see above"]
 fn xt_table_names_that_are_not_utf8() {
     let seed = std::fs::read(fuzz_dir().join("corpus/xt_table/seed-iptables-restore-mangle-ipv4"))
         .unwrap();
@@ -1099,8 +1098,16 @@ fn xt_table_names_that_are_not_utf8() {
             l,
         )
         .expect("decodes");
-        if std::panic::catch_unwind(|| t.encode(l)).is_err() {
-            panics.push(what);
+        match std::panic::catch_unwind(|| t.encode(l)) {
+            Err(_) => panics.push(what),
+            // The name is written back byte for byte.
+            Ok(enc) => assert!(
+                enc.expect("encodes")
+                    .blob
+                    .windows(field - 1)
+                    .any(|w| w.iter().all(|b| *b == 0xff)),
+                "{what}: the bytes were not kept"
+            ),
         }
     }
     assert!(

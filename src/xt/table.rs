@@ -60,7 +60,8 @@ impl Extension {
     fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&(self.size() as u16).to_ne_bytes());
         let mut name = [0u8; XT_EXTENSION_MAXNAMELEN];
-        name[..self.name.len()].copy_from_slice(self.name.as_bytes());
+        let bytes = name_bytes(&self.name, XT_EXTENSION_MAXNAMELEN - 1);
+        name[..bytes.len()].copy_from_slice(&bytes);
         out.extend_from_slice(&name);
         out.push(self.revision);
         out.extend_from_slice(&self.data);
@@ -155,9 +156,21 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
+/// A NUL-terminated name field, one char per byte (Latin-1): lossless, so that a name that
+/// is not UTF-8 (another tool's) is written back byte for byte by [`name_bytes`] — a lossy
+/// decode would grow it past its field.
 fn cstr(b: &[u8]) -> String {
     let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    b[..end].iter().map(|&c| char::from(c)).collect()
+}
+
+/// The bytes of a name decoded by [`cstr`] (or written by us, ASCII), at most `max` of them
+/// so that the field keeps its terminating NUL.
+fn name_bytes(name: &str, max: usize) -> Vec<u8> {
+    name.chars()
+        .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+        .take(max)
+        .collect()
 }
 
 fn read_extension(b: &[u8], at: usize) -> Option<(Extension, usize)> {
@@ -454,7 +467,8 @@ fn verdict_target(v: i32) -> Extension {
 
 fn error_target(name: &str) -> Extension {
     let mut data = vec![0u8; XT_FUNCTION_MAXNAMELEN];
-    data[..name.len()].copy_from_slice(name.as_bytes());
+    let bytes = name_bytes(name, XT_FUNCTION_MAXNAMELEN - 1);
+    data[..bytes.len()].copy_from_slice(&bytes);
     Extension::new("ERROR", 0, data)
 }
 
