@@ -283,24 +283,26 @@ impl RouteOps for RouteSocket {
 
     fn fwmark_rules(&mut self) -> io::Result<Vec<RouteObject>> {
         let mut out = Vec::new();
-        for family in [AF_INET, AF_INET6] {
-            let hdr = FibRuleHdr {
-                family,
-                ..Default::default()
+        // One dump for both families: AF_UNSPEC asks the kernel for every family's rules.
+        let hdr = FibRuleHdr::default();
+        self.dump_each(RTM_GETRULE, &hdr.to_bytes(), |h, a| {
+            let Some(h) = FibRuleHdr::parse(h) else {
+                return;
             };
-            self.dump_each(RTM_GETRULE, &hdr.to_bytes(), |h, a| {
-                let to_table = FibRuleHdr::parse(h).is_some_and(|h| h.action == FR_ACT_TO_TBL);
-                if let (true, Some(mark), Some(table)) =
-                    (to_table, u32_attr(a, FRA_FWMARK), u32_attr(a, FRA_TABLE))
-                {
-                    out.push(RouteObject::FwmarkRule {
-                        family,
-                        mark,
-                        table,
-                    });
-                }
-            })?;
-        }
+            let ours_family = h.family == AF_INET || h.family == AF_INET6;
+            if let (true, true, Some(mark), Some(table)) = (
+                ours_family,
+                h.action == FR_ACT_TO_TBL,
+                u32_attr(a, FRA_FWMARK),
+                u32_attr(a, FRA_TABLE),
+            ) {
+                out.push(RouteObject::FwmarkRule {
+                    family: h.family,
+                    mark,
+                    table,
+                });
+            }
+        })?;
         Ok(out)
     }
 

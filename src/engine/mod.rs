@@ -310,7 +310,15 @@ pub fn apply_in<K: Kernel>(
 
 /// Deletes the policy routing of ours that is not in `wanted`.
 fn remove_stale_routes<R: RouteOps>(rs: &mut R, wanted: &[RouteObject]) -> Result<(), EngineError> {
-    let ours = routes::ours_in_place(rs).map_err(route_error("policy routing", RouteOp::Read))?;
+    let read = |e| route_error("policy routing", RouteOp::Read)(e);
+    // One rule dump answers the common case (no policy rule we do not want) without reading
+    // the routing tables. A table of ours left without its rule by a killed apply is only
+    // found by `remove`, which looks at the tables too; it routes nothing.
+    let rules = rs.fwmark_rules().map_err(read)?;
+    if rules.iter().all(|r| wanted.contains(r)) {
+        return Ok(());
+    }
+    let ours = routes::ours_in_place(rs).map_err(read)?;
     for obj in ours.into_iter().filter(|o| !wanted.contains(o)) {
         rs.delete_all(obj)
             .map_err(route_error(obj, RouteOp::Delete))?;
