@@ -166,6 +166,41 @@ pub struct NodeArgs {
     pub plugin_config: Option<String>,
 }
 
+impl NodeArgs {
+    /// The plugin settings these flags stand for: `--plugin-config`'s object with the
+    /// dedicated flags on top (what `install` and the agent write into our conflist entry).
+    /// `Err` carries what is wrong with `--plugin-config`.
+    pub fn plugin_settings(&self) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        use serde_json::Value;
+        let mut plugin = match self.plugin_config.as_deref() {
+            None | Some("") => serde_json::Map::new(),
+            Some(text) => match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(m)) => m,
+                _ => return Err("expected a JSON object".into()),
+            },
+        };
+        if let Some(b) = &self.backend {
+            plugin.insert("backend".into(), Value::String(b.clone()));
+        }
+        if let Some(ns) = &self.exclude_namespaces {
+            let list: Vec<Value> = ns
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.into()))
+                .collect();
+            plugin.insert("exclude_namespaces".into(), Value::Array(list));
+        }
+        if let Some(l) = &self.log_level {
+            plugin.insert("plugin_log_level".into(), Value::String(l.clone()));
+        }
+        if let Some(t) = &self.api_timeout {
+            plugin.insert("api_timeout".into(), Value::String(t.clone()));
+        }
+        Ok(plugin)
+    }
+}
+
 /// `--backend`: which kernel interface programs the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -520,4 +555,16 @@ pub struct ValidateArgs {
     /// How long to keep trying.
     #[arg(long = "probe-timeout", default_value = "5s", value_name = "DURATION")]
     pub timeout: String,
+}
+
+/// Logs to stderr at `level`, plain (no colours, no module targets): what `kubectl logs`
+/// and a terminal read. A plain level, not a filter expression: building a regex-based
+/// filter would cost more than a whole apply.
+pub fn init_stderr_logging(level: tracing::Level) {
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
 }

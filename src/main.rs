@@ -43,38 +43,12 @@ fn engine_error(
 fn install_options(
     node: &mesh_redirect::cli::NodeArgs,
 ) -> Result<mesh_redirect::install::InstallOptions, Error> {
-    use serde_json::Value;
-    let mut plugin = match node.plugin_config.as_deref() {
-        None | Some("") => serde_json::Map::new(),
-        Some(text) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(m)) => m,
-            _ => {
-                return Err(Error::InvalidFlag {
-                    flag: "--plugin-config",
-                    value: text.to_string(),
-                    expected: "expected a JSON object",
-                })
-            }
-        },
-    };
-    if let Some(b) = &node.backend {
-        plugin.insert("backend".into(), Value::String(b.clone()));
-    }
-    if let Some(ns) = &node.exclude_namespaces {
-        let list: Vec<Value> = ns
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| Value::String(s.into()))
-            .collect();
-        plugin.insert("exclude_namespaces".into(), Value::Array(list));
-    }
-    if let Some(l) = &node.log_level {
-        plugin.insert("plugin_log_level".into(), Value::String(l.clone()));
-    }
-    if let Some(t) = &node.api_timeout {
-        plugin.insert("api_timeout".into(), Value::String(t.clone()));
-    }
+    // The only refusal: --plugin-config is not a JSON object.
+    let plugin = node.plugin_settings().map_err(|_| Error::InvalidFlag {
+        flag: "--plugin-config",
+        value: node.plugin_config.clone().unwrap_or_default(),
+        expected: "expected a JSON object",
+    })?;
     Ok(mesh_redirect::install::InstallOptions {
         cni_bin_dir: node.cni_bin_dir.clone(),
         cni_conf_dir: node.cni_conf_dir.clone(),
@@ -105,12 +79,7 @@ fn init_logging(verbose: u8) {
             _ => Level::TRACE,
         },
     };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .init();
+    mesh_redirect::cli::init_stderr_logging(level);
 }
 
 fn cmd_render(redirect: &RedirectArgs, backend: Backend) -> Result<(), Error> {

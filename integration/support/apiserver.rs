@@ -16,16 +16,13 @@
 
 use crate::support::TempDir;
 use base64::Engine as _;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -136,31 +133,12 @@ impl ApiServer {
         // unknown issuer, not a bad signature from a same-named one.
         let n = SERVERS.fetch_add(1, Ordering::Relaxed);
 
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name = rcgen::DistinguishedName::new();
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, format!("mesh-redirect test CA {n}"));
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let server_key = KeyPair::generate().expect("server key");
-        let mut server_params =
-            CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("server params");
-        server_params
-            .distinguished_name
-            .push(DnType::CommonName, "kube-apiserver");
-        server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server_cert = server_params
-            .signed_by(&server_key, &issuer)
-            .expect("server certificate");
+        let crate::support::TestPki {
+            ca_cert,
+            issuer,
+            server_cert,
+            server_key,
+        } = crate::support::test_pki(&format!("mesh-redirect test CA {n}"));
 
         let mut roots = RootCertStore::empty();
         roots.add(ca_cert.der().clone()).expect("CA into store");
@@ -458,7 +436,6 @@ fn read_head(
     buf: &mut Vec<u8>,
     shared: &Shared,
 ) -> io::Result<Option<String>> {
-    let mut chunk = [0u8; 4096];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -469,15 +446,8 @@ fn read_head(
         if shared.stop.load(Ordering::SeqCst) || buf.len() > 64 << 10 {
             return Ok(None);
         }
-        match tls.read(&mut chunk) {
-            Ok(0) => return Ok(None),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(e),
+        if !crate::support::read_into(tls, buf)? {
+            return Ok(None);
         }
     }
 }

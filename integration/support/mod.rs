@@ -833,3 +833,75 @@ pub fn without_policy_counters(saved: &str) -> String {
         })
         .collect()
 }
+
+/// One read of a stream with a read timeout into `buf`: `Ok(false)` at its end; a read that
+/// timed out (or would block) is `Ok(true)` with nothing added.
+pub fn read_into<R: std::io::Read>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut chunk = [0u8; 4096];
+    match r.read(&mut chunk) {
+        Ok(0) => Ok(false),
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(true)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A test PKI for the local API servers: a CA named `ca_name` (its certificate, and the
+/// issuer that signs with its key) and a server certificate for `127.0.0.1` with its key.
+pub struct TestPki {
+    /// The CA's certificate (PEM for kubeconfigs, DER for root stores).
+    pub ca_cert: rcgen::Certificate,
+    /// Signs further certificates (client certificates) with the CA's key.
+    pub issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The server's certificate, `CN=kube-apiserver`, for 127.0.0.1.
+    pub server_cert: rcgen::Certificate,
+    /// The server certificate's key.
+    pub server_key: rcgen::KeyPair,
+}
+
+/// A fresh [`TestPki`].
+pub fn test_pki(ca_name: &str) -> TestPki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name = rcgen::DistinguishedName::new();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, ca_name);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("server key");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("server params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = params
+        .signed_by(&server_key, &issuer)
+        .expect("server certificate");
+    TestPki {
+        ca_cert,
+        issuer,
+        server_cert,
+        server_key,
+    }
+}

@@ -16,15 +16,11 @@
 
 use crate::support::TempDir;
 use base64::Engine as _;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,26 +61,12 @@ pub struct WatchApiServer {
 
 fn tls_config() -> (ServerConfig, String) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "mesh-redirect watch test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().expect("server key");
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("server params");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &issuer).expect("server certificate");
+    let crate::support::TestPki {
+        ca_cert,
+        server_cert: cert,
+        server_key: key,
+        ..
+    } = crate::support::test_pki("mesh-redirect watch test CA");
     let tls = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("TLS versions")
@@ -309,7 +291,6 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
 }
 
 fn read_request(tls: &mut Tls, buf: &mut Vec<u8>, shared: &Shared) -> io::Result<Option<String>> {
-    let mut chunk = [0u8; 4096];
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -319,15 +300,8 @@ fn read_request(tls: &mut Tls, buf: &mut Vec<u8>, shared: &Shared) -> io::Result
         if shared.stop.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        match tls.read(&mut chunk) {
-            Ok(0) => return Ok(None),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(e),
+        if !crate::support::read_into(tls, buf)? {
+            return Ok(None);
         }
     }
 }

@@ -162,14 +162,11 @@ pub fn send_after(socket: &Path, requests: &[Request]) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use serde_json::json;
-    use std::os::unix::net::UnixListener;
-
-    fn serve_once(answer: &'static str) -> (std::path::PathBuf, std::thread::JoinHandle<String>) {
+    /// A fresh directory with a listening socket `s.sock` in it.
+    fn listening(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, UnixListener) {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "mr-agent-client-{}-{}",
+            "mr-agent-{tag}-{}-{}",
             std::process::id(),
             N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         ));
@@ -177,6 +174,15 @@ mod tests {
         let path = dir.join("s.sock");
         let _ = std::fs::remove_file(&path);
         let l = UnixListener::bind(&path).unwrap();
+        (dir, path, l)
+    }
+
+    use super::*;
+    use serde_json::json;
+    use std::os::unix::net::UnixListener;
+
+    fn serve_once(answer: &'static str) -> (std::path::PathBuf, std::thread::JoinHandle<String>) {
+        let (_dir, path, l) = listening("client");
         let h = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
             let mut line = String::new();
@@ -221,11 +227,7 @@ mod tests {
 
     #[test]
     fn an_agent_that_never_answers_costs_the_budget_and_no_more() {
-        let dir = std::env::temp_dir().join(format!("mr-agent-hang-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("s.sock");
-        let _ = std::fs::remove_file(&path);
-        let l = UnixListener::bind(&path).unwrap();
+        let (dir, path, l) = listening("hang");
         let h = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
             std::thread::sleep(ANSWER_BUDGET * 2);

@@ -63,31 +63,8 @@ fn invalid(flag: &'static str, why: impl Into<String>) -> AgentError {
 
 /// The installer's plugin settings, as `mesh-redirect install` builds them.
 fn plugin_settings(node: &NodeArgs) -> Result<serde_json::Map<String, Value>, AgentError> {
-    let mut plugin = match node.plugin_config.as_deref() {
-        None | Some("") => serde_json::Map::new(),
-        Some(text) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(m)) => m,
-            _ => return Err(invalid("--plugin-config", "expected a JSON object")),
-        },
-    };
-    let mut set = |k: &str, v: Option<&String>| {
-        if let Some(v) = v {
-            plugin.insert(k.into(), Value::String(v.clone()));
-        }
-    };
-    set("backend", node.backend.as_ref());
-    set("plugin_log_level", node.log_level.as_ref());
-    set("api_timeout", node.api_timeout.as_ref());
-    if let Some(ns) = &node.exclude_namespaces {
-        let list = ns
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| Value::String(s.into()))
-            .collect();
-        plugin.insert("exclude_namespaces".into(), Value::Array(list));
-    }
-    Ok(plugin)
+    node.plugin_settings()
+        .map_err(|why| invalid("--plugin-config", why))
 }
 
 fn options(args: Args) -> Result<AgentOptions, AgentError> {
@@ -156,12 +133,7 @@ fn main() -> ExitCode {
         (0, Some("trace")) | (2.., _) => tracing::Level::TRACE,
         _ => tracing::Level::INFO,
     };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .init();
+    mesh_redirect::cli::init_stderr_logging(level);
     match options(args).and_then(run::run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
