@@ -182,12 +182,14 @@ mod tests {
     use std::os::unix::net::UnixListener;
 
     fn serve_once(answer: &'static str) -> (std::path::PathBuf, std::thread::JoinHandle<String>) {
-        let (_dir, path, l) = listening("client");
+        let (dir, path, l) = listening("client");
         let h = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
             let mut line = String::new();
             BufReader::new(&s).read_line(&mut line).unwrap();
             (&s).write_all(answer.as_bytes()).unwrap();
+            // Connected and answered: the directory is not needed any more.
+            let _ = std::fs::remove_dir_all(&dir);
             line
         });
         (path, h)
