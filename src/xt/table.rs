@@ -60,7 +60,7 @@ impl Extension {
     fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&(self.size() as u16).to_ne_bytes());
         let mut name = [0u8; XT_EXTENSION_MAXNAMELEN];
-        let bytes = name_bytes(&self.name, XT_EXTENSION_MAXNAMELEN - 1);
+        let bytes = name_bytes(&self.name, XT_EXTENSION_MAXNAMELEN);
         name[..bytes.len()].copy_from_slice(&bytes);
         out.extend_from_slice(&name);
         out.push(self.revision);
@@ -164,8 +164,8 @@ fn cstr(b: &[u8]) -> String {
     b[..end].iter().map(|&c| char::from(c)).collect()
 }
 
-/// The bytes of a name decoded by [`cstr`] (or written by us, ASCII), at most `max` of them
-/// so that the field keeps its terminating NUL.
+/// The bytes of a name decoded by [`cstr`] (or written by us, ASCII), at most `max` (the
+/// field's size: a name read without a terminating NUL is written back the same way).
 fn name_bytes(name: &str, max: usize) -> Vec<u8> {
     name.chars()
         .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
@@ -467,7 +467,7 @@ fn verdict_target(v: i32) -> Extension {
 
 fn error_target(name: &str) -> Extension {
     let mut data = vec![0u8; XT_FUNCTION_MAXNAMELEN];
-    let bytes = name_bytes(name, XT_FUNCTION_MAXNAMELEN - 1);
+    let bytes = name_bytes(name, XT_FUNCTION_MAXNAMELEN);
     data[..bytes.len()].copy_from_slice(&bytes);
     Extension::new("ERROR", 0, data)
 }
