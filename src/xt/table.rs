@@ -164,6 +164,12 @@ fn cstr(b: &[u8]) -> String {
     b[..end].iter().map(|&c| char::from(c)).collect()
 }
 
+/// A user chain's name, from its ERROR entry's data: the `errorname` field only (the data
+/// is padded past it), so that it is written back exactly.
+fn chain_name(data: &[u8]) -> String {
+    cstr(&data[..data.len().min(XT_FUNCTION_MAXNAMELEN)])
+}
+
 /// The bytes of a name decoded by [`cstr`] (or written by us, ASCII), at most `max` (the
 /// field's size: a name read without a terminating NUL is written back the same way).
 fn name_bytes(name: &str, max: usize) -> Vec<u8> {
@@ -243,7 +249,7 @@ fn user_chain_starts(entries: &[RawEntry]) -> ChainStarts {
     let mut chain_at = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         if e.target.name == "ERROR" && i + 1 < entries.len() {
-            let chain = cstr(&e.target.data);
+            let chain = chain_name(&e.target.data);
             if chain != "ERROR" {
                 chain_at.push((entries[i + 1].offset, chain));
             }
@@ -320,8 +326,8 @@ fn decode_user_chains(
     let mut i = 0;
     while i < entries.len() {
         let e = &entries[i];
-        if e.target.name == "ERROR" && cstr(&e.target.data) != "ERROR" {
-            let name = cstr(&e.target.data);
+        if e.target.name == "ERROR" && chain_name(&e.target.data) != "ERROR" {
+            let name = chain_name(&e.target.data);
             let mut j = i + 1;
             while j < entries.len() && entries[j].target.name != "ERROR" {
                 j += 1;
