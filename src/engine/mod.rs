@@ -272,8 +272,9 @@ pub fn apply_in<K: Kernel>(
         }
     };
     // Policy routing of ours this configuration does not want (another mark or table, or
-    // TPROXY no more): looked for where something of ours was in place before.
-    if !wanted.is_empty() || a.replaced || a.objects == 0 {
+    // TPROXY no more): looked for only where rules of ours were in place before (replaced,
+    // or already equal: nothing written), so a fresh pod's ADD pays no extra dump.
+    if a.replaced || a.messages == 0 {
         let rs = match &mut rsock {
             Some(rs) => rs,
             None => rsock.insert(
