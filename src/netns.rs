@@ -8,6 +8,7 @@ use nix::sched::{setns, CloneFlags};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -144,6 +145,21 @@ impl Netns {
         &self.path
     }
 
+    /// The namespace's nsfs identity (device, inode) as opened: two handles with the same
+    /// identity are the same namespace.
+    pub fn identity(&self) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.file.metadata()?;
+        Ok((m.dev(), m.ino()))
+    }
+
+    /// The addresses of the namespace's interfaces (`getifaddrs` on a namespace thread), in
+    /// the kernel's order: IPv4 first.
+    pub fn addresses(&self) -> std::io::Result<Vec<IpAddr>> {
+        self.run(interface_addresses)
+            .map_err(std::io::Error::other)?
+    }
+
     /// Runs `f` on a fresh thread that has entered this namespace; the thread ends with `f`.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
         std::thread::scope(|scope| {
@@ -161,4 +177,36 @@ impl Netns {
                 .map_err(|_| NetnsError::Panicked)?
         })
     }
+}
+
+/// The calling thread's namespace's interface addresses.
+fn interface_addresses() -> std::io::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    // SAFETY: getifaddrs/freeifaddrs pair; every pointer is checked before use.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let a = (*cur).ifa_addr;
+            if !a.is_null() {
+                match (*a).sa_family as i32 {
+                    libc::AF_INET => {
+                        let s = &*(a as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(u32::from_be(s.sin_addr.s_addr).to_be_bytes()));
+                    }
+                    libc::AF_INET6 => {
+                        let s = &*(a as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(s.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    Ok(out)
 }

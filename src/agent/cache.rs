@@ -12,7 +12,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub struct PodCache {
     pods: Mutex<HashMap<Key, Arc<Value>>>,
     changed: Notify,
     synced: AtomicBool,
+    /// Pods changed since the reconciler last took them.
+    dirty: Mutex<HashSet<Key>>,
 }
 
 fn key_of(pod: &Value) -> Option<Key> {
@@ -90,8 +92,51 @@ impl PodCache {
     /// Adds or replaces a pod.
     pub fn apply(&self, pod: Value) {
         if let Some(k) = key_of(&pod) {
-            self.lock().insert(k, Arc::new(pod));
+            self.lock().insert(k.clone(), Arc::new(pod));
+            self.dirty().insert(k);
             self.changed.notify_waiters();
+        }
+    }
+
+    fn dirty(&self) -> std::sync::MutexGuard<'_, HashSet<Key>> {
+        self.dirty.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every cached pod.
+    pub fn snapshot(&self) -> Vec<Arc<Value>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// The pods added or changed since the last call (deleted ones are gone).
+    pub fn take_changed(&self) -> Vec<Arc<Value>> {
+        let keys = std::mem::take(&mut *self.dirty());
+        let pods = self.lock();
+        keys.iter().filter_map(|k| pods.get(k).cloned()).collect()
+    }
+
+    /// Returns once a pod was added or changed since the last [`take_changed`](Self::take_changed).
+    pub async fn changed(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !self.dirty().is_empty() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Returns once the first list is complete.
+    pub async fn wait_synced(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.synced() {
+                return;
+            }
+            changed.await;
         }
     }
 
@@ -108,6 +153,7 @@ impl PodCache {
 
     /// Replaces every pod with a complete list; marks the cache synced.
     pub fn replace(&self, list: HashMap<Key, Arc<Value>>) {
+        self.dirty().extend(list.keys().cloned());
         *self.lock() = list;
         self.synced.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();

@@ -4,6 +4,8 @@
 
 use clap::Parser;
 use mesh_redirect::agent::protocol::DEFAULT_SOCKET;
+use mesh_redirect::agent::reconcile::{self, RepairMode};
+use mesh_redirect::cni::netconf::{Mode, NetConf};
 use mesh_redirect::agent::run::{self, AgentError, AgentOptions};
 use mesh_redirect::cli::NodeArgs;
 use mesh_redirect::install::InstallOptions;
@@ -46,6 +48,18 @@ struct Args {
     /// On SIGTERM, remove our entry, kubeconfig and binary from the node.
     #[arg(long, env = "CLEANUP_ON_EXIT", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     cleanup_on_exit: Option<String>,
+    /// What to do about a meshed pod whose redirect is missing or drifted: repair (apply it
+    /// in place), label (mesh-redirect.io/uninitialized=true), delete (its controller
+    /// re-creates it), off (no reconciler: the install-only profile).
+    #[arg(long, env = "REPAIR_MODE", default_value = "repair", value_name = "MODE")]
+    repair_mode: String,
+    /// Seconds between full reconcile passes (pod events trigger passes in between).
+    #[arg(long, env = "RECONCILE_INTERVAL", default_value = "60", value_name = "SECONDS")]
+    reconcile_interval: String,
+    /// Remove the taint mesh-redirect.io/not-ready:NoSchedule from this node once the plugin
+    /// is installed and the pod cache synced.
+    #[arg(long, env = "REMOVE_TAINT", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    remove_taint: Option<String>,
     /// The node's CNI directories and the plugin settings (as `mesh-redirect install`).
     #[command(flatten)]
     node: NodeArgs,
@@ -67,6 +81,51 @@ fn plugin_settings(node: &NodeArgs) -> Result<serde_json::Map<String, Value>, Ag
         .map_err(|why| invalid("--plugin-config", why))
 }
 
+fn boolean(flag: &'static str, value: Option<&str>) -> Result<bool, AgentError> {
+    match value {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(v) => Err(invalid(flag, format!("{v:?} is not true or false"))),
+    }
+}
+
+/// The reconciler's settings: the plugin configuration as the CNI ADD parses it.
+fn reconcile_settings(args: &Args) -> Result<Option<reconcile::Settings>, AgentError> {
+    let mode: RepairMode = args
+        .repair_mode
+        .parse()
+        .map_err(|why| invalid("--repair-mode", why))?;
+    let interval = match args.reconcile_interval.trim().parse::<u64>() {
+        Ok(s) if (1..=86_400).contains(&s) => std::time::Duration::from_secs(s),
+        _ => {
+            return Err(invalid(
+                "--reconcile-interval",
+                format!("{:?} is not a number of seconds from 1 to 86400", args.reconcile_interval),
+            ))
+        }
+    };
+    if mode == RepairMode::Off {
+        return Ok(None);
+    }
+    let mut conf = plugin_settings(&args.node)?;
+    conf.insert("cniVersion".into(), "1.0.0".into());
+    conf.insert("name".into(), "mesh-redirect".into());
+    conf.insert("type".into(), "mesh-redirect".into());
+    let conf = NetConf::parse(Value::Object(conf).to_string().as_bytes())
+        .map_err(|e| invalid("--plugin-config", format!("{}: {}", e.msg, e.details)))?;
+    if conf.mode != Mode::Kubernetes {
+        return Err(invalid(
+            "--repair-mode",
+            format!("{} needs the plugin in Kubernetes mode (the configuration sets mode static); use --repair-mode off", mode.as_str()),
+        ));
+    }
+    Ok(Some(reconcile::Settings {
+        conf,
+        mode,
+        interval,
+    }))
+}
+
 fn options(args: Args) -> Result<AgentOptions, AgentError> {
     if args.node_name.trim().is_empty() {
         return Err(invalid(
@@ -74,6 +133,8 @@ fn options(args: Args) -> Result<AgentOptions, AgentError> {
             "empty (set NODE_NAME from spec.nodeName)",
         ));
     }
+    let reconcile = reconcile_settings(&args)?;
+    let remove_taint = boolean("--remove-taint", args.remove_taint.as_deref())?;
     let install = if args.no_install {
         None
     } else {
@@ -88,17 +149,7 @@ fn options(args: Args) -> Result<AgentOptions, AgentError> {
             .plugin_binary
             .unwrap_or_else(|| here.with_file_name("mesh-redirect"));
         let dir = args.socket.parent().map(PathBuf::from).unwrap_or_default();
-        let cleanup_on_exit = match args.cleanup_on_exit.as_deref() {
-            None => false,
-            Some("true" | "1") => true,
-            Some("false" | "0") => false,
-            Some(v) => {
-                return Err(invalid(
-                    "--cleanup-on-exit",
-                    format!("{v:?} is not true or false"),
-                ))
-            }
-        };
+        let cleanup_on_exit = boolean("--cleanup-on-exit", args.cleanup_on_exit.as_deref())?;
         Some(InstallOptions {
             cni_bin_dir: args.node.cni_bin_dir.clone(),
             cni_conf_dir: args.node.cni_conf_dir.clone(),
@@ -118,6 +169,8 @@ fn options(args: Args) -> Result<AgentOptions, AgentError> {
         socket: args.socket,
         metrics_addr: args.metrics_addr,
         install,
+        reconcile,
+        remove_taint,
     })
 }
 

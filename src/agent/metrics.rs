@@ -9,6 +9,10 @@
 //! | `mesh_redirect_pod_lookups_total{source}` | counter | where the plugin found the pod: `cache` or `api` |
 //! | `mesh_redirect_agent_pods_cached` | gauge | pods in the cache |
 //! | `mesh_redirect_agent_ready` | gauge | 1 when installed and synced |
+//! | `mesh_redirect_drift_detected_total` | counter | meshed pods found without their rules, or with drifted ones, per pass |
+//! | `mesh_redirect_repairs_total{mode,result}` | counter | what the reconciler did about them: `repair`/`label`/`delete`, `success`/`failure` |
+//! | `mesh_redirect_reconcile_refused_total{reason}` | counter | meshed pods it could not check: `host_netns`, `ambiguous`, `netns_not_found`, `netns_unreadable`, `check_failed` |
+//! | `mesh_redirect_reconcile_passes_total{result}` | counter | passes: `ok`, or `error` when the node's namespaces could not be listed |
 
 use super::protocol::Report;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -32,6 +36,80 @@ struct SourceLabels {
     source: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepairLabels {
+    mode: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// The reconciler's counters.
+#[derive(Debug, Default)]
+struct ReconcileMetrics {
+    drift: Counter,
+    repairs: Family<RepairLabels, Counter>,
+    refused: Family<ReasonLabels, Counter>,
+    passes: Family<ResultLabels, Counter>,
+}
+
+impl ReconcileMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "mesh_redirect_drift_detected",
+            "Meshed pods found with missing or drifted rules (each pass counts each pod)",
+            self.drift.clone(),
+        );
+        registry.register(
+            "mesh_redirect_repairs",
+            "What the reconciler did about a missing or drifted redirect, by mode and result",
+            self.repairs.clone(),
+        );
+        registry.register(
+            "mesh_redirect_reconcile_refused",
+            "Meshed pods the reconciler could not check, by reason",
+            self.refused.clone(),
+        );
+        registry.register(
+            "mesh_redirect_reconcile_passes",
+            "Reconciler passes, by result",
+            self.passes.clone(),
+        );
+        for mode in ["repair", "label", "delete"] {
+            for result in ["success", "failure"] {
+                let _ = self.repairs.get_or_create(&RepairLabels {
+                    mode: mode.into(),
+                    result: result.into(),
+                });
+            }
+        }
+        for reason in [
+            "host_netns",
+            "ambiguous",
+            "netns_not_found",
+            "netns_unreadable",
+            "check_failed",
+        ] {
+            let _ = self.refused.get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            });
+        }
+        for result in ["ok", "error"] {
+            let _ = self.passes.get_or_create(&ResultLabels {
+                result: result.into(),
+            });
+        }
+    }
+}
+
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -41,6 +119,7 @@ pub struct Metrics {
     lookups: Family<SourceLabels, Counter>,
     pods_cached: Gauge,
     ready: Gauge,
+    reconcile: ReconcileMetrics,
 }
 
 impl Default for Metrics {
@@ -90,6 +169,8 @@ impl Default for Metrics {
                 source: source.into(),
             });
         }
+        let reconcile = ReconcileMetrics::default();
+        reconcile.register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -97,6 +178,7 @@ impl Default for Metrics {
             lookups,
             pods_cached,
             ready,
+            reconcile,
         }
     }
 }
@@ -125,6 +207,44 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts a meshed pod found with missing or drifted rules.
+    pub fn drift_detected(&self) {
+        self.reconcile.drift.inc();
+    }
+
+    /// Counts what the reconciler did in `mode`: `success` or `failure`.
+    pub fn repair(&self, mode: &str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reconcile
+            .repairs
+            .get_or_create(&RepairLabels {
+                mode: mode.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a meshed pod the reconciler could not check.
+    pub fn refused(&self, reason: &str) {
+        self.reconcile
+            .refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a pass.
+    pub fn pass(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconcile
+            .passes
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
     }
 
     /// The text exposition, with the gauges set to `pods` and `ready` first.

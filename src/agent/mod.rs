@@ -13,7 +13,9 @@
 //! | `cache` | the pod cache fed by the watcher, with a bounded wait for a pod | feature `agent` |
 //! | `server` | the socket server | feature `agent` |
 //! | `metrics` | the Prometheus registry and the HTTP endpoint | feature `agent` |
+//! | `reconcile` | every meshed pod on the node captured, whenever it started: find, verify, repair | feature `agent` |
 //! | `run` | the agent's options and main loop | feature `agent` |
+//! | `taint` | the opt-in node readiness taint's removal | feature `agent` |
 
 pub mod client;
 pub mod protocol;
@@ -23,6 +25,10 @@ pub mod cache;
 #[cfg(feature = "agent")]
 pub mod metrics;
 #[cfg(feature = "agent")]
+pub mod reconcile;
+#[cfg(feature = "agent")]
 pub mod run;
 #[cfg(feature = "agent")]
 pub mod server;
+#[cfg(feature = "agent")]
+pub mod taint;

@@ -4,6 +4,7 @@
 
 use super::cache::{self, PodCache};
 use super::metrics::{self, Metrics, Status};
+use super::reconcile::{self, act::Actor, ProcNode};
 use super::server;
 use crate::install::InstallOptions;
 use nix::sys::signal::{SigSet, Signal};
@@ -56,6 +57,10 @@ pub struct AgentOptions {
     /// The node installer's options; `None` with `--no-install`. Its `ready_file` tells
     /// whether the node is installed.
     pub install: Option<InstallOptions>,
+    /// The reconciler's settings; `None` with `--repair-mode off`.
+    pub reconcile: Option<reconcile::Settings>,
+    /// Remove the node readiness taint once installed and synced.
+    pub remove_taint: bool,
 }
 
 struct AgentStatus {
@@ -121,12 +126,19 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
         cache: cache.clone(),
         ready_file: opts.install.as_ref().and_then(|i| i.ready_file.clone()),
     });
-    let node = opts.node_name.clone();
-    tracing::info!(node = %node, socket = %opts.socket.display(), metrics = %opts.metrics_addr, install = opts.install.is_some(), "agent starting");
+    tracing::info!(node = %opts.node_name, socket = %opts.socket.display(), metrics = %opts.metrics_addr, install = opts.install.is_some(),
+        repair_mode = opts.reconcile.as_ref().map_or("off", |r| r.mode.as_str()), remove_taint = opts.remove_taint, "agent starting");
+    let tasks = Tasks {
+        node: opts.node_name.clone(),
+        cache,
+        status,
+        reconcile: opts.reconcile.clone(),
+        remove_taint: opts.remove_taint,
+    };
     std::thread::Builder::new()
         .name("agent".into())
         .spawn(move || {
-            runtime.block_on(serve_all(socket, http, node, cache, status));
+            runtime.block_on(serve_all(socket, http, tasks));
         })
         .map_err(|e| AgentError::Start(e.to_string()))?;
     let result = match &opts.install {
@@ -140,20 +152,54 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     result
 }
 
-async fn serve_all(
-    (socket, client): (tokio::net::UnixListener, kube::Client),
-    http: tokio::net::TcpListener,
+/// What the agent's runtime thread runs besides the listeners.
+struct Tasks {
     node: String,
     cache: Arc<PodCache>,
     status: Arc<AgentStatus>,
+    reconcile: Option<reconcile::Settings>,
+    remove_taint: bool,
+}
+
+async fn serve_all(
+    (socket, client): (tokio::net::UnixListener, kube::Client),
+    http: tokio::net::TcpListener,
+    tasks: Tasks,
 ) {
+    let Tasks {
+        node,
+        cache,
+        status,
+        reconcile,
+        remove_taint,
+    } = tasks;
     let metrics = Arc::new(Metrics::default());
-    let watch = cache::follow(client, &node, cache.clone(), |e| {
+    let watch = cache::follow(client.clone(), &node, cache.clone(), |e| {
         tracing::warn!(error = %e, "pod watch failed; retrying with backoff");
     });
+    let reconciler = async {
+        let Some(settings) = reconcile else { return };
+        let actor = Actor {
+            client: client.clone(),
+            node: node.clone(),
+            mode: settings.mode,
+            metrics: metrics.clone(),
+        };
+        let kernel = Arc::new(ProcNode::default());
+        reconcile::follow(kernel, cache.clone(), Arc::new(settings), actor).await;
+    };
+    let taint = async {
+        if remove_taint {
+            let status = status.clone();
+            super::taint::remove_when_ready(client.clone(), node.clone(), move || status.ready())
+                .await;
+        }
+    };
     tokio::join!(
         watch,
-        server::serve(socket, cache, metrics.clone()),
-        metrics::serve(http, metrics, status),
+        server::serve(socket, cache.clone(), metrics.clone()),
+        metrics::serve(http, metrics.clone(), status.clone()),
+        reconciler,
+        taint,
     );
 }

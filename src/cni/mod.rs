@@ -13,17 +13,18 @@
 //! stdout carries only the result or the error document; logs go to stderr and, when
 //! configured, a log file.
 
+pub mod expected;
 pub mod kube;
 pub mod netconf;
 pub mod pod;
 pub mod protocol;
 
-use crate::config::{Config, HostGroups, Setting};
+use crate::config::HostGroups;
 use crate::engine::{self, EngineError};
 use crate::error::Outcome;
 use crate::netns::Netns;
 use netconf::{LogLevel, Mode, NetConf};
-use pod::PodInfo;
+pub use expected::{ipv6_from_addresses, Expected};
 use protocol::{CniError, Code, Command, Environment, K8sArgs, LATEST};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -260,12 +261,6 @@ impl Write for Tee {
     }
 }
 
-/// The redirect configuration this invocation stands for, or why there is none.
-enum Expected {
-    Redirect { cfg: Box<Config>, pod: String },
-    Skip(String),
-}
-
 fn kube_error(e: kube::KubeError, conf: &NetConf, args: &K8sArgs) -> CniError {
     use kube::KubeError as K;
     let pod = format!("{}/{}", args.pod_namespace, args.pod_name);
@@ -310,27 +305,6 @@ fn kube_error(e: kube::KubeError, conf: &NetConf, args: &K8sArgs) -> CniError {
     }
 }
 
-/// IPv6 as Istio decides it (`getLocalIP`): addresses in order, loopback and link-local
-/// skipped; without dual stack the first one decides, with it any IPv6 address counts.
-pub fn ipv6_from_addresses(addrs: &[IpAddr], dual_stack: bool) -> Option<bool> {
-    let usable: Vec<&IpAddr> = addrs
-        .iter()
-        .filter(|a| match a {
-            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
-            IpAddr::V6(v6) => {
-                !v6.is_loopback()
-                    && (v6.segments()[0] & 0xffc0) != 0xfe80
-                    && v6.to_ipv4_mapped().is_none()
-            }
-        })
-        .collect();
-    if dual_stack {
-        (!usable.is_empty()).then(|| usable.iter().any(|a| a.is_ipv6()))
-    } else {
-        usable.first().map(|a| a.is_ipv6())
-    }
-}
-
 fn prev_result_addresses(prev: Option<&Value>) -> Vec<IpAddr> {
     prev.and_then(|p| p["ips"].as_array())
         .map(|ips| {
@@ -339,41 +313,6 @@ fn prev_result_addresses(prev: Option<&Value>) -> Vec<IpAddr> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The namespace's addresses, read on a namespace thread (`getifaddrs`).
-fn netns_addresses(ns: &Netns) -> Vec<IpAddr> {
-    ns.run(|| {
-        let mut out = Vec::new();
-        // SAFETY: getifaddrs/freeifaddrs pair; every pointer is checked before use.
-        unsafe {
-            let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-            if libc::getifaddrs(&mut head) != 0 {
-                return out;
-            }
-            let mut cur = head;
-            while !cur.is_null() {
-                let a = (*cur).ifa_addr;
-                if !a.is_null() {
-                    match (*a).sa_family as i32 {
-                        libc::AF_INET => {
-                            let s = &*(a as *const libc::sockaddr_in);
-                            out.push(IpAddr::from(u32::from_be(s.sin_addr.s_addr).to_be_bytes()));
-                        }
-                        libc::AF_INET6 => {
-                            let s = &*(a as *const libc::sockaddr_in6);
-                            out.push(IpAddr::from(s.sin6_addr.s6_addr));
-                        }
-                        _ => {}
-                    }
-                }
-                cur = (*cur).ifa_next;
-            }
-            libc::freeifaddrs(head);
-        }
-        out
-    })
-    .unwrap_or_default()
 }
 
 fn open_netns(path: &str) -> Result<Netns, CniError> {
@@ -417,17 +356,29 @@ fn fetch_pod(conf: &NetConf, args: &K8sArgs) -> Result<Value, CniError> {
 fn expected(env: &Environment, conf: &NetConf) -> Result<Expected, CniError> {
     let args = protocol::parse_args(&env.args)?;
     let netns = env.netns.clone().unwrap_or_default();
-    let (mut raw, dual_stack, pod) = match conf.mode {
+    // IPv6 as Istio decides it: from the primary plugin's result, else from the namespace's
+    // interfaces (read only when the result decides nothing).
+    let ipv6 = |dual_stack: bool| {
+        let from_prev = prev_result_addresses(conf.prev_result.as_ref());
+        ipv6_from_addresses(&from_prev, dual_stack).or_else(|| {
+            let ns = Netns::open(&netns).ok()?;
+            ipv6_from_addresses(&ns.addresses().ok()?, dual_stack)
+        })
+    };
+    match conf.mode {
         Mode::Static => {
             let dual = conf
                 .redirect
                 .get("dualStack")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            (
-                pod::static_settings(&conf.redirect)?,
+            let raw = pod::static_settings(&conf.redirect)?;
+            expected::finish(
+                conf,
+                raw,
                 dual,
                 format!("container {}", env.container_id),
+                ipv6,
             )
         }
         Mode::Kubernetes => {
@@ -436,50 +387,14 @@ fn expected(env: &Environment, conf: &NetConf) -> Result<Expected, CniError> {
                     "not a Kubernetes pod (no K8S_POD_NAME/K8S_POD_NAMESPACE in CNI_ARGS)".into(),
                 ));
             }
-            if conf.exclude_namespaces.contains(&args.pod_namespace) {
-                return Ok(Expected::Skip(format!(
-                    "namespace {} is excluded",
-                    args.pod_namespace
-                )));
-            }
-            let object = fetch_pod(conf, &args)?;
-            let info = PodInfo::from_pod(&object);
-            if let Some(why) = pod::skip_reason(&info) {
+            // Checked before the pod is read, so that an excluded pod costs no API call.
+            if let Some(why) = expected::excluded(conf, &args.pod_namespace) {
                 return Ok(Expected::Skip(why));
             }
-            (
-                pod::redirect_settings(&info, &conf.redirect)?,
-                pod::dual_stack(&info),
-                format!("{}/{}", args.pod_namespace, args.pod_name),
-            )
+            let object = fetch_pod(conf, &args)?;
+            expected::for_pod(conf, &object, ipv6)
         }
-    };
-    // IPv6: the pod's addresses from the primary plugin's result, else its interfaces.
-    let ipv6 = match conf.redirect.get("ipv6") {
-        Some(Value::Bool(b)) => Some(*b),
-        _ => {
-            let from_prev = ipv6_from_addresses(
-                &prev_result_addresses(conf.prev_result.as_ref()),
-                dual_stack,
-            );
-            from_prev.or_else(|| {
-                Netns::open(&netns)
-                    .ok()
-                    .and_then(|ns| ipv6_from_addresses(&netns_addresses(&ns), dual_stack))
-            })
-        }
-    };
-    raw.enable_ipv6 = Some(Setting::new(
-        "pod addresses",
-        ipv6.unwrap_or(false).to_string(),
-    ));
-    let cfg = raw
-        .validate(&HostGroups::default())
-        .map_err(|e| CniError::new(Code::InvalidConfig, e.to_string(), format!("pod {pod}")))?;
-    Ok(Expected::Redirect {
-        cfg: Box::new(cfg),
-        pod,
-    })
+    }
 }
 
 fn engine_error(e: EngineError, what: &str) -> CniError {
@@ -602,27 +517,4 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
         })?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv6_detection_follows_istio() {
-        let a = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(
-            ipv6_from_addresses(&[a("127.0.0.1"), a("10.0.0.5"), a("fd00::5")], false),
-            Some(false)
-        );
-        assert_eq!(
-            ipv6_from_addresses(&[a("fe80::1"), a("fd00::5"), a("10.0.0.5")], false),
-            Some(true)
-        );
-        assert_eq!(
-            ipv6_from_addresses(&[a("10.0.0.5"), a("fd00::5")], true),
-            Some(true)
-        );
-        assert_eq!(ipv6_from_addresses(&[a("::1")], false), None);
-    }
 }
