@@ -9,158 +9,22 @@
 //!   arrives after the ADD started is found within the wait, else the GET is used;
 //! * `/metrics` counts the ADDs (histogram count = ADDs), `/readyz` is 503 until synced.
 
+#[path = "support/agent_process.rs"]
+mod agent_process;
 mod support;
 #[path = "support/watch_apiserver.rs"]
 mod watch_apiserver;
 
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+
+use agent_process::Agent;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use support::*;
 use watch_apiserver::WatchApiServer;
 
-const NODE: &str = "node-1";
-
-/// A running agent; killed (by its own pid) when dropped.
-struct Agent {
-    child: Child,
-    socket: PathBuf,
-    metrics: String,
-    log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Agent {
-    fn start(server: &WatchApiServer, dir: &Path) -> Agent {
-        Agent::start_with(server, dir, &["--no-install"], &[])
-    }
-
-    fn start_with(
-        server: &WatchApiServer,
-        dir: &Path,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Agent {
-        let socket = dir.join("agent.sock");
-        let metrics = format!("127.0.0.1:{}", free_port());
-        let log_path = dir.join(format!("agent-{}.log", unique("l")));
-        let log = std::fs::File::create(&log_path).unwrap();
-        let exe = std::env::var("MESH_REDIRECT_AGENT_BINARY")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh-redirect-agent").to_string());
-        let child = Command::new(exe)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("MESH_REDIRECT_LOG", "debug")
-            .envs(env.iter().copied())
-            .args(["--node-name", NODE, "--metrics-addr", &metrics])
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(server.kubeconfig_file())
-            .arg("--socket")
-            .arg(&socket)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start mesh-redirect-agent");
-        let agent = Agent {
-            child,
-            socket,
-            metrics,
-            log: log_path,
-        };
-        agent.wait_for(
-            |a| a.http("/healthz").0 == 200,
-            "the agent to serve /healthz",
-        );
-        agent
-    }
-
-    fn wait_for(&self, ok: impl Fn(&Agent) -> bool, what: &str) {
-        let end = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < end {
-            if ok(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("timed out waiting for {what}");
-    }
-
-    fn ready(&self) {
-        self.wait_for(|a| a.http("/readyz").0 == 200, "/readyz 200");
-    }
-
-    /// The agent's raw answer to a pod request on its socket.
-    fn ask(&self, name: &str, uid: &str) -> String {
-        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.socket) else {
-            return String::new();
-        };
-        let _ = writeln!(
-            s,
-            r#"{{"v":1,"op":"pod","namespace":"apps","name":"{name}","uid":"{uid}"}}"#
-        );
-        let mut line = String::new();
-        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line);
-        line
-    }
-
-    /// `GET path` on the metrics address: (status, body); (0, "") when nothing answers.
-    fn http(&self, path: &str) -> (u16, String) {
-        let Ok(mut s) = TcpStream::connect(&self.metrics) else {
-            return (0, String::new());
-        };
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
-        let code = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (code, body)
-    }
-
-    /// The value of one metric line (`name{labels}`), 0 when absent.
-    fn metric(&self, series: &str) -> f64 {
-        let (_, body) = self.http("/metrics");
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    }
-
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use agent_process::NODE;
 
 /// A sidecar pod of Istio's CNI case `case` on our node, with `uid`.
 fn pod(case: usize, name: &str, uid: &str) -> Value {

@@ -6,9 +6,9 @@
 
 use nix::sched::{setns, CloneFlags};
 use std::fs::File;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 

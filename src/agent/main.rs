@@ -5,9 +5,9 @@
 use clap::Parser;
 use mesh_redirect::agent::protocol::DEFAULT_SOCKET;
 use mesh_redirect::agent::reconcile::{self, RepairMode};
-use mesh_redirect::cni::netconf::{Mode, NetConf};
 use mesh_redirect::agent::run::{self, AgentError, AgentOptions};
 use mesh_redirect::cli::NodeArgs;
+use mesh_redirect::cni::netconf::{Mode, NetConf};
 use mesh_redirect::install::InstallOptions;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -51,10 +51,20 @@ struct Args {
     /// What to do about a meshed pod whose redirect is missing or drifted: repair (apply it
     /// in place), label (mesh-redirect.io/uninitialized=true), delete (its controller
     /// re-creates it), off (no reconciler: the install-only profile).
-    #[arg(long, env = "REPAIR_MODE", default_value = "repair", value_name = "MODE")]
+    #[arg(
+        long,
+        env = "REPAIR_MODE",
+        default_value = "repair",
+        value_name = "MODE"
+    )]
     repair_mode: String,
     /// Seconds between full reconcile passes (pod events trigger passes in between).
-    #[arg(long, env = "RECONCILE_INTERVAL", default_value = "60", value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "RECONCILE_INTERVAL",
+        default_value = "60",
+        value_name = "SECONDS"
+    )]
     reconcile_interval: String,
     /// Remove the taint mesh-redirect.io/not-ready:NoSchedule from this node once the plugin
     /// is installed and the pod cache synced.
@@ -100,7 +110,10 @@ fn reconcile_settings(args: &Args) -> Result<Option<reconcile::Settings>, AgentE
         _ => {
             return Err(invalid(
                 "--reconcile-interval",
-                format!("{:?} is not a number of seconds from 1 to 86400", args.reconcile_interval),
+                format!(
+                    "{:?} is not a number of seconds from 1 to 86400",
+                    args.reconcile_interval
+                ),
             ))
         }
     };

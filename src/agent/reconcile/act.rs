@@ -59,7 +59,9 @@ impl Actor {
 
     async fn one(&self, Finding { pod, verdict }: Finding) {
         match verdict {
-            Verdict::Skipped(why) => tracing::debug!(pod = %pod, "reconcile: not meshed here: {why}"),
+            Verdict::Skipped(why) => {
+                tracing::debug!(pod = %pod, "reconcile: not meshed here: {why}")
+            }
             Verdict::InPlace => tracing::debug!(pod = %pod, "reconcile: the redirect is in place"),
             Verdict::Refused(r) => {
                 tracing::warn!(pod = %pod, reason = r.reason(), "reconcile: cannot check the pod's redirect: {r}");
@@ -76,7 +78,12 @@ impl Actor {
         }
     }
 
-    async fn drifted(&self, pod: &PodRef, differences: &[String], repaired: Option<Result<(), String>>) {
+    async fn drifted(
+        &self,
+        pod: &PodRef,
+        differences: &[String],
+        repaired: Option<Result<(), String>>,
+    ) {
         self.metrics.drift_detected();
         let missing = summary(differences);
         let mode = self.mode.as_str();
@@ -150,7 +157,11 @@ impl Actor {
         let now = k8s_openapi::chrono::Utc::now();
         let event = Event {
             metadata: ObjectMeta {
-                name: Some(format!("{}.{:x}", pod.name, now.timestamp_nanos_opt().unwrap_or(0))),
+                name: Some(format!(
+                    "{}.{:x}",
+                    pod.name,
+                    now.timestamp_nanos_opt().unwrap_or(0)
+                )),
                 namespace: Some(pod.namespace.clone()),
                 ..ObjectMeta::default()
             },

@@ -41,7 +41,11 @@ pub fn pod_ips(pod: &Value) -> Vec<IpAddr> {
         })
         .unwrap_or_default();
     if ips.is_empty() {
-        ips.extend(status["podIP"].as_str().and_then(|s| s.parse::<IpAddr>().ok()));
+        ips.extend(
+            status["podIP"]
+                .as_str()
+                .and_then(|s| s.parse::<IpAddr>().ok()),
+        );
     }
     ips.retain(|ip: &IpAddr| !ip.is_loopback() && !ip.is_unspecified());
     ips
@@ -136,7 +140,14 @@ pub fn locate<'a, N>(
         [] => {
             let unreadable = scan
                 .iter()
-                .filter_map(|f| Some(format!("{} (pid {}): {}", f.id, f.pid, f.addresses.as_ref().err()?)))
+                .filter_map(|f| {
+                    Some(format!(
+                        "{} (pid {}): {}",
+                        f.id,
+                        f.pid,
+                        f.addresses.as_ref().err()?
+                    ))
+                })
                 .collect();
             return Err(Refusal::NotFound { unreadable });
         }

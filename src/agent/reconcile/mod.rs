@@ -25,9 +25,9 @@ pub mod scan;
 #[cfg(test)]
 mod tests;
 
+use crate::backend::BackendChoice;
 use crate::cni::expected::{self, Expected};
 use crate::cni::netconf::NetConf;
-use crate::backend::BackendChoice;
 use crate::config::Config;
 use crate::engine::{self, EngineError};
 use crate::netns::Netns;
@@ -94,7 +94,8 @@ pub trait NodeKernel {
         backend: BackendChoice,
     ) -> Result<Vec<String>, EngineError>;
     /// Programs `cfg` into `ns` (atomically, as the CNI ADD does).
-    fn apply(&self, ns: &Self::Ns, cfg: &Config, backend: BackendChoice) -> Result<(), EngineError>;
+    fn apply(&self, ns: &Self::Ns, cfg: &Config, backend: BackendChoice)
+        -> Result<(), EngineError>;
 }
 
 /// The real node: `/proc` and the engine.
@@ -205,16 +206,17 @@ pub fn check_pods<K: NodeKernel>(
         let ips = locate::pod_ips(pod);
         let verdict = match locate::not_reconcilable(pod) {
             Some(why) => Verdict::Skipped(why.into()),
-            None => match expected::for_pod(conf, pod, |dual| {
-                expected::ipv6_from_addresses(&ips, dual)
-            }) {
-                Ok(Expected::Skip(why)) => Verdict::Skipped(why),
-                Err(e) => Verdict::Failed(format!("{}: {}", e.msg, e.details)),
-                Ok(Expected::Redirect { cfg, .. }) => {
-                    wanted.push((pod_ref, ips, cfg));
-                    continue;
+            None => {
+                match expected::for_pod(conf, pod, |dual| expected::ipv6_from_addresses(&ips, dual))
+                {
+                    Ok(Expected::Skip(why)) => Verdict::Skipped(why),
+                    Err(e) => Verdict::Failed(format!("{}: {}", e.msg, e.details)),
+                    Ok(Expected::Redirect { cfg, .. }) => {
+                        wanted.push((pod_ref, ips, cfg));
+                        continue;
+                    }
                 }
-            },
+            }
         };
         findings.push(Finding {
             pod: pod_ref,
@@ -248,8 +250,8 @@ fn check_one<K: NodeKernel>(
         Ok(d) => d,
         Err(e) => return Verdict::Failed(format!("cannot read the rules back: {e}")),
     };
-    let repaired = (mode == RepairMode::Repair)
-        .then(|| k.apply(ns, cfg, backend).map_err(|e| e.to_string()));
+    let repaired =
+        (mode == RepairMode::Repair).then(|| k.apply(ns, cfg, backend).map_err(|e| e.to_string()));
     Verdict::Drifted {
         differences,
         repaired,
@@ -281,7 +283,11 @@ pub async fn follow<K>(
     K: NodeKernel + Send + Sync + 'static,
 {
     cache.wait_synced().await;
-    tracing::info!(mode = settings.mode.as_str(), interval_s = settings.interval.as_secs(), "reconciler started");
+    tracing::info!(
+        mode = settings.mode.as_str(),
+        interval_s = settings.interval.as_secs(),
+        "reconciler started"
+    );
     let mut next_full = tokio::time::Instant::now();
     loop {
         let all = cache.snapshot();
@@ -312,10 +318,8 @@ async fn pass<K>(
     K: NodeKernel + Send + Sync + 'static,
 {
     let (k, s) = (kernel.clone(), settings.clone());
-    let checked = tokio::task::spawn_blocking(move || {
-        check_pods(&*k, &s.conf, s.mode, &pods, &all)
-    })
-    .await;
+    let checked =
+        tokio::task::spawn_blocking(move || check_pods(&*k, &s.conf, s.mode, &pods, &all)).await;
     match checked {
         Ok(Ok(findings)) => {
             actor.metrics.pass(true);

@@ -57,7 +57,12 @@ impl NodeKernel for FakeNode {
             .collect())
     }
 
-    fn verify(&self, ns: &String, _: &Config, _: BackendChoice) -> Result<Vec<String>, EngineError> {
+    fn verify(
+        &self,
+        ns: &String,
+        _: &Config,
+        _: BackendChoice,
+    ) -> Result<Vec<String>, EngineError> {
         self.calls.lock().unwrap().push(format!("verify {ns}"));
         let d = self.differences.lock().unwrap();
         Ok(d.get(ns)
@@ -137,20 +142,27 @@ fn pods_the_add_would_not_redirect_are_not_looked_at() {
     let node = FakeNode::with(vec![("pod-a", false, Ok(vec!["10.1.0.5"]))]);
     let base = meshed("apps", "a", "10.1.0.5");
     let pods = [
-        with(&base, |p| p["spec"]["containers"] = json!([{"name": "app"}])),
+        with(&base, |p| {
+            p["spec"]["containers"] = json!([{"name": "app"}])
+        }),
         with(&base, |p| p["metadata"]["namespace"] = json!("kube-system")),
         with(&base, |p| {
             p["spec"]["initContainers"] = json!([{"name": "istio-init"}])
         }),
         with(&base, |p| p["spec"]["hostNetwork"] = json!(true)),
         with(&base, |p| p["status"]["phase"] = json!("Pending")),
-        with(&base, |p| p["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z")),
+        with(&base, |p| {
+            p["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z")
+        }),
         with(&base, |p| p["status"] = json!({"phase": "Running"})),
     ];
     let f = check(&node, RepairMode::Repair, &pods);
     assert_eq!(f.len(), pods.len());
     for finding in &f {
-        assert!(matches!(finding.verdict, Verdict::Skipped(_)), "{finding:?}");
+        assert!(
+            matches!(finding.verdict, Verdict::Skipped(_)),
+            "{finding:?}"
+        );
     }
     assert!(node.calls().is_empty(), "{:?}", node.calls());
 }
@@ -180,7 +192,13 @@ fn a_namespace_not_attributable_to_exactly_one_pod_is_refused_and_never_entered(
         .collect();
     assert_eq!(
         reasons,
-        ["host_netns", "ambiguous", "ambiguous", "ambiguous", "netns_not_found"]
+        [
+            "host_netns",
+            "ambiguous",
+            "ambiguous",
+            "ambiguous",
+            "netns_not_found"
+        ]
     );
     assert!(matches!(&f[1].verdict, Verdict::Refused(Refusal::SharedWith(o)) if o == &["apps/d"]));
     assert_eq!(node.calls(), ["scan"]);
@@ -193,7 +211,11 @@ fn an_unreadable_namespace_is_said_so_not_taken_as_empty() {
         false,
         Err("cannot enter: not permitted".into()),
     )]);
-    let f = check(&node, RepairMode::Repair, &[meshed("apps", "a", "10.1.0.5")]);
+    let f = check(
+        &node,
+        RepairMode::Repair,
+        &[meshed("apps", "a", "10.1.0.5")],
+    );
     let Verdict::Refused(r) = &f[0].verdict else {
         panic!("{f:?}")
     };
