@@ -17,7 +17,7 @@ mod watch_apiserver;
 
 use serde_json::{json, Value};
 
-use agent_process::Agent;
+use agent_process::{Agent, NodeDirs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -158,54 +158,17 @@ fn adds_of_cached_pods_make_no_pod_get_and_program_what_a_get_programs() {
 #[test]
 fn the_agent_installs_the_plugin_and_is_ready_only_once_installed_and_synced() {
     let s = setup();
-    let node = TempDir::new("agentnode", &["bin", "net.d", "sa"]);
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures/cni/10-bridge.conf"),
-        node.join("net.d/10-bridge.conf"),
-    )
-    .unwrap();
-    std::fs::write(node.join("sa/token"), "agent-test-token").unwrap();
-    std::fs::write(
-        node.join("sa/ca.crt"),
-        rcgen::generate_simple_self_signed(vec!["kubernetes.default.svc".to_string()])
-            .unwrap()
-            .cert
-            .pem(),
-    )
-    .unwrap();
-    std::fs::write(node.join("sa/namespace"), "mesh-redirect").unwrap();
-    let dir = |d: &str| node.join(d).display().to_string();
-    let (bin, conf, sa) = (dir("bin"), dir("net.d"), dir("sa"));
-    let ready = dir("ready");
-    let args = [
-        "--cni-bin-dir",
-        &bin,
-        "--cni-conf-dir",
-        &conf,
-        "--host-cni-conf-dir",
-        &conf,
-        "--service-account-dir",
-        &sa,
-        "--ready-file",
-        &ready,
-        "--plugin-binary",
-        binary(),
-    ];
-    let env = [
-        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
-        ("KUBERNETES_SERVICE_PORT", "443"),
-    ];
-    let mut agent = Agent::start_with(&s.server, &s.dir, &args, &env);
+    let node = NodeDirs::new();
+    let args: Vec<&str> = node.args.iter().map(String::as_str).collect();
+    let mut agent = Agent::start_with(&s.server, &s.dir, &args, &NodeDirs::ENV);
     agent.ready();
-    let installed = std::fs::read(node.join("bin/mesh-redirect")).unwrap();
+    let installed = std::fs::read(node.dir.join("bin/mesh-redirect")).unwrap();
     assert_eq!(
         installed,
         std::fs::read(binary()).unwrap(),
         "the plugin binary, not the agent"
     );
-    let conflist: Value =
-        serde_json::from_slice(&std::fs::read(node.join("net.d/10-bridge.conflist")).unwrap())
-            .unwrap();
+    let conflist = node.conflist();
     let entry = conflist["plugins"]
         .as_array()
         .unwrap()
@@ -219,7 +182,7 @@ fn the_agent_installs_the_plugin_and_is_ready_only_once_installed_and_synced() {
         "a non-default socket is passed on"
     );
     // Not installed any more (the ready file gone): not ready, although the cache is synced.
-    std::fs::remove_file(node.join("ready")).unwrap();
+    std::fs::remove_file(node.dir.join("ready")).unwrap();
     assert_eq!(agent.http("/readyz").0, 503);
     // SIGTERM: the installer's clean exit; the socket is removed.
     // SAFETY: kill(2) on our own child's pid.

@@ -151,3 +151,60 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
+
+/// A node's CNI directories for the agent's installer (a bridge configuration to chain
+/// after, a service account), and the flags that point the agent at them.
+pub struct NodeDirs {
+    /// The root of the directories.
+    pub dir: crate::support::TempDir,
+    /// `--cni-bin-dir`, `--cni-conf-dir`, …, `--ready-file`, `--plugin-binary`.
+    pub args: Vec<String>,
+}
+
+impl NodeDirs {
+    pub fn new() -> NodeDirs {
+        let node = crate::support::TempDir::new("agentnode", &["bin", "net.d", "sa"]);
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures/cni/10-bridge.conf"),
+            node.join("net.d/10-bridge.conf"),
+        )
+        .unwrap();
+        std::fs::write(node.join("sa/token"), "agent-test-token").unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["kubernetes.default.svc".to_string()])
+            .unwrap()
+            .cert
+            .pem();
+        std::fs::write(node.join("sa/ca.crt"), ca).unwrap();
+        std::fs::write(node.join("sa/namespace"), "mesh-redirect").unwrap();
+        let dir = |d: &str| node.join(d).display().to_string();
+        let args = [
+            "--cni-bin-dir",
+            &dir("bin"),
+            "--cni-conf-dir",
+            &dir("net.d"),
+            "--host-cni-conf-dir",
+            &dir("net.d"),
+            "--service-account-dir",
+            &dir("sa"),
+            "--ready-file",
+            &dir("ready"),
+            "--plugin-binary",
+            crate::support::binary(),
+        ]
+        .map(String::from)
+        .to_vec();
+        NodeDirs { dir: node, args }
+    }
+
+    /// The installer's API server environment.
+    pub const ENV: [(&'static str, &'static str); 2] = [
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "443"),
+    ];
+
+    /// The chained configuration list the installer wrote.
+    pub fn conflist(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.dir.join("net.d/10-bridge.conflist")).unwrap())
+            .unwrap()
+    }
+}
