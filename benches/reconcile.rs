@@ -1,5 +1,5 @@
 //! What a reconcile pass costs when there is nothing to do: 110 meshed pods (Kubernetes'
-//! default maximum per node), each in a namespace of its own with a dummy `eth0` holding its
+//! default maximum per node), each in a namespace of its own with an `eth0` (veth) holding its
 //! IP and a process living in it, every one with its rules in place. One pass scans
 //! `/proc`, reads every namespace's addresses, locates each pod and verifies its rules.
 //!
@@ -63,8 +63,10 @@ fn pod(i: usize) -> Arc<Value> {
 }
 
 fn conf() -> NetConf {
-    NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"mesh-redirect","backend":"nftables"}"#)
-        .expect("plugin configuration")
+    NetConf::parse(
+        br#"{"cniVersion":"1.0.0","name":"n","type":"mesh-redirect","backend":"nftables"}"#,
+    )
+    .expect("plugin configuration")
 }
 
 /// `n` pods with namespaces, processes and their rules in place.
@@ -79,9 +81,22 @@ fn make_pods(n: usize, conf: &NetConf) -> (Pods, Vec<Arc<Value>>) {
         ip(&["netns", "add", &name]);
         pods.names.push(name.clone());
         ip(&["-n", &name, "link", "set", "lo", "up"]);
-        ip(&["-n", &name, "link", "add", "eth0", "type", "dummy"]);
-        ip(&["-n", &name, "addr", "add", &format!("{}/24", pod_ip(i)), "dev", "eth0"]);
+        // A veth pair inside the namespace (this kernel has no dummy driver): `eth0` holds
+        // the pod IP, as the primary plugin's interface does.
+        ip(&[
+            "-n", &name, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+        ]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{}/24", pod_ip(i)),
+            "dev",
+            "eth0",
+        ]);
         ip(&["-n", &name, "link", "set", "eth0", "up"]);
+        ip(&["-n", &name, "link", "set", "peer0", "up"]);
         let sleeper = Command::new("ip")
             .args(["netns", "exec", &name, "sleep", "3600"])
             .stdin(Stdio::null())
@@ -89,7 +104,8 @@ fn make_pods(n: usize, conf: &NetConf) -> (Pods, Vec<Arc<Value>>) {
             .expect("a process in the namespace");
         pods.sleepers.push(sleeper);
         let object = pod(i);
-        let Ok(Expected::Redirect { cfg, .. }) = expected::for_pod(conf, &object, |_| Some(false)) else {
+        let Ok(Expected::Redirect { cfg, .. }) = expected::for_pod(conf, &object, |_| Some(false))
+        else {
             panic!("the bench pod is meshed")
         };
         let ns = Netns::open(&name).expect("open");
@@ -115,7 +131,12 @@ fn cpu_time() -> Duration {
 fn one_pass(node: &ProcNode, conf: &NetConf, pods: &[Arc<Value>]) {
     let findings = check_pods(node, conf, RepairMode::Repair, pods, pods).expect("scan");
     for f in &findings {
-        assert!(matches!(f.verdict, Verdict::InPlace), "{}: {:?}", f.pod, f.verdict);
+        assert!(
+            matches!(f.verdict, Verdict::InPlace),
+            "{}: {:?}",
+            f.pod,
+            f.verdict
+        );
     }
 }
 
@@ -128,16 +149,19 @@ fn main() {
     one_pass(&node, &conf, &pods);
     let mut c = common::kernel_criterion().configure_from_args();
     let mut wall = Vec::new();
-    c.bench_function(&format!("reconcile/{n} pods, nothing to do (CPU time per pass)"), |b| {
-        b.iter_custom(|iters| {
-            let (cpu0, t0) = (cpu_time(), Instant::now());
-            for _ in 0..iters {
-                one_pass(&node, &conf, &pods);
-            }
-            wall.push(t0.elapsed() / iters as u32);
-            cpu_time() - cpu0
-        })
-    });
+    c.bench_function(
+        &format!("reconcile/{n} pods, nothing to do (CPU time per pass)"),
+        |b| {
+            b.iter_custom(|iters| {
+                let (cpu0, t0) = (cpu_time(), Instant::now());
+                for _ in 0..iters {
+                    one_pass(&node, &conf, &pods);
+                }
+                wall.push(t0.elapsed() / iters as u32);
+                cpu_time() - cpu0
+            })
+        },
+    );
     c.final_summary();
     wall.sort();
     if let Some(median) = wall.get(wall.len() / 2) {

@@ -13,9 +13,9 @@
 //! * `--remove-taint` removes the taint only after install + sync; the conflist entry
 //!   survives an agent restart.
 
-mod support;
 #[path = "support/agent_process.rs"]
 mod agent_process;
+mod support;
 #[path = "support/watch_apiserver.rs"]
 mod watch_apiserver;
 
@@ -42,7 +42,13 @@ fn meshed(namespace: &str, name: &str, ip: Ipv4Addr) -> Value {
 }
 
 fn agent(server: &WatchApiServer, dir: &TempDir, extra: &[&str]) -> Agent {
-    let mut args = vec!["--no-install", "--reconcile-interval", "1", "--backend", "nftables"];
+    let mut args = vec![
+        "--no-install",
+        "--reconcile-interval",
+        "1",
+        "--backend",
+        "nftables",
+    ];
     args.extend_from_slice(extra);
     Agent::start_with(server, dir.path(), &args, &[])
 }
@@ -66,10 +72,16 @@ fn ruleset(netns: &str) -> String {
 /// Our tables and chains are nowhere in the host's namespace (nftables and legacy xtables).
 fn assert_host_has_nothing_of_ours() {
     let nft = run_ok(Command::new("nft").args(["list", "ruleset"]));
-    assert!(!nft.contains("istio-proxy"), "the host gained a table of ours:\n{nft}");
+    assert!(
+        !nft.contains("istio-proxy"),
+        "the host gained a table of ours:\n{nft}"
+    );
     for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
         let text = run_ok(&mut Command::new(save));
-        assert!(!text.contains("ISTIO_"), "the host gained a chain of ours ({save}):\n{text}");
+        assert!(
+            !text.contains("ISTIO_"),
+            "the host gained a chain of ours ({save}):\n{text}"
+        );
     }
     assert_no_forwarding();
 }
@@ -112,22 +124,53 @@ fn a_pod_started_before_the_plugin_is_captured_within_one_pass_and_so_is_drift()
         ruleset(pod_ns.name()).contains("istio-proxy-nat")
     });
     let repaired = ruleset(pod_ns.name());
-    assert_eq!(repaired, ruleset_of_add(&server, &pod, ip), "what a CNI ADD programs");
-    let proxy = Server::start(pod_ns.name(), "0.0.0.0:15001".parse().unwrap(), "outbound", true);
+    assert_eq!(
+        repaired,
+        ruleset_of_add(&server, &pod, ip),
+        "what a CNI ADD programs"
+    );
+    let proxy = Server::start(
+        pod_ns.name(),
+        "0.0.0.0:15001".parse().unwrap(),
+        "outbound",
+        true,
+    );
     let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 231, 1, 99)), 8080);
-    traffic::assert_lands_as(pod_ns.name(), 1000, 1000, dst, "outbound", "an application's connection");
+    traffic::assert_lands_as(
+        pod_ns.name(),
+        1000,
+        1000,
+        dst,
+        "outbound",
+        "an application's connection",
+    );
     drop(proxy);
     wait("the repair metric", || {
         agent.metric("mesh_redirect_repairs_total{mode=\"repair\",result=\"success\"}") >= 1.0
     });
     // Drift: the outbound chain's rules deleted by hand come back within a pass.
-    run_ok(Command::new("ip").args(["netns", "exec", pod_ns.name(), "nft", "flush", "table", "inet", "istio-proxy-nat"]));
+    run_ok(Command::new("ip").args([
+        "netns",
+        "exec",
+        pod_ns.name(),
+        "nft",
+        "flush",
+        "table",
+        "inet",
+        "istio-proxy-nat",
+    ]));
     assert_ne!(ruleset(pod_ns.name()), repaired);
-    wait("the drifted rules back", || ruleset(pod_ns.name()) == repaired);
+    wait("the drifted rules back", || {
+        ruleset(pod_ns.name()) == repaired
+    });
     assert!(agent.metric("mesh_redirect_drift_detected_total") >= 2.0);
     let events = server.events();
     assert!(
-        events.iter().filter(|e| e["reason"] == "RedirectRepaired").count() >= 2,
+        events
+            .iter()
+            .filter(|e| e["reason"] == "RedirectRepaired")
+            .count()
+            >= 2,
         "{events:?}"
     );
     assert_eq!(events[0]["involvedObject"]["uid"], pod["metadata"]["uid"]);
@@ -148,7 +191,9 @@ fn pods_the_add_would_not_redirect_and_the_host_get_nothing() {
     assert_host_has_nothing_of_ours();
     let server = WatchApiServer::start();
     let ip = |n| Ipv4Addr::new(10, 231, 2, n);
-    let namespaces: Vec<PodNetns> = (10..15).map(|n| PodNetns::new("rcskip", ip(n), None)).collect();
+    let namespaces: Vec<PodNetns> = (10..15)
+        .map(|n| PodNetns::new("rcskip", ip(n), None))
+        .collect();
     let mut no_sidecar = meshed("apps", "plain", ip(10));
     no_sidecar["spec"]["containers"] = json!([{"name": "app"}]);
     let excluded = meshed("skipme", "excluded", ip(11));
@@ -161,12 +206,21 @@ fn pods_the_add_would_not_redirect_and_the_host_get_nothing() {
     let claims_host = meshed("apps", "claims-host", host);
     // The control: a meshed pod that does get captured, in the same passes.
     let control = meshed("apps", "control", ip(14));
-    for p in [no_sidecar, excluded, with_init, host_network, claims_host, control] {
+    for p in [
+        no_sidecar,
+        excluded,
+        with_init,
+        host_network,
+        claims_host,
+        control,
+    ] {
         server.put_pod(p);
     }
     let dir = TempDir::new("rcskip", &[]);
     let agent = agent(&server, &dir, &["--exclude-namespaces", "skipme"]);
-    wait("the control pod captured", || ruleset(namespaces[4].name()).contains("istio-proxy-nat"));
+    wait("the control pod captured", || {
+        ruleset(namespaces[4].name()).contains("istio-proxy-nat")
+    });
     wait("two more passes", || {
         agent.metric("mesh_redirect_reconcile_passes_total{result=\"ok\"}") >= 3.0
     });
@@ -175,7 +229,10 @@ fn pods_the_add_would_not_redirect_and_the_host_get_nothing() {
         assert_eq!(state, "", "{} gained rules", ns.name());
     }
     assert!(agent.metric("mesh_redirect_reconcile_refused_total{reason=\"host_netns\"}") >= 1.0);
-    assert_eq!(agent.metric("mesh_redirect_repairs_total{mode=\"repair\",result=\"failure\"}"), 0.0);
+    assert_eq!(
+        agent.metric("mesh_redirect_repairs_total{mode=\"repair\",result=\"failure\"}"),
+        0.0
+    );
     assert_host_has_nothing_of_ours();
 }
 
@@ -190,26 +247,37 @@ fn label_mode_labels_the_pod_with_one_merge_patch_and_writes_no_rule() {
     let dir = TempDir::new("rclabel", &[]);
     let agent = agent(&server, &dir, &["--repair-mode", "label"]);
     let path = "/api/v1/namespaces/apps/pods/tolabel";
-    wait("the label patch", || !server.requests_matching("PATCH", path).is_empty());
+    wait("the label patch", || {
+        !server.requests_matching("PATCH", path).is_empty()
+    });
     wait("two more passes", || {
         agent.metric("mesh_redirect_reconcile_passes_total{result=\"ok\"}") >= 3.0
     });
     let patches = server.requests_matching("PATCH", path);
     assert_eq!(patches.len(), 1, "labeled once, not every pass");
-    assert_eq!(patches[0].content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(
+        patches[0].content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
     assert_eq!(
         patches[0].body,
         Some(json!({"metadata": {"labels": {"mesh-redirect.io/uninitialized": "true"}}}))
     );
     let stored = server.pod("apps", "tolabel").unwrap();
-    assert_eq!(stored["metadata"]["labels"]["mesh-redirect.io/uninitialized"], "true");
+    assert_eq!(
+        stored["metadata"]["labels"]["mesh-redirect.io/uninitialized"],
+        "true"
+    );
     assert!(server.requests_matching("DELETE", "/api/v1/").is_empty());
     let events = server.events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["reason"], "RedirectMissing");
     assert_eq!(events[0]["involvedObject"]["uid"], pod["metadata"]["uid"]);
     assert_eq!(ruleset(pod_ns.name()), "", "label mode writes no rule");
-    assert_eq!(agent.metric("mesh_redirect_repairs_total{mode=\"label\",result=\"success\"}"), 1.0);
+    assert_eq!(
+        agent.metric("mesh_redirect_repairs_total{mode=\"label\",result=\"success\"}"),
+        1.0
+    );
 }
 
 #[test]
@@ -229,12 +297,17 @@ fn delete_mode_deletes_the_pod_with_uid_and_resource_version_preconditions() {
     let pre = &deletes[0].body.as_ref().expect("DeleteOptions")["preconditions"];
     assert_eq!(pre["uid"], pod["metadata"]["uid"]);
     assert_eq!(pre["resourceVersion"], pod["metadata"]["resourceVersion"]);
-    assert!(server.requests_matching("PATCH", "/api/v1/namespaces/").is_empty());
+    assert!(server
+        .requests_matching("PATCH", "/api/v1/namespaces/")
+        .is_empty());
     let events = server.events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["reason"], "RedirectMissing");
     assert_eq!(ruleset(pod_ns.name()), "", "delete mode writes no rule");
-    assert_eq!(agent.metric("mesh_redirect_repairs_total{mode=\"delete\",result=\"success\"}"), 1.0);
+    assert_eq!(
+        agent.metric("mesh_redirect_repairs_total{mode=\"delete\",result=\"success\"}"),
+        1.0
+    );
 }
 
 fn tainted_node() -> Value {
@@ -258,7 +331,9 @@ fn the_taint_goes_only_after_install_and_sync_and_the_conflist_entry_survives_a_
     wait("the install", || node.dir.join("ready").exists());
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
-        server.requests_matching("PATCH", "/api/v1/nodes/").is_empty(),
+        server
+            .requests_matching("PATCH", "/api/v1/nodes/")
+            .is_empty(),
         "installed but not synced: the taint stays"
     );
     server.hold_lists(false);
@@ -267,17 +342,37 @@ fn the_taint_goes_only_after_install_and_sync_and_the_conflist_entry_survives_a_
         taints.as_array().is_some_and(|t| t.len() == 1)
     });
     let taints = &server.node(NODE).unwrap()["spec"]["taints"];
-    assert_eq!(taints[0]["key"], "example.com/maintenance", "others' taints are kept");
+    assert_eq!(
+        taints[0]["key"], "example.com/maintenance",
+        "others' taints are kept"
+    );
     // An agent restart (SIGTERM, the default CLEANUP_ON_EXIT=false) keeps the entry.
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
     assert!(agent.child.wait().unwrap().success());
     let ours = |c: &Value| {
-        c["plugins"].as_array().unwrap().iter().filter(|p| p["type"] == "mesh-redirect").count()
+        c["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["type"] == "mesh-redirect")
+            .count()
     };
-    assert_eq!(ours(&node.conflist()), 1, "the entry stays while the agent is down");
+    assert_eq!(
+        ours(&node.conflist()),
+        1,
+        "the entry stays while the agent is down"
+    );
     let again = Agent::start_with(&server, dir.path(), &args, &NodeDirs::ENV);
     again.ready();
-    assert_eq!(ours(&node.conflist()), 1, "and is not doubled by the restart");
-    assert_eq!(server.requests_matching("PATCH", "/api/v1/nodes/").len(), 1, "nothing left to remove");
+    assert_eq!(
+        ours(&node.conflist()),
+        1,
+        "and is not doubled by the restart"
+    );
+    assert_eq!(
+        server.requests_matching("PATCH", "/api/v1/nodes/").len(),
+        1,
+        "nothing left to remove"
+    );
 }

@@ -6,7 +6,7 @@
 //! IPs are on the host (a host-network pod, or a pod object lying about its IP), on several
 //! namespaces, on none, or the namespace also holds another pod's IPs.
 
-use super::scan::FoundNetns;
+use super::scan::{FoundNetns, Scan};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -124,7 +124,7 @@ pub fn owners(pods: &[std::sync::Arc<Value>]) -> HashMap<IpAddr, String> {
 pub fn locate<'a, N>(
     name: &str,
     ips: &[IpAddr],
-    scan: &'a [FoundNetns<N>],
+    scan: &'a Scan<N>,
     owners: &HashMap<IpAddr, String>,
 ) -> Result<&'a FoundNetns<N>, Refusal> {
     let holds = |f: &FoundNetns<N>| {
@@ -132,13 +132,14 @@ pub fn locate<'a, N>(
             .as_ref()
             .is_ok_and(|a| a.iter().any(|ip| ips.contains(ip)))
     };
-    let candidates: Vec<&FoundNetns<N>> = scan.iter().filter(|f| holds(f)).collect();
+    let candidates: Vec<&FoundNetns<N>> = scan.namespaces.iter().filter(|f| holds(f)).collect();
     if candidates.iter().any(|f| f.host) {
         return Err(Refusal::HostNetns);
     }
     let found = match candidates.as_slice() {
         [] => {
             let unreadable = scan
+                .namespaces
                 .iter()
                 .filter_map(|f| {
                     Some(format!(
@@ -148,6 +149,7 @@ pub fn locate<'a, N>(
                         f.addresses.as_ref().err()?
                     ))
                 })
+                .chain(scan.unreadable.iter().cloned())
                 .collect();
             return Err(Refusal::NotFound { unreadable });
         }

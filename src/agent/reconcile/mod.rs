@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::engine::{self, EngineError};
 use crate::netns::Netns;
 use locate::Refusal;
-use scan::{FoundNetns, ProcScanner, ScanError};
+use scan::{ProcScanner, Scan, ScanError};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -85,7 +85,7 @@ pub trait NodeKernel {
     /// How a namespace is entered.
     type Ns;
     /// Every namespace on the node with its addresses.
-    fn scan(&self) -> Result<Vec<FoundNetns<Self::Ns>>, ScanError>;
+    fn scan(&self) -> Result<Scan<Self::Ns>, ScanError>;
     /// The differences between the rules in `ns` and `cfg` (empty: in place).
     fn verify(
         &self,
@@ -99,7 +99,7 @@ pub trait NodeKernel {
 }
 
 /// The real node: `/proc` and the engine.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct ProcNode {
     /// Where the namespaces are found.
     pub scanner: ProcScanner,
@@ -108,7 +108,7 @@ pub struct ProcNode {
 impl NodeKernel for ProcNode {
     type Ns = Netns;
 
-    fn scan(&self) -> Result<Vec<FoundNetns<Netns>>, ScanError> {
+    fn scan(&self) -> Result<Scan<Netns>, ScanError> {
         self.scanner.scan()
     }
 

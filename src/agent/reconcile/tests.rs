@@ -1,7 +1,7 @@
 //! The kernel half of a pass against a fake node: which pods are looked at, which namespace
 //! is used, and what is refused.
 
-use super::scan::NetnsId;
+use super::scan::{FoundNetns, NetnsId};
 use super::*;
 use serde_json::json;
 use std::net::IpAddr;
@@ -13,6 +13,7 @@ struct FakeNode {
     namespaces: Vec<(String, bool, Result<Vec<&'static str>, String>)>,
     differences: Mutex<HashMap<String, Vec<String>>>,
     calls: Mutex<Vec<String>>,
+    unreadable_processes: Vec<String>,
 }
 
 use std::collections::HashMap;
@@ -36,9 +37,9 @@ impl FakeNode {
 impl NodeKernel for FakeNode {
     type Ns = String;
 
-    fn scan(&self) -> Result<Vec<FoundNetns<String>>, ScanError> {
+    fn scan(&self) -> Result<Scan<String>, ScanError> {
         self.calls.lock().unwrap().push("scan".into());
-        Ok(self
+        let namespaces = self
             .namespaces
             .iter()
             .enumerate()
@@ -54,7 +55,11 @@ impl NodeKernel for FakeNode {
                     .map(|a| a.iter().map(|s| s.parse::<IpAddr>().unwrap()).collect()),
                 ns: name.clone(),
             })
-            .collect())
+            .collect();
+        Ok(Scan {
+            namespaces,
+            unreadable: self.unreadable_processes.clone(),
+        })
     }
 
     fn verify(
@@ -221,6 +226,22 @@ fn an_unreadable_namespace_is_said_so_not_taken_as_empty() {
     };
     assert_eq!(r.reason(), "netns_unreadable");
     assert!(r.to_string().contains("not permitted"), "{r}");
+}
+
+#[test]
+fn a_process_whose_namespace_cannot_be_read_is_named_when_a_pod_is_not_found() {
+    let mut node = FakeNode::with(vec![("other", false, Ok(vec!["10.1.0.9"]))]);
+    node.unreadable_processes = vec!["pid 4242: Permission denied (os error 13)".into()];
+    let f = check(
+        &node,
+        RepairMode::Repair,
+        &[meshed("apps", "a", "10.1.0.5")],
+    );
+    let Verdict::Refused(r) = &f[0].verdict else {
+        panic!("{f:?}")
+    };
+    assert_eq!(r.reason(), "netns_unreadable");
+    assert!(r.to_string().contains("pid 4242"), "{r}");
 }
 
 #[test]
