@@ -22,7 +22,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[allow(dead_code)]
 mod common;
 
 /// The pods' namespaces and their processes; removed when dropped.

@@ -16,6 +16,8 @@
 #[path = "support/agent_process.rs"]
 mod agent_process;
 mod support;
+#[path = "support/traffic.rs"]
+mod traffic;
 #[path = "support/watch_apiserver.rs"]
 mod watch_apiserver;
 
@@ -25,7 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::pod_netns::PodNetns;
-use support::traffic::{self, Server};
+use traffic::Server;
 use support::*;
 use watch_apiserver::WatchApiServer;
 

@@ -7,10 +7,13 @@ use serde_json::json;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+/// A fake namespace: its name, whether it is the host's, its addresses (or why unreadable).
+type FakeNs<'a> = (&'a str, bool, Result<Vec<&'static str>, String>);
+
 /// Namespaces named by strings; `verify` answers from `differences`, `apply` clears them.
 #[derive(Default)]
 struct FakeNode {
-    namespaces: Vec<(String, bool, Result<Vec<&'static str>, String>)>,
+    namespaces: Vec<FakeNs<'static>>,
     differences: Mutex<HashMap<String, Vec<String>>>,
     calls: Mutex<Vec<String>>,
     unreadable_processes: Vec<String>,
@@ -19,12 +22,9 @@ struct FakeNode {
 use std::collections::HashMap;
 
 impl FakeNode {
-    fn with(namespaces: Vec<(&str, bool, Result<Vec<&'static str>, String>)>) -> FakeNode {
+    fn with(namespaces: Vec<FakeNs<'static>>) -> FakeNode {
         FakeNode {
-            namespaces: namespaces
-                .into_iter()
-                .map(|(n, h, a)| (n.to_string(), h, a))
-                .collect(),
+            namespaces,
             ..FakeNode::default()
         }
     }
@@ -53,7 +53,7 @@ impl NodeKernel for FakeNode {
                 addresses: addrs
                     .clone()
                     .map(|a| a.iter().map(|s| s.parse::<IpAddr>().unwrap()).collect()),
-                ns: name.clone(),
+                ns: name.to_string(),
             })
             .collect();
         Ok(Scan {
