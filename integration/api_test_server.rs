@@ -473,3 +473,66 @@ fn a_pod_netns_is_cleaned_up_when_the_test_panics() {
         "process {pid} is reaped"
     );
 }
+
+/// The server's address and CA certificate (DER), read back from its kubeconfig.
+fn endpoint(server: &WatchApiServer) -> (String, Vec<u8>) {
+    use base64::Engine as _;
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let text = std::fs::read_to_string(server.kubeconfig_file()).unwrap();
+    let field = |key: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap();
+        line.split_once(": ")
+            .unwrap()
+            .1
+            .trim_matches('"')
+            .to_string()
+    };
+    let addr = field("server:").trim_start_matches("https://").to_string();
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(field("certificate-authority-data:"))
+        .unwrap();
+    let der = CertificateDer::from_pem_slice(&pem).expect("the CA's PEM");
+    (addr, der.to_vec())
+}
+
+#[test]
+fn a_chunked_request_body_is_read_and_logged() {
+    use std::io::{Read, Write};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = WatchApiServer::start();
+    server.put_node(node());
+    let (addr, ca) = endpoint(&server);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.into()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, std::net::TcpStream::connect(&addr).unwrap());
+    let patch = r#"{"metadata":{"labels":{"chunked":"yes"}}}"#;
+    let (a, b) = patch.split_at(10);
+    let request = format!(
+        "PATCH /api/v1/nodes/node-1 HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/merge-patch+json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nX-Trailer: t\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    tls.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    assert_eq!(
+        server.node("node-1").unwrap()["metadata"]["labels"]["chunked"],
+        "yes"
+    );
+    let logged = server.requests_matching("PATCH", "/api/v1/nodes/node-1");
+    assert_eq!(
+        logged[0].body,
+        Some(serde_json::from_str::<Value>(patch).unwrap())
+    );
+}

@@ -373,6 +373,10 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
             None => route(shared, &req, &q),
         };
         http::respond(&mut tls, code, &body)?;
+        if req.close {
+            tls.conn.send_close_notify();
+            return tls.flush();
+        }
     }
 }
 

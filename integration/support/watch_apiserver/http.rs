@@ -15,6 +15,8 @@ pub(super) struct HttpRequest {
     pub query: String,
     pub content_type: Option<String>,
     pub body: Vec<u8>,
+    /// `Connection: close`: the connection ends after the response.
+    pub close: bool,
 }
 
 impl HttpRequest {
@@ -109,6 +111,7 @@ pub(super) fn read_request<R: Read>(
         query: query.to_string(),
         content_type: header("content-type").cloned(),
         body,
+        close: header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")),
     }))
 }
 
