@@ -6,6 +6,8 @@
 //! asserted to stay 0.
 #![allow(dead_code)]
 
+pub mod pod_netns;
+
 use serde_json::Value;
 use std::collections::HashMap;
 use std::ffi::OsStr;

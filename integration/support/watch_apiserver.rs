@@ -4,15 +4,30 @@
 //! `ADDED`/`MODIFIED`/`DELETED` events after the requested `resourceVersion`, `BOOKMARK`
 //! events when `allowWatchBookmarks=true`, an `ERROR` event with a `410 Gone` Status when
 //! that version has been compacted away), plus the plugin's
-//! `GET /api/v1/namespaces/NS/pods/NAME`. Every request is counted per kind and path.
+//! `GET /api/v1/namespaces/NS/pods/NAME` (lists and watches of `/api/v1/namespaces/NS/pods`
+//! too, for one namespace). Every request is counted per kind and path.
+//!
+//! The writes a reconciler makes (`watch_apiserver/writes.rs`): `PATCH` and `DELETE` (with
+//! `preconditions`) of a pod, `POST` of an Event (core v1 and `events.k8s.io/v1`) and `PATCH`
+//! of one, `GET` and `PATCH` of a node. Patches by `Content-Type`: merge, strategic merge (as
+//! a merge) and JSON patch (`watch_apiserver/patch.rs`). Every request is logged in order
+//! with its body ([`WatchApiServer::requests`]).
 //!
 //! Test knobs: [`WatchApiServer::drop_watches`] ends every open watch stream,
 //! [`WatchApiServer::expire_history`] makes resuming from any earlier version a 410,
 //! [`WatchApiServer::hold_events`] stops delivering watch events (the pods still change, and
-//! GETs see the change), [`WatchApiServer::hold_lists`] makes lists answer 503.
+//! GETs see the change), [`WatchApiServer::hold_lists`] makes lists answer 503,
+//! [`WatchApiServer::fail_next`] fails the next matching request with a given status.
 //!
 //! Loopback only; its own CA (rcgen); dropping it stops and joins every thread.
 #![allow(dead_code)]
+
+#[path = "watch_apiserver/http.rs"]
+mod http;
+#[path = "watch_apiserver/patch.rs"]
+mod patch;
+#[path = "watch_apiserver/writes.rs"]
+mod writes;
 
 use crate::support::TempDir;
 use base64::Engine as _;
@@ -40,6 +55,28 @@ struct State {
     hold_events: bool,
     hold_lists: bool,
     counts: HashMap<String, usize>,
+    /// Nodes by name.
+    nodes: BTreeMap<String, Value>,
+    /// Events (either API group; one store, as in Kubernetes), in creation order.
+    api_events: Vec<Value>,
+    /// Every request, in order.
+    requests: Vec<Request>,
+    /// [`WatchApiServer::fail_next`] knobs: (method, path prefix, status), oldest first.
+    fail: Vec<(String, String, u16)>,
+}
+
+/// One request the server received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// `GET`, `PATCH`, …
+    pub method: String,
+    /// Percent-decoded, without the query.
+    pub path: String,
+    /// The query as sent (percent-encoded), without the `?`; empty when there is none.
+    pub query: String,
+    pub content_type: Option<String>,
+    /// The body as JSON; `None` when empty, a JSON string holding the text when not JSON.
+    pub body: Option<Value>,
 }
 
 struct Shared {
@@ -127,19 +164,8 @@ impl WatchApiServer {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn event(&self, kind: &'static str, mut pod: Value) {
-        let mut st = self.state();
-        st.rv += 1;
-        let rv = st.rv;
-        pod["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let key = key(&pod);
-        if kind == "DELETED" {
-            st.pods.remove(&key);
-        } else {
-            st.pods.insert(key, pod.clone());
-        }
-        st.events.push((rv, kind, pod));
-        drop(st);
+    fn event(&self, kind: &'static str, pod: Value) {
+        record(&mut self.state(), kind, pod);
         self.shared.changed.notify_all();
     }
 
@@ -201,10 +227,84 @@ impl WatchApiServer {
         self.state()
             .counts
             .iter()
-            .filter(|(k, _)| k.starts_with("/api/v1/namespaces/"))
+            .filter(|(k, _)| k.starts_with("/api/v1/namespaces/") && k.contains("/pods/"))
             .map(|(_, v)| v)
             .sum()
     }
+
+    /// Every request so far, in the order they arrived (GETs, lists and watches too; a
+    /// request failed by [`WatchApiServer::fail_next`] as well).
+    pub fn requests(&self) -> Vec<Request> {
+        self.state().requests.clone()
+    }
+
+    /// The requests with method `method` (any case) whose path starts with `path_prefix`.
+    pub fn requests_matching(&self, method: &str, path_prefix: &str) -> Vec<Request> {
+        self.state()
+            .requests
+            .iter()
+            .filter(|r| r.method.eq_ignore_ascii_case(method) && r.path.starts_with(path_prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// The Events created (core v1 and `events.k8s.io/v1` alike), in creation order, as
+    /// stored now (a later PATCH merged in).
+    pub fn events(&self) -> Vec<Value> {
+        self.state().api_events.clone()
+    }
+
+    /// Creates or replaces a node, with a new `metadata.resourceVersion`.
+    pub fn put_node(&self, mut node: Value) {
+        let mut st = self.state();
+        st.rv += 1;
+        node["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+        let name = node["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        st.nodes.insert(name, node);
+    }
+
+    /// A node as stored now.
+    pub fn node(&self, name: &str) -> Option<Value> {
+        self.state().nodes.get(name).cloned()
+    }
+
+    /// A pod as stored now.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.state()
+            .pods
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// The next request with method `method` (any case) whose path starts with
+    /// `path_prefix` is answered `status` with a Kubernetes `Status` body (the reason and
+    /// message the API server gives that code) and changes nothing. One-shot; several knobs
+    /// queue, each taken by the first request it matches.
+    pub fn fail_next(&self, method: &str, path_prefix: &str, status: u16) {
+        self.state()
+            .fail
+            .push((method.to_string(), path_prefix.to_string(), status));
+    }
+}
+
+/// Stores `pod` under a new resourceVersion (removes it for `DELETED`) and appends the watch
+/// event; the caller notifies `Shared::changed` once the lock is released. Returns the pod
+/// as stored.
+fn record(st: &mut State, kind: &'static str, mut pod: Value) -> Value {
+    st.rv += 1;
+    let rv = st.rv;
+    pod["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let key = key(&pod);
+    if kind == "DELETED" {
+        st.pods.remove(&key);
+    } else {
+        st.pods.insert(key, pod.clone());
+    }
+    st.events.push((rv, kind, pod.clone()));
+    pod
 }
 
 impl Drop for WatchApiServer {
@@ -254,59 +354,106 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
     let mut tls = StreamOwned::new(conn, stream);
     let mut buf = Vec::new();
     loop {
-        let Some(target) = read_request(&mut tls, &mut buf, shared)? else {
+        let Some(req) = http::read_request(&mut tls, &mut buf, &shared.stop)? else {
             return Ok(());
         };
-        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let q: HashMap<&str, String> = query
+        let q: HashMap<&str, String> = req
+            .query
             .split('&')
             .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| {
-                (
-                    k,
-                    v.replace("%3D", "=")
-                        .replace("%3d", "=")
-                        .replace("%2F", "/"),
-                )
-            })
+            .map(|(k, v)| (k, http::percent_decode(v, true)))
             .collect();
-        if path == "/api/v1/pods"
-            && matches!(q.get("watch").map(String::as_str), Some("true" | "1"))
-        {
-            return watch(&mut tls, shared, &q);
-        }
-        let (code, body) = if path == "/api/v1/pods" {
-            list(shared, &q)
-        } else {
-            get(shared, path)
+        let scope = pods_scope(&req.path);
+        let is_watch = req.method == "GET"
+            && scope.is_some()
+            && matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+        let (code, body) = match log_request(shared, &req, is_watch) {
+            Some(failure) => failure,
+            None if is_watch => return watch(&mut tls, shared, scope.flatten(), &q),
+            None => route(shared, &req, &q),
         };
-        let head = format!(
-            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        tls.write_all(head.as_bytes())?;
-        tls.write_all(body.as_bytes())?;
-        tls.flush()?;
-    }
-}
-
-fn read_request(tls: &mut Tls, buf: &mut Vec<u8>, shared: &Shared) -> io::Result<Option<String>> {
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            buf.drain(..end + 4);
-            return Ok(head.split(' ').nth(1).map(str::to_string));
-        }
-        if shared.stop.load(Ordering::SeqCst) {
-            return Ok(None);
-        }
-        if !crate::support::read_into(tls, buf)? {
-            return Ok(None);
+        http::respond(&mut tls, code, &body)?;
+        if req.close {
+            tls.conn.send_close_notify();
+            return tls.flush();
         }
     }
 }
 
-fn on_node(pod: &Value, q: &HashMap<&str, String>) -> bool {
+/// Logs `req`; when a [`WatchApiServer::fail_next`] knob matches it, takes the knob, counts
+/// the request as its handler would, and returns the failure to answer instead.
+fn log_request(shared: &Shared, req: &http::HttpRequest, is_watch: bool) -> Option<http::Reply> {
+    let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    let body = match req.json() {
+        Ok(v) => v,
+        Err(_) => Some(json!(String::from_utf8_lossy(&req.body))),
+    };
+    st.requests.push(Request {
+        method: req.method.clone(),
+        path: req.path.clone(),
+        query: req.query.clone(),
+        content_type: req.content_type.clone(),
+        body,
+    });
+    let at = st.fail.iter().position(|(m, prefix, _)| {
+        m.eq_ignore_ascii_case(&req.method) && req.path.starts_with(prefix.as_str())
+    })?;
+    let (_, _, code) = st.fail.remove(at);
+    match (req.method.as_str(), pods_scope(&req.path)) {
+        _ if is_watch => bump(&mut st, "watch"),
+        ("GET", Some(_)) => bump(&mut st, "list"),
+        ("GET", None) => bump(&mut st, &req.path),
+        _ => {}
+    }
+    Some(http::generic_status(code, &req.method))
+}
+
+/// The handler of a request that is not a watch.
+fn route(shared: &Shared, req: &http::HttpRequest, q: &HashMap<&str, String>) -> http::Reply {
+    let parts: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    let method = req.method.as_str();
+    match (method, parts.as_slice()) {
+        ("GET", ["api", "v1", "pods"]) => list(shared, None, q),
+        ("GET", ["api", "v1", "namespaces", ns, "pods"]) => list(shared, Some(ns), q),
+        ("GET", ["api", "v1", "nodes", name]) => writes::get_node(shared, name),
+        ("PATCH", ["api", "v1", "nodes", name]) => writes::patch_node(shared, name, req),
+        ("PATCH", ["api", "v1", "namespaces", ns, "pods", name]) => {
+            writes::patch_pod(shared, ns, name, req)
+        }
+        ("DELETE", ["api", "v1", "namespaces", ns, "pods", name]) => {
+            writes::delete_pod(shared, ns, name, req)
+        }
+        (_, ["api", "v1", "namespaces", ns, "events", rest @ ..]) => {
+            writes::events(shared, "events", ns, rest, req)
+        }
+        (_, ["apis", "events.k8s.io", "v1", "namespaces", ns, "events", rest @ ..]) => {
+            writes::events(shared, "events.events.k8s.io", ns, rest, req)
+        }
+        ("GET", _) => get(shared, &req.path),
+        (_, ["api", "v1", "namespaces", _, "pods", _] | ["api", "v1", "nodes", _]) => {
+            http::generic_status(405, method)
+        }
+        _ => http::generic_status(404, method),
+    }
+}
+
+/// For a pod collection's path, its namespace: `Some(None)` for `/api/v1/pods`,
+/// `Some(Some(ns))` for `/api/v1/namespaces/NS/pods`.
+fn pods_scope(path: &str) -> Option<Option<&str>> {
+    if path == "/api/v1/pods" {
+        return Some(None);
+    }
+    let ns = path
+        .strip_prefix("/api/v1/namespaces/")?
+        .strip_suffix("/pods")?;
+    (!ns.contains('/')).then_some(Some(ns))
+}
+
+/// In the namespace `ns` (any when `None`) and on the node of the `fieldSelector`.
+fn on_node(pod: &Value, ns: Option<&str>, q: &HashMap<&str, String>) -> bool {
+    if ns.is_some_and(|ns| pod["metadata"]["namespace"].as_str() != Some(ns)) {
+        return false;
+    }
     match q
         .get("fieldSelector")
         .and_then(|s| s.strip_prefix("spec.nodeName="))
@@ -320,7 +467,7 @@ fn bump(st: &mut State, what: &str) {
     *st.counts.entry(what.to_string()).or_default() += 1;
 }
 
-fn list(shared: &Shared, q: &HashMap<&str, String>) -> (u16, String) {
+fn list(shared: &Shared, ns: Option<&str>, q: &HashMap<&str, String>) -> (u16, String) {
     let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
     bump(&mut st, "list");
     if st.hold_lists {
@@ -329,7 +476,7 @@ fn list(shared: &Shared, q: &HashMap<&str, String>) -> (u16, String) {
     let items: Vec<Value> = st
         .pods
         .values()
-        .filter(|p| on_node(p, q))
+        .filter(|p| on_node(p, ns, q))
         .cloned()
         .collect();
     (200, json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}).to_string())
@@ -345,9 +492,10 @@ fn get(shared: &Shared, path: &str) -> (u16, String) {
         }
         _ => None,
     };
-    match pod {
-        Some(p) => (200, p.to_string()),
-        None => (404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not found"}).to_string()),
+    match (pod, parts.as_slice()) {
+        (Some(p), _) => (200, p.to_string()),
+        (None, ["api", "v1", "namespaces", _, "pods", name]) => http::not_found("pods", name),
+        (None, _) => http::generic_status(404, "GET"),
     }
 }
 
@@ -358,7 +506,12 @@ fn chunk(tls: &mut Tls, event: &Value) -> io::Result<()> {
 }
 
 /// A watch stream: events after `resourceVersion`, bookmarks, until dropped or stopped.
-fn watch(tls: &mut Tls, shared: &Shared, q: &HashMap<&str, String>) -> io::Result<()> {
+fn watch(
+    tls: &mut Tls,
+    shared: &Shared,
+    ns: Option<&str>,
+    q: &HashMap<&str, String>,
+) -> io::Result<()> {
     let from: u64 = q
         .get("resourceVersion")
         .and_then(|v| v.parse().ok())
@@ -396,7 +549,7 @@ fn watch(tls: &mut Tls, shared: &Shared, q: &HashMap<&str, String>) -> io::Resul
             } else {
                 st.events
                     .iter()
-                    .filter(|(rv, _, p)| *rv > last && on_node(p, q))
+                    .filter(|(rv, _, p)| *rv > last && on_node(p, ns, q))
                     .cloned()
                     .collect()
             };
