@@ -27,8 +27,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::pod_netns::PodNetns;
-use traffic::Server;
 use support::*;
+use traffic::Server;
 use watch_apiserver::WatchApiServer;
 
 /// A running meshed pod (Istio-injected: `istio-proxy` beside `app`) on our node.
@@ -166,6 +166,15 @@ fn a_pod_started_before_the_plugin_is_captured_within_one_pass_and_so_is_drift()
         ruleset(pod_ns.name()) == repaired
     });
     assert!(agent.metric("mesh_redirect_drift_detected_total") >= 2.0);
+    // The Event follows the repair: the rules may be back before it is posted.
+    wait("the second repair's Event", || {
+        server
+            .events()
+            .iter()
+            .filter(|e| e["reason"] == "RedirectRepaired")
+            .count()
+            >= 2
+    });
     let events = server.events();
     assert!(
         events
@@ -302,6 +311,7 @@ fn delete_mode_deletes_the_pod_with_uid_and_resource_version_preconditions() {
     assert!(server
         .requests_matching("PATCH", "/api/v1/namespaces/")
         .is_empty());
+    wait("the Event", || !server.events().is_empty());
     let events = server.events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["reason"], "RedirectMissing");
