@@ -388,3 +388,48 @@ fn the_taint_goes_only_after_install_and_sync_and_the_conflist_entry_survives_a_
         "nothing left to remove"
     );
 }
+
+#[test]
+fn bad_reconciler_flags_are_refused_naming_the_flag_and_value_before_anything_starts() {
+    let dir = TempDir::new("rcflags", &[]);
+    let socket = dir.join("agent.sock");
+    for (args, flag, value) in [
+        (
+            &["--repair-mode", "restart"][..],
+            "--repair-mode",
+            "\"restart\"",
+        ),
+        (
+            &["--reconcile-interval", "0"],
+            "--reconcile-interval",
+            "\"0\"",
+        ),
+        (
+            &["--reconcile-interval", "1m"],
+            "--reconcile-interval",
+            "\"1m\"",
+        ),
+        (&["--remove-taint=maybe"], "--remove-taint", "\"maybe\""),
+        (
+            &["--plugin-config", r#"{"mode":"static"}"#],
+            "--repair-mode",
+            "static",
+        ),
+    ] {
+        let out = run(Command::new(env!("CARGO_BIN_EXE_mesh-redirect-agent"))
+            .args([
+                "--node-name",
+                NODE,
+                "--no-install",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--socket")
+            .arg(&socket)
+            .args(args));
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {err}");
+        assert!(err.contains(flag) && err.contains(value), "{args:?}: {err}");
+        assert!(!socket.exists(), "{args:?}: nothing was started");
+    }
+}
