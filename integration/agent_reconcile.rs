@@ -44,13 +44,10 @@ fn meshed(namespace: &str, name: &str, ip: Ipv4Addr) -> Value {
 }
 
 fn agent(server: &WatchApiServer, dir: &TempDir, extra: &[&str]) -> Agent {
-    let mut args = vec![
-        "--no-install",
-        "--reconcile-interval",
-        "1",
-        "--backend",
-        "nftables",
-    ];
+    let mut args = vec!["--no-install", "--reconcile-interval", "1"];
+    if !extra.contains(&"--backend") {
+        args.extend(["--backend", "nftables"]);
+    }
     args.extend_from_slice(extra);
     Agent::start_with(server, dir.path(), &args, &[])
 }
@@ -88,11 +85,12 @@ fn assert_host_has_nothing_of_ours() {
     assert_no_forwarding();
 }
 
-/// The ruleset a CNI ADD programs for `pod` (read from the server, Kubernetes mode).
-fn ruleset_of_add(server: &WatchApiServer, pod: &Value, ip: Ipv4Addr) -> String {
+/// A namespace where a CNI ADD (Kubernetes mode, the pod read from the server, `backend`)
+/// programmed `pod`.
+fn added(server: &WatchApiServer, pod: &Value, ip: Ipv4Addr, backend: &str) -> TestNetns {
     let ns = TestNetns::new("rcadd");
     let conf = json!({"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "mesh-redirect",
-        "kubernetes": {"kubeconfig": server.kubeconfig_file()}, "backend": "nftables",
+        "kubernetes": {"kubeconfig": server.kubeconfig_file()}, "backend": backend,
         "agent_socket": "/nonexistent/agent.sock",
         "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": format!("{ip}/24")}]}});
     let m = &pod["metadata"];
@@ -107,7 +105,7 @@ fn ruleset_of_add(server: &WatchApiServer, pod: &Value, ip: Ipv4Addr) -> String 
     env.push(("CNI_ARGS", &args));
     let out = cni(&env, &conf.to_string());
     assert!(out.status.success(), "ADD: {}", stderr_of(&out));
-    ns.ruleset()
+    ns
 }
 
 #[test]
@@ -128,7 +126,7 @@ fn a_pod_started_before_the_plugin_is_captured_within_one_pass_and_so_is_drift()
     let repaired = ruleset(pod_ns.name());
     assert_eq!(
         repaired,
-        ruleset_of_add(&server, &pod, ip),
+        added(&server, &pod, ip, "nftables").ruleset(),
         "what a CNI ADD programs"
     );
     let proxy = Server::start(
@@ -185,6 +183,47 @@ fn a_pod_started_before_the_plugin_is_captured_within_one_pass_and_so_is_drift()
         "{events:?}"
     );
     assert_eq!(events[0]["involvedObject"]["uid"], pod["metadata"]["uid"]);
+    assert_host_has_nothing_of_ours();
+}
+
+#[test]
+fn with_the_legacy_backend_the_repair_is_a_cni_adds_state_too() {
+    require_root();
+    assert_host_has_nothing_of_ours();
+    let server = WatchApiServer::start();
+    let ip = Ipv4Addr::new(10, 231, 5, 5);
+    let pod_ns = PodNetns::new("rclegacy", ip, None);
+    let pod = meshed("apps", "early-legacy", ip);
+    server.put_pod(pod.clone());
+    let dir = TempDir::new("rclegacy", &[]);
+    let _agent = agent(&server, &dir, &["--backend", "iptables-legacy"]);
+    let state = || pod_ns.netns().legacy_saved(false);
+    wait("the legacy redirect in the pod's namespace", || {
+        state().contains("ISTIO_OUTPUT")
+    });
+    let reference = added(&server, &pod, ip, "iptables-legacy");
+    assert_eq!(
+        state(),
+        reference.legacy_saved(false),
+        "what a CNI ADD programs"
+    );
+    assert_eq!(ruleset(pod_ns.name()), "", "no nftables table besides");
+    let proxy = Server::start(
+        pod_ns.name(),
+        "0.0.0.0:15001".parse().unwrap(),
+        "outbound",
+        true,
+    );
+    let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 231, 5, 99)), 8080);
+    traffic::assert_lands_as(
+        pod_ns.name(),
+        1000,
+        1000,
+        dst,
+        "outbound",
+        "an application's connection",
+    );
+    drop(proxy);
     assert_host_has_nothing_of_ours();
 }
 
