@@ -30,11 +30,15 @@
 //! by its PID, every mount under the private directory (sandbox namespaces, rootfs, shm)
 //! unmounted, the bridge deleted, the directory removed.
 
+#[path = "support/agent_process.rs"]
+mod agent_process;
 #[path = "support/apiserver.rs"]
 mod apiserver;
 mod support;
 #[path = "support/traffic.rs"]
 mod traffic;
+#[path = "support/watch_apiserver.rs"]
+mod watch_apiserver;
 
 use apiserver::{ApiServer, Reply};
 use hyper_util::rt::TokioIo;
@@ -194,6 +198,17 @@ impl Cri {
                 .await
         })
         .map(|r| r.items.into_iter().map(|s| s.id).collect())
+    }
+
+    /// The sandbox's pod IP, as the primary plugin gave it.
+    fn pod_ip(&mut self, id: &str) -> String {
+        let status = self.pod_sandbox_status_verbose(id).unwrap();
+        status
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .filter(|ip| !ip.is_empty())
+            .unwrap_or_else(|| panic!("sandbox {id} has no IP"))
     }
 
     /// The sandbox's network namespace path: not a CRI status field, but containerd's
@@ -676,8 +691,9 @@ fn connect_as_retrying(ns: &str, uid: u32, dst: SocketAddr) -> String {
 // The scenario
 // ---------------------------------------------------------------------------------------
 
-/// The primary network as a node would have it, then our installer chained into it.
-fn install(dir: &Path, bridge: &str, network: &str, backend: &str, server: &ApiServer) -> Value {
+/// The primary network as a node would have it (the reference plugins linked into the bin
+/// directory, a `bridge` + `host-local` conflist), before anything of ours.
+fn primary_network(dir: &Path, bridge: &str, network: &str) -> Value {
     for p in ["bridge", "host-local", "loopback"] {
         std::os::unix::fs::symlink(Path::new("/usr/lib/cni").join(p), dir.join("bin").join(p))
             .unwrap();
@@ -693,6 +709,12 @@ fn install(dir: &Path, bridge: &str, network: &str, backend: &str, server: &ApiS
         serde_json::to_string_pretty(&primary).unwrap(),
     )
     .unwrap();
+    primary
+}
+
+/// The primary network, then our installer chained into it.
+fn install(dir: &Path, bridge: &str, network: &str, backend: &str, server: &ApiServer) -> Value {
+    let primary = primary_network(dir, bridge, network);
     // The installer's service account: the test API server's CA and token.
     std::fs::write(dir.join("sa/token"), TOKEN).unwrap();
     std::fs::write(dir.join("sa/ca.crt"), server.ca_pem()).unwrap();
@@ -964,6 +986,131 @@ impl Drop for VethGuard {
             .stdin(Stdio::null())
             .output();
     }
+}
+
+/// Issue 13's case as the field meets it: a meshed pod's sandbox started while the node's
+/// chain held only the primary plugin (a node rebooted, a primary CNI that rewrote its
+/// conflist); then the agent starts: it chains the plugin in and captures the running pod in
+/// place, with exactly Istio's rules, found through the sandbox's pause process.
+fn started_before_the_plugin(backend: &str) {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert_no_forwarding();
+    let case = cni_cases()
+        .into_iter()
+        .find(|c| c.name == "basic")
+        .expect("Istio's CNI case basic");
+    let dir = TempDir::new(
+        "crie",
+        &["bin", "net.d", "sa", "ipam", "root", "state", "runc", "tmp"],
+    );
+    let bridge = unique("cb");
+    let network = format!("{bridge}-net");
+    primary_network(dir.path(), &bridge, &network);
+    let mut ctrd = Containerd::start(dir, bridge, network);
+    ctrd.import_pause_image();
+    let name = format!("early-{}", backend.replace('-', ""));
+    let id = ctrd.run_pod_sandbox("default", &name);
+    let netns = ctrd.cri().netns_path(&id);
+    let fresh = TestNetns::new("cef");
+    assert_eq!(
+        kernel_at(&netns),
+        kernel_at(&fresh.path()),
+        "started uncaptured"
+    );
+
+    let server = watch_apiserver::WatchApiServer::start();
+    let mut pod = pod_object(&case.pod, "default", &name);
+    let ip = ctrd.cri().pod_ip(&id);
+    pod["metadata"]["uid"] = json!(format!("uid-default-{name}"));
+    pod["status"] = json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]});
+    server.put_pod(pod);
+    let d = |sub: &str| ctrd.dir.join(sub).display().to_string();
+    let args = [
+        "--cni-bin-dir",
+        &d("bin"),
+        "--cni-conf-dir",
+        &d("net.d"),
+        "--host-cni-conf-dir",
+        &d("net.d"),
+        "--service-account-dir",
+        &d("sa"),
+        "--ready-file",
+        &d("ready"),
+        "--plugin-binary",
+        binary(),
+        "--backend",
+        backend,
+        "--reconcile-interval",
+        "1",
+    ];
+    std::fs::write(ctrd.dir.join("sa/token"), TOKEN).unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["kubernetes.default.svc".to_string()])
+        .unwrap()
+        .cert
+        .pem();
+    std::fs::write(ctrd.dir.join("sa/ca.crt"), ca).unwrap();
+    let agent = agent_process::Agent::start_with(
+        &server,
+        ctrd.dir.path(),
+        &args,
+        &[
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "6443"),
+        ],
+    );
+    let reference = match backend {
+        "iptables-legacy" => istio_legacy_state(case.iptables_golden.as_ref().unwrap()),
+        _ => nft_ruleset_of(&cni_nft_reference(&case.name)),
+    };
+    let state = || match backend {
+        "iptables-legacy" => legacy_saved_at(&netns),
+        _ => in_ns(&netns, &["nft", "list", "ruleset"]),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state() != reference {
+        assert!(
+            Instant::now() < deadline,
+            "{backend}: not captured:\n{}\n{}",
+            state(),
+            std::fs::read_to_string(&agent.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.wait_for(|_| ctrd.dir.join("ready").exists(), "the agent's install");
+    let conflist = std::fs::read_to_string(ctrd.dir.join("net.d/10-cri-bridge.conflist")).unwrap();
+    assert!(
+        conflist.contains("\"mesh-redirect\""),
+        "the agent chained the plugin in: {conflist}"
+    );
+    {
+        let _proxy = Server::start(&netns, any_v4(15001), "proxy-15001", true);
+        let dst: SocketAddr = format!("{REMOTE}:80").parse().unwrap();
+        assert_eq!(
+            connect_as(&netns, APP_UID, APP_UID, dst),
+            format!("proxy-15001 {dst}"),
+            "the running pod's new connections land on 15001"
+        );
+    }
+    let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+    assert!(
+        log.contains("RedirectRepaired") || log.contains("applied it in place"),
+        "{log}"
+    );
+    drop(agent);
+    ctrd.cri().stop_pod_sandbox(&id).unwrap();
+    ctrd.cri().remove_pod_sandbox(&id).unwrap();
+    assert_no_forwarding();
+}
+
+#[test]
+fn containerd_a_pod_started_before_the_plugin_is_captured_by_the_agent_nftables() {
+    started_before_the_plugin("nftables");
+}
+
+#[test]
+fn containerd_a_pod_started_before_the_plugin_is_captured_by_the_agent_iptables_legacy() {
+    started_before_the_plugin("iptables-legacy");
 }
 
 #[test]
