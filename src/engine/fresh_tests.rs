@@ -43,7 +43,10 @@ fn a_fresh_namespace_gets_one_batch_and_no_dump() {
     for (choice, reason) in [(NFT, "requested"), (AUTO, "nf_tables answers")] {
         let k = FakeKernel::default();
         let r = fresh(&k, &cfg(&[]), choice).unwrap();
-        assert_eq!((r.decision.backend, r.decision.reason), (Backend::Nftables, reason));
+        assert_eq!(
+            (r.decision.backend, r.decision.reason),
+            (Backend::Nftables, reason)
+        );
         assert!(!r.replaced && r.objects > 0 && r.messages > 0);
         assert_eq!((k.calls(Call::NfDump), k.calls(Call::NfBatch)), (0, 1));
         assert_eq!(k.calls(Call::XtInfo), 0, "no legacy table instantiated");
@@ -73,7 +76,11 @@ fn our_equal_tables_fall_back_on_eexist_and_are_left_alone() {
         let batches = k.calls(Call::NfBatch);
         let r = fresh(&k, &cfg(&[]), choice).unwrap();
         assert_eq!((r.objects, r.messages, r.replaced), (0, 0, false));
-        assert_eq!(k.calls(Call::NfBatch), batches + 1, "the refused create only");
+        assert_eq!(
+            k.calls(Call::NfBatch),
+            batches + 1,
+            "the refused create only"
+        );
         assert_eq!(k.state().nft, before, "counters and handles kept");
     }
     let r = fresh(&k, &cfg(&[]), AUTO).unwrap();
