@@ -21,10 +21,8 @@
 //! pods' namespaces are anonymous, get no interface but `lo`, and are deleted with their guard.
 
 mod common;
-#[allow(dead_code, unused_imports)]
 #[path = "../integration/support/mod.rs"]
 mod support;
-#[allow(dead_code)]
 #[path = "../integration/support/watch_apiserver.rs"]
 mod watch_apiserver;
 
@@ -263,6 +261,8 @@ fn concurrent_round(pods: usize, conf: &Path) -> (Duration, Vec<Duration>) {
         let t = Instant::now();
         let child = cmd.spawn().expect("spawn the plugin");
         started.insert(child.id() as i32, t);
+        // Reaped below by waitpid (std's `Child` does not reap on drop).
+        drop(child);
     }
     let mut per_pod = Vec::new();
     let mut last = first;
