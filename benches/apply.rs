@@ -4,7 +4,8 @@
 //!
 //! * `create`: `engine::apply` into a fresh namespace (no table of ours: a create-only batch).
 //!   Everything the command does after parsing its flags: plan, namespace thread, sockets,
-//!   the look for existing tables, `::6/128` on `lo`, encode, send, ACKs, socket close.
+//!   the look for existing tables, `::6/128` on `lo`, encode, send, ACKs, socket close. And
+//!   the same with `Expect::Fresh` (the CNI ADD's and the command line's: no look first).
 //! * `create, kernel only`: the same batch, already encoded, sent on a socket already open
 //!   in a fresh namespace: `send` plus reading every ACK. This is the floor: the kernel's
 //!   own cost for the batch.
@@ -16,7 +17,9 @@
 //! ports and uids). The iptables-legacy backend: `engine::apply` into a fresh namespace and
 //! over its own chains (no kernel-only row: its kernel calls are interleaved with merging).
 //!
-//! Namespaces are anonymous and deleted when their guard drops (`common::ScratchNetns`).
+//! A holder namespace keeps base chains of ours registered for the whole run (a node has
+//! other pods). Namespaces are anonymous and deleted when their guard drops
+//! (`common::ScratchNetns`).
 //! Timing excludes making and deleting them (`iter_custom`).
 
 mod common;
@@ -24,7 +27,7 @@ mod common;
 use common::{kernel_criterion, require_root, specs, ScratchNetns, Spec};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
 use mesh_redirect::config::Config;
-use mesh_redirect::engine::{self, Backend, BackendChoice};
+use mesh_redirect::engine::{self, Backend, BackendChoice, Expect};
 use mesh_redirect::kernel::{NfTables, RouteOps};
 use mesh_redirect::model::{build, Flavor};
 use mesh_redirect::nft::batch::{encode, Shape};
@@ -93,6 +96,30 @@ fn create_paths(g: &mut Group, cfg: &Config) {
             )
         })
     });
+    g.bench_function(
+        "create: engine::apply_expecting Fresh (no look first), fresh namespace",
+        |b| {
+            b.iter_custom(|iters| {
+                per_fresh_namespace(
+                    iters,
+                    |ns| ns.netns(),
+                    |_, netns| {
+                        engine::apply_expecting(
+                            &netns,
+                            cfg,
+                            BackendChoice::Nftables,
+                            Expect::Fresh,
+                        )
+                        .expect("apply");
+                    },
+                )
+            })
+        },
+    );
+    g.bench_function(
+        "create: engine::apply_as_last (the command's own thread), fresh namespace",
+        |b| b.iter_custom(|iters| as_last(iters, cfg)),
+    );
     let plan = build(cfg, Flavor::Nftables);
     g.bench_function("create: kernel only (send + ACKs), fresh namespace", |b| {
         b.iter_custom(|iters| {
@@ -129,6 +156,35 @@ fn create_paths(g: &mut Group, cfg: &Config) {
     );
 }
 
+/// What the command line and the CNI plugin pay: `engine::apply_as_last` on a thread that
+/// is already there and enters the namespace itself. The bench's threads must not stay in a
+/// pod's namespace, so each apply runs on a thread made for it, outside the timing.
+fn as_last(iters: u64, cfg: &Config) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        left -= n;
+        let spaces: Vec<ScratchNetns> = (0..n).map(|_| ScratchNetns::new()).collect();
+        for ns in &spaces {
+            let netns = ns.netns();
+            total += std::thread::scope(|s| {
+                s.spawn(|| {
+                    let start = Instant::now();
+                    engine::apply_as_last(netns, cfg, BackendChoice::Nftables, Expect::Unknown)
+                        .expect("apply");
+                    start.elapsed()
+                })
+                .join()
+                .expect("apply thread")
+            });
+        }
+        drop(spaces);
+        settle();
+    }
+    total
+}
+
 fn replace_paths(g: &mut Group, cfg: &Config) {
     let ns = ScratchNetns::new();
     let netns = ns.netns();
@@ -152,6 +208,19 @@ fn replace_paths(g: &mut Group, cfg: &Config) {
         |b| {
             b.iter(|| {
                 let report = engine::apply(&netns, cfg, BackendChoice::Nftables).expect("apply");
+                assert!(!report.replaced && report.messages == 0);
+            })
+        },
+    );
+    // The optimistic create over tables that are there: the kernel refuses (and aborts) the
+    // create batch, then the look finds them equal.
+    g.bench_function(
+        "re-apply unchanged: engine::apply_expecting Fresh (refused create, then the look)",
+        |b| {
+            b.iter(|| {
+                let report =
+                    engine::apply_expecting(&netns, cfg, BackendChoice::Nftables, Expect::Fresh)
+                        .expect("apply");
                 assert!(!report.replaced && report.messages == 0);
             })
         },
@@ -241,6 +310,16 @@ fn parts(c: &mut Criterion) {
 
 fn apply(c: &mut Criterion) {
     require_root();
+    // A namespace with base chains of ours for the whole run, as other pods on a node: else
+    // each fresh namespace's first base chain would flip the kernel's global static keys
+    // (code patching across CPUs), which a real node with pods does not pay.
+    let holder = ScratchNetns::new();
+    engine::apply(
+        &holder.netns(),
+        &Spec::default_ipv6().config(),
+        BackendChoice::Nftables,
+    )
+    .expect("holder apply");
     for spec in specs() {
         let cfg = spec.config();
         let mut g = c.benchmark_group(format!("apply/{}", spec.name));

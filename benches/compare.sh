@@ -1,11 +1,28 @@
 #!/usr/bin/env bash
 # Whole processes, side by side: what one pod's redirect set-up costs with mesh-redirect and
 # with what users run today, all for Istio's default sidecar configuration (CNI plugin
-# defaults) with IPv4 and IPv6. Every run gets a fresh network namespace (hyperfine
-# --prepare), made with `ip netns add` under a unique name and deleted at the end.
+# defaults) with IPv4 and IPv6.
 #
-#   benches/compare.sh            # as root; RUNS=200 WARMUP=10 by default
-#   RUNS=30 benches/compare.sh    # a quick look
+#   benches/compare.sh                # as root; RUNS=200 WARMUP=5 by default
+#   RUNS=30 benches/compare.sh        # a quick look
+#   BASE_BIN=/tmp/old/mesh-redirect benches/compare.sh   # also time another build (A/B)
+#   BIN=path/to/mesh-redirect NO_FOOTPRINT=1 RAW=runs.tsv benches/compare.sh
+#                                     # a given binary, no footprint, every run kept
+#
+# Method (benches/tools/interleave.c times the runs):
+#   * interleaved run by run: round 1 runs every row once (A, B, C, …), round 2 again, …, so
+#     that all rows see the same machine; timing all runs of one command and then the next
+#     (hyperfine) lets a shared VM's drift and the kernel's asynchronous cleanup of deleted
+#     namespaces land in the ratios. Each round starts at the next row, so no row always
+#     follows the same one.
+#   * every run in a fresh network namespace, created under a unique name with `lo` up after
+#     the previous one was deleted, then SETTLE seconds of pause (untimed);
+#   * two long-lived "holder" namespaces keep nf_tables and iptables-legacy hooks
+#     registered for the whole run, as other pods do on a real node: otherwise the first
+#     base chain of a family in the machine flips global static keys (code patching across
+#     CPUs) and every run would measure that, for one side more than the other;
+#   * per row: median and p95 (nearest rank) of its runs, and the median of its per-round
+#     ratio to the first row (ours, nftables).
 #
 # Rows:
 #   * mesh-redirect apply --netns NS --ipv6 --backend nftables: the release binary (the
@@ -21,7 +38,7 @@
 # Tools without a --netns option are started through benches/tools/nsexec.c (setns, then
 # exec; a static binary built here), as a CNI plugin enters the pod's namespace before it
 # forks them; the `nsexec -n NS /bin/true` row shows what that adds. The CNI ADD also goes
-# through it, for its stdin and CNI_* variables (hyperfine -N runs no shell).
+# through it, for its stdin and CNI_* variables (the timer runs no shell).
 #
 # Then the footprint: binary size and peak RSS of one apply.
 set -euo pipefail
@@ -29,30 +46,36 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:/usr/sbin:/sbin:$PATH"
 
 RUNS=${RUNS:-200}
-WARMUP=${WARMUP:-10}
+WARMUP=${WARMUP:-5}
 # Deleting a namespace is asynchronous (the kernel's cleanup_net holds rtnl_lock and waits for
-# RCU): give it this long before the next run is timed, so no run measures the last one's
-# cleanup. The same for every row.
+# RCU): give it this long before the next run is timed, so that as little as possible of the
+# last one's cleanup is measured. The same for every row (interleaving shares what remains).
 SETTLE=${SETTLE:-0.05}
 
 [ "$(id -u)" = 0 ] || { echo "compare.sh: run as root (network namespaces)" >&2; exit 2; }
-for tool in hyperfine nft iptables-legacy-restore ip6tables-legacy-restore ip jq cc; do
-  command -v "$tool" >/dev/null || { echo "compare.sh: needs $tool (scripts/setup.sh; apt-get install -y jq for jq)" >&2; exit 2; }
+for tool in nft iptables-legacy-restore ip6tables-legacy-restore ip cc; do
+  command -v "$tool" >/dev/null || { echo "compare.sh: needs $tool (scripts/setup.sh)" >&2; exit 2; }
 done
 
 work=$(mktemp -d /tmp/mesh-redirect-compare.XXXXXX)
 NS="mrcmp$$"
 NSPATH="/var/run/netns/$NS"
+HOLD_NFT="mrcmp$$-hold-nft"
+HOLD_XT="mrcmp$$-hold-xt"
 cleanup() {
-  ip netns del "$NS" 2>/dev/null || true
+  for ns in "$NS" "$HOLD_NFT" "$HOLD_XT"; do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-echo "building the release binary (static, as shipped: scripts/build-release.sh)..." >&2
-BIN="$(scripts/build-release.sh)"
+if [ -z "${BIN:-}" ]; then
+  echo "building the release binary (static, as shipped: scripts/build-release.sh)..." >&2
+  BIN="$(scripts/build-release.sh)"
+fi
 cc -O2 -static -o "$work/nsexec" benches/tools/nsexec.c
+cc -O2 -o "$work/interleave" benches/tools/interleave.c
 NSEXEC="$work/nsexec"
+[ -z "${BASE_BIN:-}" ] || [ -x "$BASE_BIN" ] || { echo "compare.sh: BASE_BIN=$BASE_BIN is not executable" >&2; exit 2; }
 
 # Istio's nftables transaction for the configuration, exactly as its nftables backend pipes it
 # to `nft -f -` (the render conformance test checks the format against Istio's goldens).
@@ -102,40 +125,45 @@ chmod +x "$work/fresh-netns"
 "$NSEXEC" -n "$NSPATH" /bin/sh "$SEQ"
 "$NSEXEC" -n "$NSPATH" "$(command -v ip6tables-legacy-save)" | grep -q -- '-A ISTIO_OUTPUT -d ::1/128 -j RETURN'
 
-names=() cmds=()
-row() { names+=("$1"); cmds+=("$2"); }
+# The holders: hooks of both kinds stay registered in the machine for the whole run.
+for ns in "$HOLD_NFT" "$HOLD_XT"; do ip netns add "$ns" && ip -n "$ns" link set lo up; done
+"$BIN" apply --netns "$HOLD_NFT" --ipv6 --backend nftables 2>/dev/null
+"$NSEXEC" -n "/var/run/netns/$HOLD_XT" /bin/sh "$SEQ"
+
+rows="$work/rows.tsv"
+: >"$rows"
+row() { printf '%s\t%s\n' "$1" "$2" >>"$rows"; }
 row "mesh-redirect apply --ipv6 --backend nftables" "$BIN apply --netns $NS --ipv6 --backend nftables"
+[ -z "${BASE_BIN:-}" ] || row "BASE_BIN apply --ipv6 --backend nftables" "$BASE_BIN apply --netns $NS --ipv6 --backend nftables"
 row "mesh-redirect apply --ipv6 --backend iptables-legacy" "$BIN apply --netns $NS --ipv6 --backend iptables-legacy"
 row "mesh-redirect CNI ADD (static mode, nftables)" "$NSEXEC -i $work/cni.json ${CNI_ENV[*]} $BIN"
+[ -z "${BASE_BIN:-}" ] || row "BASE_BIN CNI ADD (static mode, nftables)" "$NSEXEC -i $work/cni.json ${CNI_ENV[*]} $BASE_BIN"
 row "nft -f (Istio's nftables transaction)" "$NSEXEC -n $NSPATH $(command -v nft) -f $work/istio.nft"
 row "Istio iptables sequence (2 save, 2 restore --noflush, 2 save; legacy)" "$NSEXEC -n $NSPATH /bin/sh $SEQ"
 row "iptables-legacy-restore --noflush (IPv4 only)" "$NSEXEC -n $NSPATH $(command -v iptables-legacy-restore) --noflush $V4"
 row "/bin/true (process start)" "/bin/true"
 row "nsexec -n NS /bin/true (launcher)" "$NSEXEC -n $NSPATH /bin/true"
 
-args=()
-for i in "${!names[@]}"; do args+=(-n "${names[$i]}" "${cmds[$i]}"); done
-echo "timing ${#names[@]} commands, $RUNS runs each (+$WARMUP warm-up), a fresh namespace per run..." >&2
-hyperfine -N --style basic --warmup "$WARMUP" --runs "$RUNS" --prepare "$work/fresh-netns" \
-  --export-json "$work/results.json" "${args[@]}" >&2
-
-# Median and p95 (nearest rank) per command, in ms.
-stats=$(jq -r '.results[] | (.times | sort) as $t
-  | [.command, ($t[(($t | length) / 2 | floor)] * 1000),
-     ($t[((($t | length) * 0.95 | ceil) - 1)] * 1000)] | @tsv' "$work/results.json")
+nrows=$(wc -l <"$rows")
+settle_ms=$(awk -v s="$SETTLE" 'BEGIN { printf "%d", s * 1000 }')
+echo "timing $nrows commands interleaved: $RUNS rounds (+$WARMUP warm-up), a fresh namespace per run..." >&2
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+stats=$("$work/interleave" -r "$RUNS" -w "$WARMUP" -p "$work/fresh-netns" -s "$settle_ms" \
+  -o "${RAW:-$work/raw.tsv}" "$rows")
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 ours_med=$(echo "$stats" | head -1 | cut -f2)
-ours_p95=$(echo "$stats" | head -1 | cut -f3)
 
 echo
 echo "Whole process, fresh namespace per run, Istio's default sidecar configuration (CNI"
-echo "defaults) with IPv4 + IPv6; hyperfine -N, $WARMUP warm-up + $RUNS runs each."
+echo "defaults) with IPv4 + IPv6; interleaved, $WARMUP warm-up + $RUNS rounds, holder namespaces."
 echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), kernel $(uname -r), Debian $(cat /etc/debian_version)"
+echo "load average before: $load_before, after: $load_after"
 echo
-echo "| command | median | p95 | median vs ours | p95 vs ours |"
+echo "| command | median | p95 | median vs ours | per-round ratio (median) |"
 echo "|---|---|---|---|---|"
-echo "$stats" | while IFS=$'\t' read -r name med p95; do
-  awk -v n="$name" -v m="$med" -v p="$p95" -v om="$ours_med" -v op="$ours_p95" \
-    'BEGIN { printf "| %s | %.2f ms | %.2f ms | %.2f× | %.2f× |\n", n, m, p, m / om, p / op }'
+echo "$stats" | while IFS=$'\t' read -r name med p95 _ ratio; do
+  awk -v n="$name" -v m="$med" -v p="$p95" -v om="$ours_med" -v r="$ratio" \
+    'BEGIN { printf "| %s | %.2f ms | %.2f ms | %.2f× | %.2f× |\n", n, m, p, m / om, r }'
 done
 
 # Footprint.
@@ -149,7 +177,7 @@ peak_rss() { # the largest "Maximum resident set size" over 5 runs, in KiB
   echo "$max"
 }
 echo
-if [ -x /usr/bin/time ]; then
+if [ -x /usr/bin/time ] && [ -z "${NO_FOOTPRINT:-}" ]; then
   large_i=$(seq 0 499 | awk '{ if ($1 % 2 == 0) printf "%s10.%d.%d.0/24", (NR > 1 ? "," : ""), int($1/2/256), int($1/2)%256; else printf ",fd00:0:%x::/48", int($1/2) }')
   large_x=$(seq 0 499 | awk '{ if ($1 % 2 == 0) printf "%s10.%d.%d.0/24", (NR > 1 ? "," : ""), 100 + int($1/2/256), int($1/2)%256; else printf ",fd00:64:%x::/48", int($1/2) }')
   large_b=$(seq -s, 1001 1200)
@@ -163,6 +191,6 @@ if [ -x /usr/bin/time ]; then
   echo "| peak RSS, mesh-redirect CNI ADD (static mode, nftables) | $(peak_rss "$NSEXEC" -i "$work/cni.json" "${CNI_ENV[@]}" "$BIN") KiB |"
   echo "| peak RSS, nft -f (Istio's transaction) | $(peak_rss "$NSEXEC" -n "$NSPATH" "$(command -v nft)" -f "$work/istio.nft") KiB |"
   echo "| peak RSS, iptables-legacy-restore --noflush (IPv4) | $(peak_rss "$NSEXEC" -n "$NSPATH" "$(command -v iptables-legacy-restore)" --noflush "$V4") KiB |"
-else
+elif [ -z "${NO_FOOTPRINT:-}" ]; then
   echo "(footprint: /usr/bin/time is missing: apt-get install -y time)"
 fi

@@ -2,7 +2,8 @@
 # Installs what building and testing mesh-redirect needs on Debian 12 (run as root).
 # The product itself needs none of this at run time: the test suite uses nft, iptables-legacy
 # and ip as oracles and to build throw-away namespaces, libnftnl/libmnl as the reference
-# encoder in tests, hyperfine/strace for the comparison script and the no-fork test;
+# encoder in tests, strace for the no-fork test (hyperfine for one-off timings; the comparison
+# script has its own interleaving timer, benches/tools/interleave.c);
 # containerd (a CRI runtime the tests start themselves) and protobuf-compiler (protoc, for the
 # dev-only CRI client crate k8s-cri) for integration/cri_containerd.rs.
 set -euo pipefail

@@ -172,7 +172,7 @@ impl NfTables for NfSocket {
 pub(crate) fn refusal(batch: &Batch, reply: ErrorReply) -> KernelError {
     let object = batch
         .message(reply.seq)
-        .map(|m| m.object.clone())
+        .map(|m| m.object.to_string())
         .unwrap_or_else(|| "the transaction".to_string());
     // The extended ack points at the offending attribute inside the message.
     let object = match reply.ext.offset {
