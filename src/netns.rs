@@ -7,7 +7,7 @@
 //! The one exception is [`Netns::enter_for_good`], for the last namespace operation of a
 //! one-shot process (the command line's `apply`, a CNI ADD): the calling thread itself
 //! enters the namespace and stays there until the process exits. A thread made for it cost
-//! that process ≈ 0.3 ms of a 1.8 ms apply (its creation, a 2 MiB stack and a second malloc
+//! that process ≈ 0.2 ms of a 1.7 ms apply (its creation, a 2 MiB stack and a second malloc
 //! arena to fault in, its exit, the cross-CPU wake-up; README, "Measured"), for nothing: it
 //! would only be waited for. What such a process does after the operation does not depend on
 //! the network namespace: it writes to descriptors it already holds (stdout, stderr, a log
