@@ -279,9 +279,10 @@ fn planned_table(
     if !needs(plan, t, l) && !has_ours(current) {
         return None;
     }
-    #[allow(unused_mut)]
     let planned = lowered_steps(plan, t, family_of(l), l);
     let builtin = builtin_steps(&planned);
+    // Mutated only by the test-only fault injection below.
+    #[allow(unused_mut)]
     let mut new = place(strip(current, &builtin, l), planned);
     // Ours already intact and in order: leave the table alone, so rules other tools
     // appended after ours stay after them (Istio writes nothing then).
