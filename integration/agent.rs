@@ -291,8 +291,11 @@ fn a_dropped_watch_and_410_gone_recover_and_a_late_pod_is_waited_for() {
         source(&add(&TestNetns::new("aw"), "q", "uid-q", &c)),
         "cache"
     );
-    // A plain drop: the watch resumes, and a pod created after the ADD started is found.
+    // A plain drop: the watch resumes (waited for: how fast the watcher reconnects is not
+    // what is tested next), and a pod created after the ADD started is found.
+    let watches = s.server.count("watch");
     s.server.drop_watches();
+    agent.wait_for(|_| s.server.count("watch") > watches, "the watch resumed");
     let late = {
         let p = pod(0, "late", "uid-late");
         let server = &s.server;
@@ -306,7 +309,8 @@ fn a_dropped_watch_and_410_gone_recover_and_a_late_pod_is_waited_for() {
     assert_eq!(
         source(&late),
         "cache",
-        "the pod that arrived during the wait was not found"
+        "the pod that arrived during the wait was not found:\n{}",
+        stderr_of(&late)
     );
     // One that the watch never brings in time: the GET.
     s.server.hold_events(true);
