@@ -209,6 +209,15 @@ fn a_namespace_not_attributable_to_exactly_one_pod_is_refused_and_never_entered(
     assert_eq!(node.calls(), ["scan"]);
 }
 
+/// The refusal of pod `apps/a` at 10.1.0.5 on `node`, as a reason and a message.
+fn refusal_of_a(node: &FakeNode) -> (&'static str, String) {
+    let f = check(node, RepairMode::Repair, &[meshed("apps", "a", "10.1.0.5")]);
+    match &f[0].verdict {
+        Verdict::Refused(r) => (r.reason(), r.to_string()),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn an_unreadable_namespace_is_said_so_not_taken_as_empty() {
     let node = FakeNode::with(vec![(
@@ -216,32 +225,18 @@ fn an_unreadable_namespace_is_said_so_not_taken_as_empty() {
         false,
         Err("cannot enter: not permitted".into()),
     )]);
-    let f = check(
-        &node,
-        RepairMode::Repair,
-        &[meshed("apps", "a", "10.1.0.5")],
-    );
-    let Verdict::Refused(r) = &f[0].verdict else {
-        panic!("{f:?}")
-    };
-    assert_eq!(r.reason(), "netns_unreadable");
-    assert!(r.to_string().contains("not permitted"), "{r}");
+    let (reason, message) = refusal_of_a(&node);
+    assert_eq!(reason, "netns_unreadable");
+    assert!(message.contains("not permitted"), "{message}");
 }
 
 #[test]
 fn a_process_whose_namespace_cannot_be_read_is_named_when_a_pod_is_not_found() {
     let mut node = FakeNode::with(vec![("other", false, Ok(vec!["10.1.0.9"]))]);
     node.unreadable_processes = vec!["pid 4242: Permission denied (os error 13)".into()];
-    let f = check(
-        &node,
-        RepairMode::Repair,
-        &[meshed("apps", "a", "10.1.0.5")],
-    );
-    let Verdict::Refused(r) = &f[0].verdict else {
-        panic!("{f:?}")
-    };
-    assert_eq!(r.reason(), "netns_unreadable");
-    assert!(r.to_string().contains("pid 4242"), "{r}");
+    let (reason, message) = refusal_of_a(&node);
+    assert_eq!(reason, "netns_unreadable");
+    assert!(message.contains("pid 4242"), "{message}");
 }
 
 #[test]
