@@ -20,6 +20,8 @@
 //! Network safety: the API server and the agent's metrics listen on 127.0.0.1 of the host;
 //! pods' namespaces are anonymous, get no interface but `lo`, and are deleted with their guard.
 
+#[path = "../integration/support/agent_process.rs"]
+mod agent_process;
 mod common;
 #[path = "../integration/support/mod.rs"]
 mod support;
@@ -29,23 +31,16 @@ mod watch_apiserver;
 use common::{bench_mode, require_root, ScratchNetns};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use watch_apiserver::WatchApiServer;
 
-const NODE: &str = "node-1";
+use agent_process::{Agent, NODE};
 
 fn plugin() -> String {
     std::env::var("MESH_REDIRECT_PLUGIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh-redirect").to_string())
-}
-
-fn agent_binary() -> String {
-    std::env::var("MESH_REDIRECT_AGENT_BINARY")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh-redirect-agent").to_string())
 }
 
 /// The same primary-plugin result for every mode: IPv4 only.
@@ -101,71 +96,6 @@ fn add_command(ns: &ScratchNetns, pod: &str, conf_file: &Path) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     cmd
-}
-
-/// A running agent; killed by its own pid when dropped.
-struct Agent {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Agent {
-    fn start(server: &WatchApiServer, dir: &Path) -> Agent {
-        let socket = dir.join("agent.sock");
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let metrics = format!("127.0.0.1:{port}");
-        let child = Command::new(agent_binary())
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .args([
-                "--node-name",
-                NODE,
-                "--metrics-addr",
-                &metrics,
-                "--no-install",
-            ])
-            .arg("--kubeconfig")
-            .arg(server.kubeconfig_file())
-            .arg("--socket")
-            .arg(&socket)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mesh-redirect-agent");
-        let end = Instant::now() + Duration::from_secs(20);
-        while http_status(&metrics, "/readyz") != 200 {
-            assert!(Instant::now() < end, "the agent did not become ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Agent { child, socket }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `GET path` on a plain-HTTP address: the status, 0 when nothing answers.
-fn http_status(addr: &str, path: &str) -> u16 {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return 0;
-    };
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Every request the API server has counted.
@@ -332,7 +262,14 @@ fn main() {
         server.put_pod(pod(&format!("p{i}")));
     }
     let dir = support::TempDir::new("agent-bench", &[]);
-    let agent = Agent::start(&server, &dir);
+    // At the agent's default log level (the test harness logs at debug).
+    let agent = Agent::start_with(
+        &server,
+        &dir,
+        &["--no-install"],
+        &[("MESH_REDIRECT_LOG", "info")],
+    );
+    agent.ready();
     let kubeconfig = server.kubeconfig_file();
     let write = |name: &str, text: String| {
         let p = dir.join(name);

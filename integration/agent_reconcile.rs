@@ -129,22 +129,7 @@ fn a_pod_started_before_the_plugin_is_captured_within_one_pass_and_so_is_drift()
         added(&server, &pod, ip, "nftables").ruleset(),
         "what a CNI ADD programs"
     );
-    let proxy = Server::start(
-        pod_ns.name(),
-        "0.0.0.0:15001".parse().unwrap(),
-        "outbound",
-        true,
-    );
-    let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 231, 1, 99)), 8080);
-    traffic::assert_lands_as(
-        pod_ns.name(),
-        1000,
-        1000,
-        dst,
-        "outbound",
-        "an application's connection",
-    );
-    drop(proxy);
+    assert_application_lands_on_15001(&pod_ns, Ipv4Addr::new(10, 231, 1, 99));
     wait("the repair metric", || {
         agent.metric("mesh_redirect_repairs_total{mode=\"repair\",result=\"success\"}") >= 1.0
     });
@@ -208,13 +193,20 @@ fn with_the_legacy_backend_the_repair_is_a_cni_adds_state_too() {
         "what a CNI ADD programs"
     );
     assert_eq!(ruleset(pod_ns.name()), "", "no nftables table besides");
-    let proxy = Server::start(
+    assert_application_lands_on_15001(&pod_ns, Ipv4Addr::new(10, 231, 5, 99));
+    assert_host_has_nothing_of_ours();
+}
+
+/// A connection from an application uid (1000) in the pod to `dst`:8080 lands on the
+/// proxy's outbound listener (15001) with its original destination.
+fn assert_application_lands_on_15001(pod_ns: &PodNetns, dst: Ipv4Addr) {
+    let _proxy = Server::start(
         pod_ns.name(),
         "0.0.0.0:15001".parse().unwrap(),
         "outbound",
         true,
     );
-    let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 231, 5, 99)), 8080);
+    let dst = SocketAddr::new(IpAddr::V4(dst), 8080);
     traffic::assert_lands_as(
         pod_ns.name(),
         1000,
@@ -223,8 +215,6 @@ fn with_the_legacy_backend_the_repair_is_a_cni_adds_state_too() {
         "outbound",
         "an application's connection",
     );
-    drop(proxy);
-    assert_host_has_nothing_of_ours();
 }
 
 /// One of the host's own (non-loopback) IPv4 addresses: a host-network pod's IP.

@@ -1,27 +1,10 @@
 //! The optimistic create ([`Expect::Fresh`]): the create batch without a look first, and the
 //! fall-back to the full path whenever it does not apply, leaving nothing behind.
 
+use super::test_support::*;
 use super::*;
-use crate::cli::raw_config;
-use crate::config::GroupFile;
 use crate::error::Outcome;
 use crate::kernel::fake::{Call, FakeKernel};
-use crate::xt::abi::IPV4;
-
-const NFT: BackendChoice = BackendChoice::Nftables;
-const LEGACY: BackendChoice = BackendChoice::IptablesLegacy;
-const AUTO: BackendChoice = BackendChoice::Auto;
-
-fn cfg(flags: &[&str]) -> Config {
-    raw_config(flags, &|_| None)
-        .expect("flags parse")
-        .validate(&GroupFile::default())
-        .expect("flags are valid")
-}
-
-fn tproxy_v6() -> Config {
-    cfg(&["-m", "TPROXY", "--ipv6=true"])
-}
 
 fn fresh<K: Kernel>(k: &K, c: &Config, choice: BackendChoice) -> Result<ApplyReport, EngineError> {
     apply_in_expecting(k, c, choice, Expect::Fresh)
@@ -29,13 +12,6 @@ fn fresh<K: Kernel>(k: &K, c: &Config, choice: BackendChoice) -> Result<ApplyRep
 
 fn clean(k: &FakeKernel, c: &Config) -> bool {
     verify_in(k, c, NFT).unwrap().differences.is_empty()
-}
-
-fn legacy_has_ours(k: &FakeKernel) -> bool {
-    k.state()
-        .xt
-        .table(IPV4, "nat")
-        .is_some_and(|t| t.chains.iter().any(|c| c.name.starts_with("ISTIO_")))
 }
 
 #[test]

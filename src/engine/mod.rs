@@ -535,4 +535,6 @@ mod fresh_tests;
 #[cfg(test)]
 mod migration_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;

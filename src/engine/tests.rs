@@ -2,34 +2,14 @@
 //! selection, create → EEXIST → replace, the no-op re-apply, the xtables EAGAIN retry and
 //! rollback, route undo, verify's diff on both backends, remove, and what each failure means.
 
+use super::test_support::*;
 use super::*;
-use crate::cli::raw_config;
-use crate::config::GroupFile;
 use crate::error::Outcome;
 use crate::kernel::fake::{Call, FakeKernel};
 use crate::routes::RouteObject;
 use crate::xt::abi::VERDICT_RETURN;
 use crate::xt::abi::{Layout, IPV4, IPV6};
 use crate::xt::table::{Counters, Rule, Target};
-
-const NFT: BackendChoice = BackendChoice::Nftables;
-const LEGACY: BackendChoice = BackendChoice::IptablesLegacy;
-const AUTO: BackendChoice = BackendChoice::Auto;
-
-fn cfg(flags: &[&str]) -> Config {
-    raw_config(flags, &|_| None)
-        .expect("flags parse")
-        .validate(&GroupFile::default())
-        .expect("flags are valid")
-}
-
-fn default_cfg() -> Config {
-    cfg(&[])
-}
-
-fn tproxy_v6() -> Config {
-    cfg(&["-m", "TPROXY", "--ipv6=true"])
-}
 
 fn outcome(e: &EngineError) -> Outcome {
     e.outcome()
