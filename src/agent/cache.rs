@@ -74,18 +74,22 @@ impl PodCache {
         uid: &str,
         wait: Duration,
     ) -> Option<Arc<Value>> {
-        let deadline = tokio::time::Instant::now() + wait;
+        tokio::time::timeout(wait, self.until(|| self.get(namespace, name, uid)))
+            .await
+            .ok()
+    }
+
+    /// Waits until `check` gives a value; it is asked now and after every change.
+    async fn until<T>(&self, check: impl Fn() -> Option<T>) -> T {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             // Registered before the check, so a change between the check and the wait wakes us.
             changed.as_mut().enable();
-            if let Some(pod) = self.get(namespace, name, uid) {
-                return Some(pod);
+            if let Some(v) = check() {
+                return v;
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return None;
-            }
+            changed.await;
         }
     }
 
@@ -116,28 +120,13 @@ impl PodCache {
 
     /// Returns once a pod was added or changed since the last [`take_changed`](Self::take_changed).
     pub async fn changed(&self) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if !self.dirty().is_empty() {
-                return;
-            }
-            changed.await;
-        }
+        self.until(|| (!self.dirty().is_empty()).then_some(()))
+            .await
     }
 
     /// Returns once the first list is complete.
     pub async fn wait_synced(&self) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.synced() {
-                return;
-            }
-            changed.await;
-        }
+        self.until(|| self.synced().then_some(())).await
     }
 
     /// Removes a pod (only the entry with the deleted pod's UID).
