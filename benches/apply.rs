@@ -5,7 +5,8 @@
 //! * `create`: `engine::apply` into a fresh namespace (no table of ours: a create-only batch).
 //!   Everything the command does after parsing its flags: plan, namespace thread, sockets,
 //!   the look for existing tables, `::6/128` on `lo`, encode, send, ACKs, socket close. And
-//!   the same with `Expect::Fresh` (the CNI ADD's and the command line's: no look first).
+//!   the same with `engine::apply_as_last` (the command line's and the CNI ADD's: on the
+//!   caller's own thread).
 //! * `create, kernel only`: the same batch, already encoded, sent on a socket already open
 //!   in a fresh namespace: `send` plus reading every ACK. This is the floor: the kernel's
 //!   own cost for the batch.
@@ -27,7 +28,7 @@ mod common;
 use common::{kernel_criterion, require_root, specs, ScratchNetns, Spec};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
 use mesh_redirect::config::Config;
-use mesh_redirect::engine::{self, Backend, BackendChoice, Expect};
+use mesh_redirect::engine::{self, Backend, BackendChoice};
 use mesh_redirect::kernel::{NfTables, RouteOps};
 use mesh_redirect::model::{build, Flavor};
 use mesh_redirect::nft::batch::{encode, Shape};
@@ -97,26 +98,6 @@ fn create_paths(g: &mut Group, cfg: &Config) {
         })
     });
     g.bench_function(
-        "create: engine::apply_expecting Fresh (no look first), fresh namespace",
-        |b| {
-            b.iter_custom(|iters| {
-                per_fresh_namespace(
-                    iters,
-                    |ns| ns.netns(),
-                    |_, netns| {
-                        engine::apply_expecting(
-                            &netns,
-                            cfg,
-                            BackendChoice::Nftables,
-                            Expect::Fresh,
-                        )
-                        .expect("apply");
-                    },
-                )
-            })
-        },
-    );
-    g.bench_function(
         "create: engine::apply_as_last (the command's own thread), fresh namespace",
         |b| b.iter_custom(|iters| as_last(iters, cfg)),
     );
@@ -171,8 +152,7 @@ fn as_last(iters: u64, cfg: &Config) -> Duration {
             total += std::thread::scope(|s| {
                 s.spawn(|| {
                     let start = Instant::now();
-                    engine::apply_as_last(netns, cfg, BackendChoice::Nftables, Expect::Unknown)
-                        .expect("apply");
+                    engine::apply_as_last(netns, cfg, BackendChoice::Nftables).expect("apply");
                     start.elapsed()
                 })
                 .join()
@@ -208,19 +188,6 @@ fn replace_paths(g: &mut Group, cfg: &Config) {
         |b| {
             b.iter(|| {
                 let report = engine::apply(&netns, cfg, BackendChoice::Nftables).expect("apply");
-                assert!(!report.replaced && report.messages == 0);
-            })
-        },
-    );
-    // The optimistic create over tables that are there: the kernel refuses (and aborts) the
-    // create batch, then the look finds them equal.
-    g.bench_function(
-        "re-apply unchanged: engine::apply_expecting Fresh (refused create, then the look)",
-        |b| {
-            b.iter(|| {
-                let report =
-                    engine::apply_expecting(&netns, cfg, BackendChoice::Nftables, Expect::Fresh)
-                        .expect("apply");
                 assert!(!report.replaced && report.messages == 0);
             })
         },

@@ -97,13 +97,11 @@ fn cmd_render(redirect: &RedirectArgs, backend: Backend) -> Result<(), Error> {
 }
 
 /// `apply` is the last thing this process does in a namespace: its own thread enters it and
-/// stays there (no thread is made: `engine::apply_as_last`). The look for tables of ours
-/// stays (`Expect::Unknown`): skipping it saves nothing measurable, and a re-run over our
-/// tables would pay the kernel's abort of a refused create (README, "Measured").
+/// stays there (no thread is made: `engine::apply_as_last`).
 fn cmd_apply(t: &Target, redirect: &RedirectArgs) -> Result<(), Error> {
     let (cfg, ns) = target(t, redirect)?;
     let path = ns.path().to_string();
-    let report = engine::apply_as_last(ns, &cfg, t.backend.choice(), engine::Expect::Unknown)
+    let report = engine::apply_as_last(ns, &cfg, t.backend.choice())
         .map_err(engine_error(Operation::Apply, &path))?;
     tracing::info!(
         netns = path,

@@ -2,8 +2,6 @@
 //!
 //! ```text
 //! fresh namespace     → create-only batch (NEWTABLE with NLM_F_EXCL; EEXIST → replace)
-//! expected fresh      → the create-only batch without looking first ([`Nftables::create`]);
-//!                       refused (EEXIST or anything else): nothing changed, the caller looks
 //! our tables, equal   → nothing sent (counters kept, no RCU wait at close)
 //! our tables, drifted → replace batch: add table x; delete table x; …; the tables anew
 //! remove              → delete batch of the tables that exist
@@ -48,17 +46,6 @@ impl<S: NfTables> Nftables<S> {
             self.existing = Some(found);
         }
         Ok(self.existing.as_deref().unwrap_or_default())
-    }
-
-    /// The create-only batch, sent without looking for our tables first: one round trip
-    /// less on a namespace that is expected to be fresh. The kernel refuses the whole batch
-    /// (`EEXIST` on the first table) when one of our tables exists, so an error means that
-    /// nothing changed; a refusal costs the kernel an abort, though (≈ an RCU grace period),
-    /// far more than the look it saves: only for callers that know the namespace is new.
-    pub fn create(&mut self, plan: &Plan) -> Result<Applied, NetlinkError> {
-        let sent = self.send(plan, Shape::Create);
-        self.existing = None;
-        sent
     }
 
     fn send(&mut self, plan: &Plan, shape: Shape) -> Result<Applied, NetlinkError> {

@@ -425,12 +425,10 @@ fn add(env: &Environment, conf: &NetConf) -> Result<Option<Value>, CniError> {
         Expected::Redirect { cfg, pod } => {
             // The last thing this process does in a namespace: on its own thread, no other
             // made (`engine::apply_as_last`); afterwards it only answers on stdout and reports
-            // to the agent's socket by path. The look before the create stays: skipping it
-            // (`Expect::Fresh`) saves nothing measurable, and a repeated ADD would pay the
-            // kernel's abort of a refused create (≈ 16 ms).
+            // to the agent's socket by path.
             let ns = open_netns(env.netns.as_deref().unwrap_or_default())?;
             let path = ns.path().to_string();
-            let report = engine::apply_as_last(ns, &cfg, conf.backend, engine::Expect::Unknown)
+            let report = engine::apply_as_last(ns, &cfg, conf.backend)
                 .map_err(|e| engine_error(e, "program the redirect"))?;
             tracing::info!(
                 pod = %pod,

@@ -229,49 +229,21 @@ fn undo_routes<R: RouteOps>(rs: &mut R, added: &[RouteObject]) {
     }
 }
 
-/// What the caller knows of the namespace before an apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    /// Nothing: look for rules of ours first (a re-run over equal tables sends nothing).
-    Unknown,
-    /// A namespace known to be new: send the create batch without looking first (one
-    /// nf_tables round trip less). If rules of ours are there after all, the kernel refuses
-    /// the whole batch (nothing changed) and the apply goes the [`Expect::Unknown`] way.
-    ///
-    /// Measured (README, "Measured"): the look it saves costs ≈ 1 µs in process and nothing
-    /// measurable in a whole process, while a refused create costs the kernel an abort with
-    /// an RCU grace period (an unchanged re-apply: 16 ms instead of 0.2 ms). So neither the
-    /// command line nor the CNI plugin uses it; it stays for callers that know, and for the
-    /// benchmark (`cargo bench --bench apply`) that keeps the comparison reproducible.
-    Fresh,
-}
-
 /// Programs `cfg` into the namespace: routes, then the rules; routes are taken back if the
 /// rules are refused.
 pub fn apply(ns: &Netns, cfg: &Config, choice: BackendChoice) -> Result<ApplyReport, EngineError> {
-    apply_expecting(ns, cfg, choice, Expect::Unknown)
+    ns.run(|| apply_in(&System, cfg, choice))?
 }
 
-/// [`apply`] with what the caller knows of the namespace.
-pub fn apply_expecting(
-    ns: &Netns,
-    cfg: &Config,
-    choice: BackendChoice,
-    expect: Expect,
-) -> Result<ApplyReport, EngineError> {
-    ns.run(|| apply_in_expecting(&System, cfg, choice, expect))?
-}
-
-/// [`apply_expecting`] on the calling thread, which enters the namespace for good
+/// [`apply`] on the calling thread, which enters the namespace for good
 /// ([`Netns::enter_for_good`]): no thread is made. Only for the last namespace operation of a
 /// one-shot process (the command line's `apply`, a CNI ADD).
 pub fn apply_as_last(
     ns: Netns,
     cfg: &Config,
     choice: BackendChoice,
-    expect: Expect,
 ) -> Result<ApplyReport, EngineError> {
-    ns.enter_for_good(|| apply_in_expecting(&System, cfg, choice, expect))?
+    ns.enter_for_good(|| apply_in(&System, cfg, choice))?
 }
 
 /// [`apply`] in the caller's namespace, through `k`.
@@ -280,22 +252,7 @@ pub fn apply_in<K: Kernel>(
     cfg: &Config,
     choice: BackendChoice,
 ) -> Result<ApplyReport, EngineError> {
-    apply_in_expecting(k, cfg, choice, Expect::Unknown)
-}
-
-/// [`apply_expecting`] in the caller's namespace, through `k`.
-pub fn apply_in_expecting<K: Kernel>(
-    k: &K,
-    cfg: &Config,
-    choice: BackendChoice,
-    expect: Expect,
-) -> Result<ApplyReport, EngineError> {
     let start = Instant::now();
-    if expect == Expect::Fresh {
-        if let Some(report) = create_fresh(k, cfg, choice, start) {
-            return Ok(report);
-        }
-    }
     let (decision, mut backend) = select(k, choice)?;
     let plan = plan(cfg, decision.backend);
     // `auto` follows the backend in place; an explicit choice that differs from it migrates,
@@ -359,62 +316,6 @@ pub fn apply_in_expecting<K: Kernel>(
         routes_added: added,
         retries: a.retries,
         migrated_from,
-        elapsed: start.elapsed(),
-    })
-}
-
-/// The optimistic create ([`Expect::Fresh`]) for nftables (requested, or `auto`): the
-/// routes, then the create-only batch, without looking for tables of ours first. `None` when
-/// it did not apply, for whatever reason (tables of ours there: `EEXIST`; legacy rules of ours
-/// there: `auto` keeps them, an explicit choice migrates them; a socket or a look that
-/// failed; a refused batch). The namespace is then exactly as it was (the batch is atomic,
-/// the routes added are taken back) and the caller takes the full path, which decides and
-/// reports as it always did.
-fn create_fresh<K: Kernel>(
-    k: &K,
-    cfg: &Config,
-    choice: BackendChoice,
-    start: Instant,
-) -> Option<ApplyReport> {
-    let reason = match choice {
-        BackendChoice::Nftables => "requested",
-        BackendChoice::Auto => "nf_tables answers",
-        BackendChoice::IptablesLegacy => return None,
-    };
-    if IptablesLegacy::new(k).exists().unwrap_or(true) {
-        return None;
-    }
-    let mut nft = Nftables::new(k.nftables().ok()?);
-    let wanted = wanted_routes(cfg);
-    let mut rsock = match wanted.is_empty() {
-        true => None,
-        false => Some(k.routes().ok()?),
-    };
-    let added = match &mut rsock {
-        Some(rs) => add_routes(rs, &wanted).ok()?,
-        None => Vec::new(),
-    };
-    let a = match nft.create(&plan(cfg, Backend::Nftables)) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::debug!(error = %e, "the create batch was refused; looking at the namespace");
-            if let Some(rs) = &mut rsock {
-                undo_routes(rs, &added);
-            }
-            return None;
-        }
-    };
-    Some(ApplyReport {
-        decision: Decision {
-            backend: Backend::Nftables,
-            reason,
-        },
-        objects: a.objects,
-        messages: a.messages,
-        replaced: false,
-        routes_added: added,
-        retries: 0,
-        migrated_from: None,
         elapsed: start.elapsed(),
     })
 }
@@ -530,8 +431,6 @@ pub fn remove_in<K: Kernel>(k: &K, cfg: &Config) -> Result<RemoveReport, EngineE
     })
 }
 
-#[cfg(test)]
-mod fresh_tests;
 #[cfg(test)]
 mod migration_tests;
 #[cfg(test)]
