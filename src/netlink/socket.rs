@@ -32,8 +32,17 @@ impl NetlinkSocket {
         Ok(NetlinkSocket {
             sock,
             next_seq: seed | 1,
-            buf: vec![0; buffer],
+            // Capacity only: the kernel writes the replies into it. Zeroing it first would
+            // touch (and fault in) all of its pages on every open, ≈ 1.3 µs each on our VM.
+            buf: Vec::with_capacity(buffer),
         })
+    }
+
+    /// Receives one datagram into the buffer (replacing what it held); returns its length.
+    fn receive(&mut self, flags: libc::c_int) -> io::Result<usize> {
+        self.buf.clear();
+        // `Vec<u8>` as `BufMut`: recv fills the spare capacity and sets the length.
+        self.sock.recv(&mut self.buf, flags)
     }
 
     /// Asks for extended acknowledgements (the kernel's text and the offending attribute)
@@ -79,7 +88,7 @@ impl NetlinkSocket {
     /// Hands every reply already queued to `each`, without blocking.
     pub fn drain(&mut self, mut each: impl FnMut(Message<'_>)) -> io::Result<()> {
         loop {
-            let n = match self.sock.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
+            let n = match self.receive(libc::MSG_DONTWAIT) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -93,7 +102,7 @@ impl NetlinkSocket {
     /// Waits for the acknowledgement of request `seq`: `Ok` or the kernel's errno.
     pub fn ack(&mut self, seq: u32) -> io::Result<()> {
         loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+            let n = self.receive(0)?;
             for m in messages(&self.buf[..n]) {
                 if m.msg_type == NLMSG_ERROR && m.seq == seq {
                     return ErrorReply::parse(&m).into_result();
@@ -107,7 +116,7 @@ impl NetlinkSocket {
     /// is never taken for an empty one.
     pub fn dump(&mut self, seq: u32, mut each: impl FnMut(&[u8])) -> io::Result<()> {
         loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
+            let n = self.receive(0)?;
             // A reply cut by a too small buffer would silently lose objects: refuse it.
             let parsed: usize = messages(&self.buf[..n])
                 .map(|m| super::wire::align4(super::wire::NLMSG_HDRLEN + m.payload.len()))

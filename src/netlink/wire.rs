@@ -78,10 +78,12 @@ impl MessageWriter {
 
     /// A NUL-terminated string attribute.
     pub fn attr_str(&mut self, ty: u16, s: &str) {
-        let mut v = Vec::with_capacity(s.len() + 1);
-        v.extend_from_slice(s.as_bytes());
-        v.push(0);
-        self.attr(ty, &v);
+        // Written in place: a batch has a few hundred of these (every expression's name).
+        let len = 4 + s.len() + 1;
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(s.as_bytes());
+        self.buf.resize(self.buf.len() + 1 + align4(len) - len, 0);
     }
 
     /// Starts a nested attribute; returns its offset for [`MessageWriter::nest_end`].

@@ -197,7 +197,9 @@ pub fn ifname_bytes(name: &str) -> Vec<u8> {
 /// Lowers one rule. Dependencies are added the way nft adds them: `meta nfproto` before an
 /// address, `meta l4proto` before a port unless the rule already established the protocol.
 pub fn lower(rule: &Rule) -> Vec<Expr> {
-    let mut out = Vec::new();
+    // Room for the longest rules (a port match with its protocol dependency, an address
+    // match, a verdict): one allocation instead of a few growing ones.
+    let mut out = Vec::with_capacity(12);
     let mut l4: Option<Proto> = None;
     let mut l3: Option<bool> = None; // Some(true) = IPv4 established
     for m in &rule.matches {
