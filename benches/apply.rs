@@ -1,6 +1,7 @@
 //! In-process apply into a network namespace, next to the kernel's own cost for the batch.
 //!
-//! For each configuration (default with IPv6, large) and each path:
+//! For each configuration (default with IPv6, large; the create paths also for Istio's
+//! IPv4-only default, which adds no address to `lo`) and each path:
 //!
 //! * `create`: `engine::apply` into a fresh namespace (no table of ours: a create-only batch).
 //!   Everything the command does after parsing its flags: plan, namespace thread, sockets,
@@ -10,6 +11,11 @@
 //! * `create, kernel only`: the same batch, already encoded, sent on a socket already open
 //!   in a fresh namespace: `send` plus reading every ACK. This is the floor: the kernel's
 //!   own cost for the batch.
+//! * `create, kernel only, every call an apply makes`: the system calls of
+//!   `engine::apply_as_last` in its order (setns, sockets, the look for our tables, the
+//!   legacy table lists of the migration check, `::6/128` on `lo`, the batch, the closes),
+//!   the batch encoded before: the kernel's whole part of an apply, so that the difference
+//!   to `apply_as_last` is our own code.
 //! * `replace`: `engine::apply` over our existing tables (the replace batch), and
 //!   `replace, kernel only` on a socket that stays open.
 //!
@@ -35,6 +41,7 @@ use mesh_redirect::nft::batch::{encode, Shape};
 use mesh_redirect::nft::readback;
 use mesh_redirect::nft::socket::NfSocket;
 use mesh_redirect::routes::{self, RouteSocket};
+use mesh_redirect::xt;
 use std::time::{Duration, Instant};
 
 type Group<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
@@ -122,6 +129,10 @@ fn create_paths(g: &mut Group, cfg: &Config) {
         })
     });
     g.bench_function(
+        "create: kernel only, every call an apply makes (batch encoded before), fresh namespace",
+        |b| b.iter_custom(|iters| kernel_calls(iters, cfg)),
+    );
+    g.bench_function(
         "create: engine::apply iptables-legacy, fresh namespace",
         |b| {
             b.iter_custom(|iters| {
@@ -157,6 +168,64 @@ fn as_last(iters: u64, cfg: &Config) -> Duration {
                 })
                 .join()
                 .expect("apply thread")
+            });
+        }
+        drop(spaces);
+        settle();
+    }
+    total
+}
+
+/// The kernel's part of [`as_last`]: the same system calls in the same order (enter the
+/// namespace, open the nf_tables socket, look for our tables, list the legacy tables of both
+/// families, open the routing socket and add `::6/128` on `lo` when the configuration has
+/// IPv6, send the batch and read its replies, close both sockets), with the batch encoded
+/// before the timing. What `as_last` takes beyond this is our own code: the plan, encoding,
+/// decisions.
+fn kernel_calls(iters: u64, cfg: &Config) -> Duration {
+    let plan = build(cfg, Flavor::Nftables);
+    // Replies are matched by the sequence numbers the batch carries, not the socket's own.
+    let batch = encode(&plan, Shape::Create, 1);
+    let routes = routes::wanted(
+        cfg.needs_tproxy_routes(),
+        cfg.enable_ipv6,
+        cfg.tproxy_mark,
+        cfg.tproxy_route_table,
+    );
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        left -= n;
+        let spaces: Vec<ScratchNetns> = (0..n).map(|_| ScratchNetns::new()).collect();
+        for ns in &spaces {
+            let netns = ns.netns();
+            total += std::thread::scope(|s| {
+                s.spawn(|| {
+                    let start = Instant::now();
+                    netns
+                        .enter_for_good(|| {
+                            let mut sock = NfSocket::open().expect("socket");
+                            let tables = readback::inet_tables(&mut sock).expect("dump");
+                            assert!(tables.is_empty(), "a fresh namespace");
+                            for layout in [xt::abi::IPV4, xt::abi::IPV6] {
+                                xt::socket::loaded_tables(layout).expect("legacy tables");
+                            }
+                            let rs = (!routes.is_empty()).then(|| {
+                                let mut rs = RouteSocket::open().expect("rtnetlink socket");
+                                for obj in &routes {
+                                    rs.add(*obj).expect("route");
+                                }
+                                rs
+                            });
+                            sock.send_batch(&batch).expect("create batch");
+                            drop(rs);
+                        })
+                        .expect("enter");
+                    start.elapsed()
+                })
+                .join()
+                .expect("kernel thread")
             });
         }
         drop(spaces);
@@ -295,6 +364,11 @@ fn apply(c: &mut Criterion) {
         replace_paths(&mut g, &cfg);
         g.finish();
     }
+    let ipv4 = Spec::default_ipv4().config();
+    let mut g = c.benchmark_group("apply/default-ipv4-only");
+    g.sampling_mode(SamplingMode::Flat);
+    create_paths(&mut g, &ipv4);
+    g.finish();
     parts(c);
     // Apply time against rule count: the large configuration with 10, 100, 500 CIDRs.
     for cidrs in [10, 100, 500] {

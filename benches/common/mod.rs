@@ -29,6 +29,14 @@ impl Spec {
         }
     }
 
+    /// Istio's CNI sidecar defaults as they are (IPv4 only): `mesh-redirect apply`.
+    pub fn default_ipv4() -> Spec {
+        Spec {
+            name: "default-ipv4-only".into(),
+            flags: vec![],
+        }
+    }
+
     /// The large configuration: `cidrs` outbound include CIDRs and as many exclude CIDRs
     /// (alternately IPv4 /24 and IPv6 /48), 200 inbound ports, 16 proxy uids (the gids
     /// follow the uids), IPv6 on. `cidrs = 500` is "the large configuration".

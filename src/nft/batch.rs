@@ -450,7 +450,7 @@ fn encode_expr(w: &mut MessageWriter, e: &Expr, sets: &mut impl Iterator<Item = 
                 Verdict::Accept => (NF_ACCEPT, None),
                 Verdict::Drop => (NF_DROP, None),
                 Verdict::Return => (NFT_RETURN, None),
-                Verdict::Jump(c) => (NFT_JUMP, Some(c.as_str())),
+                Verdict::Jump(c) => (NFT_JUMP, Some(c.as_ref())),
             };
             w.attr_u32(NFTA_VERDICT_CODE, code as u32);
             if let Some(c) = chain {

@@ -18,8 +18,21 @@
 
 use super::abi::*;
 use crate::config::Cidr;
-use crate::model::{Action, Chain, CtState, Match, Proto, Rule};
+use crate::model::{Action, CtState, Match, Proto, Rule};
+use smallvec::SmallVec;
+use std::borrow::Cow;
 use std::fmt;
+
+/// The value of a comparison, mask, immediate or set key: a port, a uid, an address, an
+/// interface name, never more than 16 bytes from us (the kernel allows up to 64, which a
+/// foreign rule read back may use: then it lives on the heap). Inline, a rule lowers
+/// without one allocation per value.
+pub type Data = SmallVec<[u8; 16]>;
+
+/// [`Data`] holding `bytes`.
+pub fn data(bytes: &[u8]) -> Data {
+    Data::from_slice(bytes)
+}
 
 /// Where a comparison, load or statement gets its value: every data expression here works on
 /// register 1, verdicts on register 0, exactly like nft's output.
@@ -34,7 +47,7 @@ pub enum Expr {
         /// Equal or not equal.
         op: CmpOp,
         /// The value compared with.
-        data: Vec<u8>,
+        data: Data,
     },
     /// `payload load LEN b @ BASE + OFFSET => reg 1`.
     Payload {
@@ -48,21 +61,21 @@ pub enum Expr {
     /// `bitwise reg 1 = (reg 1 & MASK) ^ XOR`.
     Bitwise {
         /// The AND mask.
-        mask: Vec<u8>,
+        mask: Data,
         /// The XOR value.
-        xor: Vec<u8>,
+        xor: Data,
     },
     /// A lookup in an anonymous constant set of `inet_service` keys.
     Lookup {
         /// The set's keys, in network byte order.
-        elements: Vec<Vec<u8>>,
+        elements: Vec<Data>,
         /// True for `!=` (not in the set).
         invert: bool,
     },
     /// `counter`.
     Counter,
     /// `immediate reg 1 DATA`.
-    Immediate(Vec<u8>),
+    Immediate(Data),
     /// A verdict in register 0.
     Verdict(Verdict),
     /// `redirect to :port` with the port in register 1.
@@ -176,11 +189,11 @@ pub enum Verdict {
     Drop,
     /// `return`.
     Return,
-    /// `jump CHAIN`.
-    Jump(String),
+    /// `jump CHAIN`: one of our chains' static names when we lower, any name when read back.
+    Jump(Cow<'static, str>),
 }
 
-fn cmp(negate: bool, data: Vec<u8>) -> Expr {
+fn cmp(negate: bool, data: Data) -> Expr {
     Expr::Cmp {
         op: if negate { CmpOp::Neq } else { CmpOp::Eq },
         data,
@@ -188,8 +201,8 @@ fn cmp(negate: bool, data: Vec<u8>) -> Expr {
 }
 
 /// An interface name as nft compares it: the whole IFNAMSIZ buffer, zero padded.
-pub fn ifname_bytes(name: &str) -> Vec<u8> {
-    let mut b = name.as_bytes().to_vec();
+pub fn ifname_bytes(name: &str) -> Data {
+    let mut b = data(name.as_bytes());
     b.resize(IFNAMSIZ, 0);
     b
 }
@@ -210,7 +223,7 @@ pub fn lower(rule: &Rule) -> Vec<Expr> {
 }
 
 /// `meta KEY` compared with `data`.
-fn meta_cmp(key: MetaKey, negate: bool, data: Vec<u8>) -> [Expr; 2] {
+fn meta_cmp(key: MetaKey, negate: bool, data: Data) -> [Expr; 2] {
     [Expr::Meta(key), cmp(negate, data)]
 }
 
@@ -224,7 +237,7 @@ fn lower_match(out: &mut Vec<Expr>, l4: &mut Option<Proto>, l3: &mut Option<bool
             out.extend(meta_cmp(MetaKey::OifName, false, ifname_bytes(i.as_str())))
         }
         Match::L4Proto(p) => {
-            out.extend(meta_cmp(MetaKey::L4Proto, false, vec![p.number()]));
+            out.extend(meta_cmp(MetaKey::L4Proto, false, data(&[p.number()])));
             *l4 = Some(*p);
         }
         Match::DPort {
@@ -239,10 +252,10 @@ fn lower_match(out: &mut Vec<Expr>, l4: &mut Option<Proto>, l3: &mut Option<bool
                 len: 2,
             });
             if ports.len() == 1 {
-                out.push(cmp(*negate, ports[0].to_be_bytes().to_vec()));
+                out.push(cmp(*negate, data(&ports[0].to_be_bytes())));
             } else {
                 out.push(Expr::Lookup {
-                    elements: ports.iter().map(|p| p.to_be_bytes().to_vec()).collect(),
+                    elements: ports.iter().map(|p| data(&p.to_be_bytes())).collect(),
                     invert: *negate,
                 });
             }
@@ -254,29 +267,25 @@ fn lower_match(out: &mut Vec<Expr>, l4: &mut Option<Proto>, l3: &mut Option<bool
                 offset: 0,
                 len: 2,
             });
-            out.push(cmp(false, port.to_be_bytes().to_vec()));
+            out.push(cmp(false, data(&port.to_be_bytes())));
         }
         Match::SAddr { cidr, negate } => address(out, l3, cidr, true, *negate),
         Match::DAddr { cidr, negate } => address(out, l3, cidr, false, *negate),
-        Match::SkUid { uid, negate } => out.extend(meta_cmp(
-            MetaKey::SkUid,
-            *negate,
-            uid.to_ne_bytes().to_vec(),
-        )),
+        Match::SkUid { uid, negate } => {
+            out.extend(meta_cmp(MetaKey::SkUid, *negate, data(&uid.to_ne_bytes())))
+        }
         Match::SkGid { group, negate } => out.extend(meta_cmp(
             MetaKey::SkGid,
             *negate,
-            group.gid.to_ne_bytes().to_vec(),
+            data(&group.gid.to_ne_bytes()),
         )),
         Match::CtState(state) => out.extend(ct_state(*state)),
-        Match::Mark { mark, negate } => out.extend(meta_cmp(
-            MetaKey::Mark,
-            *negate,
-            mark.to_ne_bytes().to_vec(),
-        )),
+        Match::Mark { mark, negate } => {
+            out.extend(meta_cmp(MetaKey::Mark, *negate, data(&mark.to_ne_bytes())))
+        }
         Match::CtMark(mark) => out.extend([
             Expr::CtLoad(NFT_CT_MARK),
-            cmp(false, mark.to_ne_bytes().to_vec()),
+            cmp(false, data(&mark.to_ne_bytes())),
         ]),
     }
 }
@@ -290,10 +299,10 @@ fn ct_state(state: CtState) -> [Expr; 3] {
     [
         Expr::CtLoad(NFT_CT_STATE),
         Expr::Bitwise {
-            mask: bits.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
+            mask: data(&bits.to_ne_bytes()),
+            xor: Data::from_elem(0, 4),
         },
-        cmp(true, vec![0; 4]),
+        cmp(true, Data::from_elem(0, 4)),
     ]
 }
 
@@ -303,7 +312,7 @@ fn rule_family_is_v6(rule: &Rule) -> bool {
 
 fn port_dependency(out: &mut Vec<Expr>, l4: &mut Option<Proto>, proto: Proto) {
     if *l4 != Some(proto) {
-        out.extend(meta_cmp(MetaKey::L4Proto, false, vec![proto.number()]));
+        out.extend(meta_cmp(MetaKey::L4Proto, false, data(&[proto.number()])));
         *l4 = Some(proto);
     }
 }
@@ -314,7 +323,7 @@ fn address(out: &mut Vec<Expr>, l3: &mut Option<bool>, cidr: &Cidr, source: bool
     let v4 = cidr.is_v4();
     if *l3 != Some(v4) {
         let nfproto = if v4 { NFPROTO_IPV4 } else { NFPROTO_IPV6 };
-        out.extend(meta_cmp(MetaKey::NfProto, false, vec![nfproto]));
+        out.extend(meta_cmp(MetaKey::NfProto, false, data(&[nfproto])));
         *l3 = Some(v4);
     }
     let (offset, full) = match (v4, source) {
@@ -330,7 +339,7 @@ fn address(out: &mut Vec<Expr>, l3: &mut Option<bool>, cidr: &Cidr, source: bool
             offset,
             len: full,
         });
-        out.push(cmp(negate, network));
+        out.push(cmp(negate, data(&network)));
     } else if cidr.len % 8 == 0 && cidr.len > 0 {
         let bytes = (cidr.len / 8) as usize;
         out.push(Expr::Payload {
@@ -338,7 +347,7 @@ fn address(out: &mut Vec<Expr>, l3: &mut Option<bool>, cidr: &Cidr, source: bool
             offset,
             len: bytes as u32,
         });
-        out.push(cmp(negate, network[..bytes].to_vec()));
+        out.push(cmp(negate, data(&network[..bytes])));
     } else {
         out.push(Expr::Payload {
             base: NFT_PAYLOAD_NETWORK_HEADER,
@@ -346,10 +355,10 @@ fn address(out: &mut Vec<Expr>, l3: &mut Option<bool>, cidr: &Cidr, source: bool
             len: full,
         });
         out.push(Expr::Bitwise {
-            mask: cidr.mask_bytes(),
-            xor: vec![0; full as usize],
+            mask: data(&cidr.mask_bytes()),
+            xor: Data::from_elem(0, full as usize),
         });
-        out.push(cmp(negate, network));
+        out.push(cmp(negate, data(&network)));
     }
 }
 
@@ -359,27 +368,30 @@ fn action(out: &mut Vec<Expr>, action: &Action, v6: bool) {
         Action::Return => out.extend([Expr::Counter, verdict(Verdict::Return)]),
         Action::Accept => out.extend([Expr::Counter, verdict(Verdict::Accept)]),
         Action::Drop => out.extend([Expr::Counter, verdict(Verdict::Drop)]),
-        Action::Jump(c) => out.extend([Expr::Counter, verdict(Verdict::Jump(chain_name(*c)))]),
+        Action::Jump(c) => out.extend([
+            Expr::Counter,
+            verdict(Verdict::Jump(Cow::Borrowed(c.nft_name()))),
+        ]),
         Action::Redirect { port } => out.extend([
             Expr::Counter,
-            Expr::Immediate(port.to_be_bytes().to_vec()),
+            Expr::Immediate(data(&port.to_be_bytes())),
             Expr::Redirect,
         ]),
         // `tproxy ip to :15006 meta mark set 1337 counter accept`: the counter comes after
         // the mark here, as in Istio's text.
         Action::Tproxy { port, mark } => out.extend([
-            Expr::Immediate(port.to_be_bytes().to_vec()),
+            Expr::Immediate(data(&port.to_be_bytes())),
             Expr::Tproxy {
                 family: if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 },
             },
-            Expr::Immediate(mark.to_ne_bytes().to_vec()),
+            Expr::Immediate(data(&mark.to_ne_bytes())),
             Expr::MetaSet(MetaKey::Mark),
             Expr::Counter,
             verdict(Verdict::Accept),
         ]),
         Action::SetMark(m) => out.extend([
             Expr::Counter,
-            Expr::Immediate(m.to_ne_bytes().to_vec()),
+            Expr::Immediate(data(&m.to_ne_bytes())),
             Expr::MetaSet(MetaKey::Mark),
         ]),
         Action::SaveMarkToConntrack => out.extend([
@@ -394,15 +406,10 @@ fn action(out: &mut Vec<Expr>, action: &Action, v6: bool) {
         ]),
         Action::CtZone(z) => out.extend([
             Expr::Counter,
-            Expr::Immediate(z.to_ne_bytes().to_vec()),
+            Expr::Immediate(data(&z.to_ne_bytes())),
             Expr::CtSet(NFT_CT_ZONE),
         ]),
     }
-}
-
-/// The nft chain name of a model chain.
-pub fn chain_name(c: Chain) -> String {
-    c.nft_name().to_string()
 }
 
 fn hex(data: &[u8]) -> String {

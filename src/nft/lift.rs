@@ -333,6 +333,7 @@ mod tests {
     use super::*;
     use crate::config::GroupFile;
     use crate::model::{build, Flavor, Plan, Position, Step};
+    use crate::nft::expr::{data, Data};
     use crate::nft::render::rule_text;
     use std::mem::discriminant;
 
@@ -622,7 +623,7 @@ mod tests {
         });
         wildcard[1] = Expr::Cmp {
             op: CmpOp::Eq,
-            data: b"eth".to_vec(),
+            data: data(b"eth"),
         };
         // `meta l4proto tcp` lowered before a port, then a port without it: not what lower makes.
         let port = lower(&Rule {
@@ -637,12 +638,12 @@ mod tests {
         let unknown_state = vec![
             Expr::CtLoad(NFT_CT_STATE),
             Expr::Bitwise {
-                mask: 8u32.to_ne_bytes().to_vec(),
-                xor: vec![0; 4],
+                mask: data(&8u32.to_ne_bytes()),
+                xor: Data::from_elem(0, 4),
             },
             Expr::Cmp {
                 op: CmpOp::Neq,
-                data: vec![0; 4],
+                data: Data::from_elem(0, 4),
             },
             Expr::Counter,
             Expr::Verdict(Verdict::Accept),

@@ -2,7 +2,7 @@
 //! their lookups use, decoded into the same [`Expr`] IR the encoder writes.
 
 use super::abi::*;
-use super::expr::{CmpOp, Expr, MetaKey, Verdict};
+use super::expr::{data, CmpOp, Data, Expr, MetaKey, Verdict};
 use super::socket::NetlinkError;
 use crate::kernel::{NfDump, NfTables};
 use crate::netlink::wire::{attrs, find_attr, Attr};
@@ -120,7 +120,7 @@ fn set_elements(
     sock: &mut impl NfTables,
     table: &str,
     set_replies: &[Vec<u8>],
-) -> Result<HashMap<String, Vec<Vec<u8>>>, NetlinkError> {
+) -> Result<HashMap<String, Vec<Data>>, NetlinkError> {
     let mut sets = HashMap::new();
     for s in set_replies {
         if find_attr(s, NFTA_SET_TABLE).and_then(|a| a.str()) != Some(table) {
@@ -135,7 +135,7 @@ fn set_elements(
                 keys.extend(list.nested().filter_map(|elem| {
                     elem.find(NFTA_SET_ELEM_KEY)
                         .and_then(|k| k.find(NFTA_DATA_VALUE))
-                        .map(|v| v.value.to_vec())
+                        .map(|v| data(v.value))
                 }));
             }
         }
@@ -190,17 +190,17 @@ fn reg_u32(a: &Attr<'_>, ty: u16) -> Option<u32> {
     a.find(ty).and_then(|x| x.u32_be())
 }
 
-fn data_value(a: &Attr<'_>, ty: u16) -> Vec<u8> {
+fn data_value(a: &Attr<'_>, ty: u16) -> Data {
     a.find(ty)
         .and_then(|d| d.find(NFTA_DATA_VALUE))
-        .map(|v| v.value.to_vec())
+        .map(|v| data(v.value))
         .unwrap_or_default()
 }
 
 /// Decodes one `NFTA_LIST_ELEM` of a rule; anything we never write becomes `Other`.
 // Long by design: one arm per expression kind, the mirror of `batch::encode_expr`; each
 // kind's attribute numbers read best side by side, and splitting would only add indirection.
-pub fn decode_expr(elem: Attr<'_>, sets: &HashMap<String, Vec<Vec<u8>>>) -> Expr {
+pub fn decode_expr(elem: Attr<'_>, sets: &HashMap<String, Vec<Data>>) -> Expr {
     let name = elem
         .find(NFTA_EXPR_NAME)
         .and_then(|a| a.str())
@@ -276,7 +276,7 @@ pub fn decode_expr(elem: Attr<'_>, sets: &HashMap<String, Vec<Vec<u8>>>) -> Expr
                     Some(NF_ACCEPT) => Expr::Verdict(Verdict::Accept),
                     Some(NF_DROP) => Expr::Verdict(Verdict::Drop),
                     Some(NFT_RETURN) => Expr::Verdict(Verdict::Return),
-                    Some(NFT_JUMP) => Expr::Verdict(Verdict::Jump(chain)),
+                    Some(NFT_JUMP) => Expr::Verdict(Verdict::Jump(chain.into())),
                     _ => other(),
                 }
             } else {
@@ -304,7 +304,7 @@ pub fn decode_expr(elem: Attr<'_>, sets: &HashMap<String, Vec<Vec<u8>>>) -> Expr
 /// Decodes the expressions of NEWRULE messages in a batch we built (used by tests and
 /// benchmarks to check the encoder without a kernel).
 pub fn decode_batch_rules(batch: &[u8]) -> Vec<(String, Vec<Expr>)> {
-    let mut sets: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+    let mut sets: HashMap<u32, Vec<Data>> = HashMap::new();
     let mut out = Vec::new();
     for m in crate::netlink::wire::messages(batch) {
         let body = m
@@ -316,13 +316,13 @@ pub fn decode_batch_rules(batch: &[u8]) -> Vec<(String, Vec<Expr>)> {
                 let id = find_attr(body, NFTA_SET_ELEM_LIST_SET_ID)
                     .and_then(|a| a.u32_be())
                     .unwrap_or(0);
-                let mut keys: Vec<Vec<u8>> = find_attr(body, NFTA_SET_ELEM_LIST_ELEMENTS)
+                let mut keys: Vec<Data> = find_attr(body, NFTA_SET_ELEM_LIST_ELEMENTS)
                     .map(|l| {
                         l.nested()
                             .filter_map(|e| {
                                 e.find(NFTA_SET_ELEM_KEY)
                                     .and_then(|k| k.find(NFTA_DATA_VALUE))
-                                    .map(|v| v.value.to_vec())
+                                    .map(|v| data(v.value))
                             })
                             .collect()
                     })
@@ -344,7 +344,7 @@ pub fn decode_batch_rules(batch: &[u8]) -> Vec<(String, Vec<Expr>)> {
                                     .find(NFTA_EXPR_DATA)
                                     .and_then(|d| d.find(NFTA_LOOKUP_SET_ID))
                                     .and_then(|a| a.u32_be());
-                                let named: HashMap<String, Vec<Vec<u8>>> = id
+                                let named: HashMap<String, Vec<Data>> = id
                                     .and_then(|id| sets.get(&id))
                                     .map(|k| {
                                         [("__set%d".to_string(), k.clone())].into_iter().collect()
