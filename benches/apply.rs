@@ -37,6 +37,7 @@ use mesh_redirect::config::Config;
 use mesh_redirect::engine::{self, Backend, BackendChoice};
 use mesh_redirect::kernel::{NfTables, RouteOps};
 use mesh_redirect::model::{build, Flavor};
+use mesh_redirect::netns::Netns;
 use mesh_redirect::nft::batch::{encode, Shape};
 use mesh_redirect::nft::readback;
 use mesh_redirect::nft::socket::NfSocket;
@@ -148,10 +149,11 @@ fn create_paths(g: &mut Group, cfg: &Config) {
     );
 }
 
-/// What the command line and the CNI plugin pay: `engine::apply_as_last` on a thread that
-/// is already there and enters the namespace itself. The bench's threads must not stay in a
-/// pod's namespace, so each apply runs on a thread made for it, outside the timing.
-fn as_last(iters: u64, cfg: &Config) -> Duration {
+/// Runs `timed` once per fresh namespace, `iters` times, each on a thread made for it
+/// outside the timing: `timed` enters the namespace for good, as the command line and the
+/// CNI plugin do on their own thread, and the bench's threads must not stay in a pod's
+/// namespace.
+fn per_fresh_namespace_own_thread(iters: u64, timed: impl Fn(Netns) + Sync) -> Duration {
     let mut total = Duration::ZERO;
     let mut left = iters;
     while left > 0 {
@@ -163,17 +165,24 @@ fn as_last(iters: u64, cfg: &Config) -> Duration {
             total += std::thread::scope(|s| {
                 s.spawn(|| {
                     let start = Instant::now();
-                    engine::apply_as_last(netns, cfg, BackendChoice::Nftables).expect("apply");
+                    timed(netns);
                     start.elapsed()
                 })
                 .join()
-                .expect("apply thread")
+                .expect("timed thread")
             });
         }
         drop(spaces);
         settle();
     }
     total
+}
+
+/// What the command line and the CNI plugin pay: `engine::apply_as_last`.
+fn as_last(iters: u64, cfg: &Config) -> Duration {
+    per_fresh_namespace_own_thread(iters, |netns| {
+        engine::apply_as_last(netns, cfg, BackendChoice::Nftables).expect("apply");
+    })
 }
 
 /// The kernel's part of [`as_last`]: the same system calls in the same order (enter the
@@ -192,46 +201,27 @@ fn kernel_calls(iters: u64, cfg: &Config) -> Duration {
         cfg.tproxy_mark,
         cfg.tproxy_route_table,
     );
-    let mut total = Duration::ZERO;
-    let mut left = iters;
-    while left > 0 {
-        let n = left.min(CHUNK);
-        left -= n;
-        let spaces: Vec<ScratchNetns> = (0..n).map(|_| ScratchNetns::new()).collect();
-        for ns in &spaces {
-            let netns = ns.netns();
-            total += std::thread::scope(|s| {
-                s.spawn(|| {
-                    let start = Instant::now();
-                    netns
-                        .enter_for_good(|| {
-                            let mut sock = NfSocket::open().expect("socket");
-                            let tables = readback::inet_tables(&mut sock).expect("dump");
-                            assert!(tables.is_empty(), "a fresh namespace");
-                            for layout in [xt::abi::IPV4, xt::abi::IPV6] {
-                                xt::socket::loaded_tables(layout).expect("legacy tables");
-                            }
-                            let rs = (!routes.is_empty()).then(|| {
-                                let mut rs = RouteSocket::open().expect("rtnetlink socket");
-                                for obj in &routes {
-                                    rs.add(*obj).expect("route");
-                                }
-                                rs
-                            });
-                            sock.send_batch(&batch).expect("create batch");
-                            drop(rs);
-                        })
-                        .expect("enter");
-                    start.elapsed()
-                })
-                .join()
-                .expect("kernel thread")
-            });
-        }
-        drop(spaces);
-        settle();
-    }
-    total
+    per_fresh_namespace_own_thread(iters, |netns| {
+        netns
+            .enter_for_good(|| {
+                let mut sock = NfSocket::open().expect("socket");
+                let tables = readback::inet_tables(&mut sock).expect("dump");
+                assert!(tables.is_empty(), "a fresh namespace");
+                for layout in [xt::abi::IPV4, xt::abi::IPV6] {
+                    xt::socket::loaded_tables(layout).expect("legacy tables");
+                }
+                let rs = (!routes.is_empty()).then(|| {
+                    let mut rs = RouteSocket::open().expect("rtnetlink socket");
+                    for obj in &routes {
+                        rs.add(*obj).expect("route");
+                    }
+                    rs
+                });
+                sock.send_batch(&batch).expect("create batch");
+                drop(rs);
+            })
+            .expect("enter");
+    })
 }
 
 fn replace_paths(g: &mut Group, cfg: &Config) {
