@@ -186,7 +186,6 @@ impl RouteSocket {
 
     /// One add or delete request, answered by an ACK.
     fn request(&mut self, obj: RouteObject, add: bool) -> io::Result<()> {
-        let lo = LOOPBACK_IFINDEX;
         let mut w = MessageWriter::default();
         let flags = NLM_F_REQUEST | NLM_F_ACK | if add { NLM_F_CREATE | NLM_F_EXCL } else { 0 };
         let seq = self.sock.reserve_seqs(1);
@@ -221,7 +220,7 @@ impl RouteSocket {
                 };
                 let ty = if add { RTM_NEWROUTE } else { RTM_DELROUTE };
                 let s = w.begin_plain(ty, flags, seq, &hdr.to_bytes());
-                w.attr(RTA_OIF, &lo.to_ne_bytes());
+                w.attr(RTA_OIF, &LOOPBACK_IFINDEX.to_ne_bytes());
                 w.attr(RTA_TABLE, &table.to_ne_bytes());
                 s
             }
@@ -229,7 +228,7 @@ impl RouteSocket {
                 let hdr = IfAddrMsg {
                     family: AF_INET6,
                     prefix_len: 128,
-                    index: lo,
+                    index: LOOPBACK_IFINDEX,
                     ..Default::default()
                 };
                 let ty = if add { RTM_NEWADDR } else { RTM_DELADDR };
@@ -309,7 +308,6 @@ impl RouteOps for RouteSocket {
     fn local_default_tables(&mut self) -> io::Result<Vec<(u8, u32)>> {
         /// `RT_TABLE_DEFAULT`, `RT_TABLE_MAIN`, `RT_TABLE_LOCAL`: never ours.
         const RESERVED: [u32; 4] = [0, 253, 254, 255];
-        let lo = LOOPBACK_IFINDEX;
         let mut out = Vec::new();
         for family in [AF_INET, AF_INET6] {
             let hdr = RtMsg {
@@ -322,7 +320,7 @@ impl RouteOps for RouteSocket {
                 let Some(h) = RtMsg::parse(h) else { return };
                 let table = u32_attr(a, RTA_TABLE).unwrap_or(h.table as u32);
                 let local_default = h.dst_len == 0 && h.kind == RTN_LOCAL;
-                let ours = local_default && u32_attr(a, RTA_OIF) == Some(lo);
+                let ours = local_default && u32_attr(a, RTA_OIF) == Some(LOOPBACK_IFINDEX);
                 let i = match tables.iter().position(|t| t.0 == table) {
                     Some(i) => i,
                     None => {

@@ -64,11 +64,7 @@ impl MessageWriter {
 
     /// One attribute with a raw value (padded to 4 bytes).
     pub fn attr(&mut self, ty: u16, data: &[u8]) {
-        let len = 4 + data.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.buf.resize(self.buf.len() + align4(len) - len, 0);
+        self.attr_zero_extended(ty, data, 0);
     }
 
     /// A 32-bit attribute in network byte order (nf_tables' convention).
@@ -78,12 +74,18 @@ impl MessageWriter {
 
     /// A NUL-terminated string attribute.
     pub fn attr_str(&mut self, ty: u16, s: &str) {
-        // Written in place: a batch has a few hundred of these (every expression's name).
-        let len = 4 + s.len() + 1;
+        self.attr_zero_extended(ty, s.as_bytes(), 1);
+    }
+
+    /// `data` followed by `nuls` zero bytes (a string's NUL) as one attribute, padded to 4
+    /// bytes; written in place (a batch has a few hundred strings: every expression's name).
+    fn attr_zero_extended(&mut self, ty: u16, data: &[u8], nuls: usize) {
+        let len = 4 + data.len() + nuls;
         self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(s.as_bytes());
-        self.buf.resize(self.buf.len() + 1 + align4(len) - len, 0);
+        self.buf.extend_from_slice(data);
+        self.buf
+            .resize(self.buf.len() + nuls + align4(len) - len, 0);
     }
 
     /// Starts a nested attribute; returns its offset for [`MessageWriter::nest_end`].

@@ -132,11 +132,7 @@ fn set_elements(
         let mut keys = Vec::new();
         for e in &sock.dump(NfDump::SetElements { table, set })? {
             if let Some(list) = find_attr(e, NFTA_SET_ELEM_LIST_ELEMENTS) {
-                keys.extend(list.nested().filter_map(|elem| {
-                    elem.find(NFTA_SET_ELEM_KEY)
-                        .and_then(|k| k.find(NFTA_DATA_VALUE))
-                        .map(|v| data(v.value))
-                }));
+                keys.extend(list.nested().filter_map(|elem| element_key(&elem)));
             }
         }
         sets.insert(set.to_string(), keys);
@@ -188,6 +184,13 @@ fn hook_devices(h: &Attr<'_>) -> Vec<String> {
 
 fn reg_u32(a: &Attr<'_>, ty: u16) -> Option<u32> {
     a.find(ty).and_then(|x| x.u32_be())
+}
+
+/// The key of one `NFTA_LIST_ELEM` of a set's element list.
+fn element_key(elem: &Attr<'_>) -> Option<Data> {
+    elem.find(NFTA_SET_ELEM_KEY)
+        .and_then(|k| k.find(NFTA_DATA_VALUE))
+        .map(|v| data(v.value))
 }
 
 fn data_value(a: &Attr<'_>, ty: u16) -> Data {
@@ -317,15 +320,7 @@ pub fn decode_batch_rules(batch: &[u8]) -> Vec<(String, Vec<Expr>)> {
                     .and_then(|a| a.u32_be())
                     .unwrap_or(0);
                 let mut keys: Vec<Data> = find_attr(body, NFTA_SET_ELEM_LIST_ELEMENTS)
-                    .map(|l| {
-                        l.nested()
-                            .filter_map(|e| {
-                                e.find(NFTA_SET_ELEM_KEY)
-                                    .and_then(|k| k.find(NFTA_DATA_VALUE))
-                                    .map(|v| data(v.value))
-                            })
-                            .collect()
-                    })
+                    .map(|l| l.nested().filter_map(|e| element_key(&e)).collect())
                     .unwrap_or_default();
                 keys.sort();
                 sets.insert(id, keys);
